@@ -1,0 +1,295 @@
+"""Decoding: sampling settings, the logit rules, batched side-by-side generation, streaming.
+
+Rules run in transformers' `generate` order, each a pure function of (input_ids, logits):
+
+    repetition penalty -> temperature -> top-k -> top-p -> sample (or argmax when temperature == 0)
+
+Identity values mean "off" and are skipped: temperature 1, top_k 0, top_p 1,
+repetition_penalty 1. Several settings are generated as ONE batch: one forward per step over
+every live row with a KV cache, each row filtered with its own settings and sampled from its
+own seeded `torch.Generator`, so a column's text depends only on its own settings and seed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import torch
+
+if TYPE_CHECKING:  # models imports presets, which imports this module
+    from studio.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    repetition_penalty: float = 1.0  # 1 = off
+    max_new_tokens: int = 64
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if not 0 <= self.temperature <= 100:
+            raise ValueError(f"temperature must be in [0, 100] (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 < self.repetition_penalty <= 10:
+            raise ValueError(f"repetition_penalty must be in (0, 10] (1 = off), got {self.repetition_penalty}")
+        if not 1 <= self.max_new_tokens <= 4096:
+            raise ValueError(f"max_new_tokens must be in [1, 4096], got {self.max_new_tokens}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop must be a list of non-empty strings, got {list(self.stop)}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DecodingSettings":
+        """Build from a dict, rejecting unknown keys with the list of valid ones."""
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown decoding setting(s) {unknown}; valid: {valid}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+    def with_(self, **changes) -> "DecodingSettings":
+        return replace(self, **changes)
+
+
+def parse_setting_string(text: str, base: DecodingSettings | None = None) -> DecodingSettings:
+    """Parse "temperature=0.7,top_k=50" over `base` (defaults when None).
+
+    >>> parse_setting_string("temperature=0,top_k=5").top_k
+    5
+    """
+    base = base or DecodingSettings()
+    types = {f.name: f.type for f in fields(DecodingSettings)}
+    changes: dict = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, raw = part.partition("=")
+        key = key.strip()
+        if not sep or key not in types:
+            raise ValueError(f"setting {part!r} must be key=value with key one of {list(types)}")
+        try:
+            if key == "stop":
+                changes[key] = tuple(s for s in raw.split("|") if s)
+            elif types[key] in ("int", int):
+                changes[key] = int(raw)
+            else:
+                changes[key] = float(raw)
+        except ValueError:
+            raise ValueError(f"setting {key} needs a number, got {raw!r}") from None
+    return replace(base, **changes)
+
+
+# ---- the rules: pure functions, batched; a per-row tensor of parameters, identity rows untouched ----
+
+def repetition_penalty(input_ids: torch.Tensor, logits: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """transformers' RepetitionPenaltyLogitsProcessor, one penalty per row. (B, T), (B, V), (B,) -> (B, V)."""
+    seen = torch.gather(logits, 1, input_ids)  # (B, T)
+    p = penalty[:, None].to(logits.dtype)
+    seen = torch.where(seen < 0, seen * p, seen / p)
+    return logits.scatter(1, input_ids, seen)
+
+
+def temperature(logits: torch.Tensor, temp: torch.Tensor) -> torch.Tensor:
+    """transformers' TemperatureLogitsWarper, one temperature per row (rows at 0 are left as they are)."""
+    t = torch.where(temp > 0, temp, torch.ones_like(temp))
+    return logits / t[:, None].to(logits.dtype)
+
+
+def top_k(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """transformers' TopKLogitsWarper, one k per row; k == 0 keeps the row whole."""
+    vocab = logits.shape[-1]
+    k = k.clamp(max=vocab)
+    kmax = int(k.max())
+    if kmax == 0:
+        return logits
+    top = torch.topk(logits, kmax, dim=-1).values  # (B, kmax), descending
+    kth = top.gather(1, (k.clamp(min=1) - 1)[:, None])  # (B, 1)
+    remove = (logits < kth) & (k > 0)[:, None]
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """transformers' TopPLogitsWarper (nucleus), one p per row; p == 1 keeps the row whole."""
+    sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cum <= (1 - p)[:, None].to(cum.dtype)
+    remove_sorted[:, -1] = False  # min_tokens_to_keep = 1
+    remove_sorted &= (p < 1)[:, None]
+    remove = remove_sorted.scatter(1, order, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+@dataclass
+class RowParams:
+    """The settings of a batch as per-row tensors, built once per generation."""
+
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    penalty: torch.Tensor
+
+    @classmethod
+    def of(cls, settings: Sequence[DecodingSettings], device: torch.device | str = "cpu") -> "RowParams":
+        def col(name: str, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor([getattr(s, name) for s in settings], dtype=dtype, device=device)
+
+        return cls(col("temperature", torch.float32), col("top_k", torch.long),
+                   col("top_p", torch.float32), col("repetition_penalty", torch.float32))
+
+    def select(self, rows: torch.Tensor) -> "RowParams":
+        return RowParams(self.temperature[rows], self.top_k[rows], self.top_p[rows], self.penalty[rows])
+
+
+def process(input_ids: torch.Tensor, logits: torch.Tensor, params: RowParams) -> torch.Tensor:
+    """All rules in order; a rule whose every row is at identity is skipped."""
+    logits = logits.float()
+    if bool((params.penalty != 1).any()):
+        logits = repetition_penalty(input_ids, logits, params.penalty)
+    if bool(((params.temperature != 1) & (params.temperature > 0)).any()):
+        logits = temperature(logits, params.temperature)
+    sampled = params.temperature > 0  # greedy rows take the argmax of the penalised logits
+    if bool(((params.top_k > 0) & sampled).any()):
+        logits = top_k(logits, torch.where(sampled, params.top_k, torch.zeros_like(params.top_k)))
+    if bool(((params.top_p < 1) & sampled).any()):
+        logits = top_p(logits, torch.where(sampled, params.top_p, torch.ones_like(params.top_p)))
+    return logits
+
+
+# ---- generation ----
+
+@dataclass
+class TokenInfo:
+    id: int
+    text: str
+    prob: float  # probability of the chosen token under the row's filtered distribution
+    top: list[tuple[str, float]] = field(default_factory=list)  # top-5 alternatives (text, prob)
+
+
+@dataclass
+class Column:
+    """One row of a side-by-side generation, updated in place as it grows."""
+
+    settings: DecodingSettings
+    tokens: list[TokenInfo] = field(default_factory=list)
+    text: str = ""
+    finished: bool = False
+    finish_reason: str | None = None  # "eos" | "stop" | "length" | "context"
+    seconds: float = 0.0
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t.id for t in self.tokens]
+
+
+TOP_ALTERNATIVES = 5
+
+
+def _encode_prompt(loaded: "LoadedModel", prompt: str, room: int) -> list[int]:
+    tok = loaded.tokenizer
+    ids = tok.encode(prompt) if prompt else []
+    if not ids:
+        ids = [tok.eos_id]  # an empty prompt starts a fresh document
+    return ids[-room:]
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    hits = [text.find(s) for s in stops if s in text]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+@torch.inference_mode()
+def stream(loaded: "LoadedModel", prompt: str, settings: Sequence[DecodingSettings]) -> Iterator[list[Column]]:
+    """Generate one column per settings in one batch; yield the columns after every step.
+
+    The columns are the same objects each time, updated in place; the last yield has every
+    column finished.
+    """
+    if not settings:
+        raise ValueError("settings must hold at least one decoding setting")
+    model, tok = loaded.model, loaded.tokenizer
+    eos = tok.eos_id
+    device = next(model.parameters()).device
+    block = loaded.block_size
+    max_new = max(s.max_new_tokens for s in settings)
+    prompt_ids = _encode_prompt(loaded, prompt, room=max(1, block - min(max_new, block // 2)))
+    n = len(settings)
+    columns = [Column(s) for s in settings]
+    params = RowParams.of(settings, device)
+    gens = [torch.Generator(device=device).manual_seed(s.seed) for s in settings]
+    live = torch.arange(n, device=device)  # column index of each batch row still generating
+    ids = torch.tensor([prompt_ids] * n, device=device)  # (b, T): row j belongs to column live[j]
+    t0 = time.perf_counter()
+    # every row shares the prompt: run it once and repeat its cache across the rows
+    out = model(input_ids=ids[:1], use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(n)
+    last_logits = out.logits[:, -1, :].expand(n, -1)  # (b, V)
+    for _ in range(max_new):
+        logits = process(ids, last_logits, params.select(live))  # (b, V)
+        probs = logits.softmax(dim=-1)
+        chosen = [int(probs[j].argmax()) if settings[r].greedy
+                  else int(torch.multinomial(probs[j], 1, generator=gens[r]))
+                  for j, r in enumerate(live.tolist())]
+        chosen_t = torch.tensor(chosen, device=device)
+        top = probs.topk(min(TOP_ALTERNATIVES, probs.shape[-1]), dim=-1)
+        chosen_p = probs.gather(1, chosen_t[:, None])[:, 0].tolist()
+        top_ids, top_p_ = top.indices.tolist(), top.values.tolist()
+        keep = []
+        for j, r in enumerate(live.tolist()):
+            col = columns[r]
+            if chosen[j] == eos:
+                _finish(col, "eos", t0)
+                continue
+            alts = [(tok.decode([i]), p) for i, p in zip(top_ids[j], top_p_[j])]
+            col.tokens.append(TokenInfo(chosen[j], tok.decode([chosen[j]]), chosen_p[j], alts))
+            col.text, stopped = _cut_at_stop(tok.decode(col.token_ids), settings[r].stop)
+            if stopped:
+                _finish(col, "stop", t0)
+            elif len(col.tokens) >= settings[r].max_new_tokens:
+                _finish(col, "length", t0)
+            elif ids.shape[1] + 1 >= block:
+                _finish(col, "context", t0)
+            else:
+                keep.append(j)
+        ids = torch.cat([ids, chosen_t[:, None]], dim=1)
+        if len(keep) < len(live):  # finished rows stop costing: drop them from batch and cache
+            keep_t = torch.tensor(keep, device=device, dtype=torch.long)
+            ids, live, chosen_t = ids[keep_t], live[keep_t], chosen_t[keep_t]
+            if keep:
+                cache.batch_select_indices(keep_t)
+        yield columns
+        if not keep:
+            return
+        out = model(input_ids=chosen_t[:, None], past_key_values=cache, use_cache=True)
+        last_logits = out.logits[:, -1, :]
+
+
+def _finish(col: Column, reason: str, t0: float) -> None:
+    if not col.finished:
+        col.finished, col.finish_reason = True, reason
+        col.seconds = time.perf_counter() - t0
+
+
+def generate(loaded: "LoadedModel", prompt: str, settings: Sequence[DecodingSettings]) -> list[Column]:
+    """Run `stream` to the end and return the finished columns."""
+    columns: list[Column] = []
+    for columns in stream(loaded, prompt, settings):
+        pass
+    return columns

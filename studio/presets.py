@@ -1,0 +1,164 @@
+"""Model presets: one JSON file per preset in `presets/`, loaded and validated into `Preset`.
+
+A preset file holds only what differs from the dataclass defaults; loading goes through the
+dataclasses, so validation always runs and an unknown key is an error listing the valid ones.
+A preset is either `pretrained` (weights from the Hugging Face hub) or `scratch` (a GPT-2
+architecture with a fresh seeded init). It also carries the default training and decoding
+settings, with a one-line note of where they come from.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from studio import PRESETS_DIR
+from studio.decoding import DecodingSettings
+
+TOKENIZERS = ("gpt2", "char", "bpe")
+KINDS = ("pretrained", "scratch")
+
+
+def _check_unknown(cls: type, values: dict, where: str) -> None:
+    valid = [f.name for f in fields(cls)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {valid}")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The knobs of a training run that a preset gives defaults for."""
+
+    learning_rate: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    batch_size: int = 16
+    grad_accum: int = 1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_interval: int = 100
+    eval_batches: int = 20
+    save_interval: int = 200
+    log_interval: int = 10
+    early_stop_patience: int = 0  # evals without improvement before stopping; 0 = off
+    early_stop_min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.learning_rate <= 1:
+            raise ValueError(f"learning_rate must be in (0, 1], got {self.learning_rate}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("warmup_steps", "early_stop_patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches",
+                     "save_interval", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.weight_decay <= 1:
+            raise ValueError(f"weight_decay must be in [0, 1], got {self.weight_decay}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        if self.early_stop_min_delta < 0:
+            raise ValueError(f"early_stop_min_delta must be >= 0, got {self.early_stop_min_delta}")
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "train") -> "TrainSettings":
+        _check_unknown(cls, values, where)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    kind: str = "scratch"
+    description: str = ""
+    source: str = ""  # where the architecture and the default settings come from
+    hf_id: str = ""  # pretrained only: the hub model id
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    n_inner: int = 0  # feed-forward width (d_ff); 0 = 4 * n_embd
+    block_size: int = 128  # context length
+    dropout: float = 0.0
+    tokenizer: str = "gpt2"  # gpt2 | char | bpe
+    vocab_size: int = 50257  # gpt2: fixed; char/bpe: the target size (char: the size before data is seen)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    decode: DecodingSettings = field(default_factory=DecodingSettings)
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise ValueError(f"name must be non-empty letters, digits, '-', '_' or '.', got {self.name!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {list(KINDS)}, got {self.kind!r}")
+        if self.kind == "pretrained" and not self.hf_id:
+            raise ValueError("hf_id must name the hub model for a pretrained preset")
+        for name in ("n_layer", "n_embd", "n_head", "block_size", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_inner < 0:
+            raise ValueError(f"n_inner must be >= 0 (0 = 4 * n_embd), got {self.n_inner}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {list(TOKENIZERS)}, got {self.tokenizer!r}")
+        if self.tokenizer == "gpt2" and self.vocab_size != 50257:
+            raise ValueError(f"vocab_size must be 50257 with the gpt2 tokenizer, got {self.vocab_size}")
+        if self.tokenizer == "bpe" and not 257 <= self.vocab_size <= 200_000:
+            raise ValueError(f"vocab_size must be in [257, 200000] for a trained BPE, got {self.vocab_size}")
+
+    @property
+    def d_ff(self) -> int:
+        return self.n_inner or 4 * self.n_embd
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "preset") -> "Preset":
+        _check_unknown(cls, values, where)
+        values = dict(values)
+        if "train" in values:
+            values["train"] = TrainSettings.from_dict(values["train"], f"{where}.train")
+        if "decode" in values:
+            try:
+                values["decode"] = DecodingSettings.from_dict(values["decode"])
+            except ValueError as e:
+                raise ValueError(f"{where}.decode: {e}") from None
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["decode"] = self.decode.to_dict()
+        return d
+
+
+def load_preset_file(path: Path) -> Preset:
+    try:
+        values = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: must hold a JSON object")
+    values.setdefault("name", Path(path).stem)
+    if values["name"] != Path(path).stem:
+        raise ValueError(f"{path}: name {values['name']!r} must match the file name")
+    try:
+        return Preset.from_dict(values, where=Path(path).name)
+    except ValueError as e:
+        msg = str(e)
+        raise ValueError(msg if msg.startswith(Path(path).name) else f"{Path(path).name}: {msg}") from None
+
+
+def load_presets(folder: Path = PRESETS_DIR) -> dict[str, Preset]:
+    """All presets in `folder`, by name, in file-name order."""
+    return {p.stem: load_preset_file(p) for p in sorted(Path(folder).glob("*.json"))}
+
+
+def get_preset(name: str, folder: Path = PRESETS_DIR) -> Preset:
+    path = Path(folder) / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"preset {name!r} not found; presets: {sorted(load_presets(folder))}")
+    return load_preset_file(path)

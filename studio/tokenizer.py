@@ -1,0 +1,248 @@
+"""Tokenizers behind one interface: encode, decode, vocab_size, eos_id, save.
+
+- `GPT2BPE`: GPT-2's byte-level BPE through tiktoken (50,257 ids, `<|endoftext|>` = 50256).
+  Offline it reads a tiktoken ranks file named by `$STUDIO_GPT2_BPE`; online tiktoken
+  downloads and caches its own copy.
+- `CharTokenizer`: one id per character seen in the data, plus end-of-text.
+- `TrainedBPE`: a byte-level BPE trained on the data with the `tokenizers` library.
+- `HFTokenizer`: whatever tokenizer a local Hugging Face model folder brings.
+
+A tokenizer saves itself into a model folder as `studio_tokenizer.json` (plus `bpe.json` for a
+trained BPE), so a checkpoint is self-describing; `load_tokenizer(folder)` reads it back.
+The file name is not `tokenizers.py` so that it never shadows the `tokenizers` library.
+"""
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Iterable
+
+EOT = "<|endoftext|>"
+GPT2_ENV = "STUDIO_GPT2_BPE"
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+META_FILE = "studio_tokenizer.json"
+
+
+class Tokenizer(ABC):
+    kind: str
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def eos_id(self) -> int: ...
+
+    def save(self, folder: Path) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / META_FILE).write_text(json.dumps(self._meta(), ensure_ascii=False))
+
+    def _meta(self) -> dict:
+        return {"kind": self.kind}
+
+
+class GPT2BPE(Tokenizer):
+    kind = "gpt2"
+    _shared = None  # the encoding is immutable and 50k ranks take ~0.5 s to load: share it
+
+    def __init__(self) -> None:
+        if GPT2BPE._shared is None:
+            GPT2BPE._shared = _load_gpt2_encoding()
+        self.enc = GPT2BPE._shared
+
+    def encode(self, text: str) -> list[int]:
+        return self.enc.encode(text, allowed_special={EOT})
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.enc.decode(list(ids), errors="replace")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.enc.n_vocab
+
+    @property
+    def eos_id(self) -> int:
+        return self.enc.eot_token
+
+
+def _load_gpt2_encoding():
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    path = os.environ.get(GPT2_ENV)
+    if path:
+        if not Path(path).is_file():
+            raise ValueError(f"{GPT2_ENV}={path} is not a file; point it at a gpt2.tiktoken ranks file")
+        ranks = load_tiktoken_bpe(path, expected_hash=GPT2_RANKS_SHA256)
+        return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                                 special_tokens={EOT: 50256}, explicit_n_vocab=50257)
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # requests' ConnectionError and friends: any failure means "not available"
+        raise ValueError(
+            f"The GPT-2 BPE could not be loaded: tiktoken has no cached copy and could not download it "
+            f"({type(e).__name__}). Set {GPT2_ENV} to a gpt2.tiktoken ranks file (the openai-whisper "
+            f"package ships one as whisper/assets/gpt2.tiktoken), or connect once to let tiktoken cache it."
+        ) from None
+
+
+class CharTokenizer(Tokenizer):
+    """Characters in first-seen order; id len(chars) is end-of-text, unknown characters are dropped.
+
+    >>> t = CharTokenizer("abc")
+    >>> t.encode("cab?"), t.decode([2, 0, 1, 3])
+    ([2, 0, 1], 'cab<|endoftext|>')
+    """
+
+    kind = "char"
+
+    def __init__(self, chars: str) -> None:
+        if not chars or len(set(chars)) != len(chars):
+            raise ValueError("a character vocabulary must be non-empty with no repeated characters")
+        self.chars = chars
+        self.index = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> "CharTokenizer":
+        seen: dict[str, None] = {}
+        for t in texts:
+            seen.update(dict.fromkeys(t.replace(EOT, "")))
+        return cls("".join(sorted(seen)))
+
+    def encode(self, text: str) -> list[int]:
+        out: list[int] = []
+        for i, part in enumerate(text.split(EOT)):
+            if i:
+                out.append(self.eos_id)
+            out.extend(self.index[c] for c in part if c in self.index)
+        return out
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.chars[i] if i < len(self.chars) else EOT for i in ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars) + 1
+
+    @property
+    def eos_id(self) -> int:
+        return len(self.chars)
+
+    def _meta(self) -> dict:
+        return {"kind": self.kind, "chars": self.chars}
+
+
+class TrainedBPE(Tokenizer):
+    kind = "bpe"
+    FILE = "bpe.json"
+
+    def __init__(self, tk) -> None:  # a tokenizers.Tokenizer
+        self.tk = tk
+        self._eos = tk.token_to_id(EOT)
+        if self._eos is None:
+            raise ValueError(f"a trained BPE must hold the {EOT} token")
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> "TrainedBPE":
+        from tokenizers import Tokenizer as TK, decoders, models, pre_tokenizers, trainers
+
+        tk = TK(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tk.train_from_iterator(texts, trainer=trainer)
+        return cls(tk)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tk.encode(text).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tk.decode(list(ids), skip_special_tokens=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tk.get_vocab_size()
+
+    @property
+    def eos_id(self) -> int:
+        return self._eos
+
+    def save(self, folder: Path) -> None:
+        super().save(folder)
+        self.tk.save(str(Path(folder) / self.FILE))
+
+
+class HFTokenizer(Tokenizer):
+    """A local or hub Hugging Face tokenizer (its eos is its end-of-text)."""
+
+    kind = "hf"
+
+    def __init__(self, tok) -> None:
+        if tok.eos_token_id is None:
+            raise ValueError("the model's tokenizer defines no eos token")
+        self.tok = tok
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tok.decode(list(ids))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tok)
+
+    @property
+    def eos_id(self) -> int:
+        return self.tok.eos_token_id
+
+    def save(self, folder: Path) -> None:
+        self.tok.save_pretrained(str(folder))  # a plain HF folder: no studio metadata needed
+
+
+def build_tokenizer(kind: str, texts: Iterable[str] | None = None, vocab_size: int = 8192) -> Tokenizer:
+    """A tokenizer of `kind` ("gpt2", "char", "bpe"); char and bpe are built from `texts`."""
+    if kind == "gpt2":
+        return GPT2BPE()
+    if texts is None:
+        raise ValueError(f"a {kind} tokenizer is built from data: give texts")
+    if kind == "char":
+        return CharTokenizer.from_texts(texts)
+    if kind == "bpe":
+        return TrainedBPE.train(texts, vocab_size)
+    raise ValueError(f"tokenizer must be one of ['gpt2', 'char', 'bpe'], got {kind!r}")
+
+
+def load_tokenizer(folder: Path) -> Tokenizer:
+    """The tokenizer saved in a model folder: studio metadata if present, else the HF files."""
+    folder = Path(folder)
+    meta_path = folder / META_FILE
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        kind = meta.get("kind")
+        if kind == "gpt2":
+            return GPT2BPE()
+        if kind == "char":
+            return CharTokenizer(meta["chars"])
+        if kind == "bpe":
+            from tokenizers import Tokenizer as TK
+
+            return TrainedBPE(TK.from_file(str(folder / TrainedBPE.FILE)))
+        raise ValueError(f"{meta_path}: unknown tokenizer kind {kind!r}")
+    from transformers import AutoTokenizer
+
+    try:
+        return HFTokenizer(AutoTokenizer.from_pretrained(str(folder)))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{folder} holds no tokenizer ({META_FILE} or Hugging Face tokenizer files): {e}") from None

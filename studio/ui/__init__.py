@@ -1,0 +1,29 @@
+"""The Gradio front end: one module per tab; `build_app` puts them together.
+
+Only this package imports Gradio. Each tab's `build(demo, ws, pickers)` lays out its components
+and wires its events to engine calls, each with an `api_name` so `gradio_client` can drive it.
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.ui import models_tab
+from studio.ui.common import Pickers
+from studio.workspace import Workspace
+
+TITLE = "the studio"
+
+
+def build_app(ws: Workspace | None = None) -> gr.Blocks:
+    ws = ws or Workspace()
+    pickers = Pickers()
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\nTrain and probe small language models on your own machine.")
+        with gr.Tabs():
+            with gr.Tab("Models", id="models") as models_tab_:
+                models_tab.build(demo, ws, pickers)
+        # a checkpoint trained since the page opened shows up in every picker on the next tab switch
+        for tab in (models_tab_,):
+            tab.select(pickers.refresh, pickers.dropdowns, pickers.dropdowns, api_visibility="private", queue=False)
+    demo.workspace = ws
+    return demo

@@ -1,0 +1,112 @@
+"""Test setup: offline everywhere, every file under tmp, a tiny model the tests make themselves."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+GPT2_RANKS = SHARED_DATA / "gpt2.tiktoken"
+GPT2_TOKENIZER_DIR = SHARED_DATA / "gpt2"
+ARTIFACTS = ROOT / "artifacts"
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # hub calls fail at once instead of retrying for ~23 s
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if GPT2_RANKS.is_file():
+    os.environ.setdefault("STUDIO_GPT2_BPE", str(GPT2_RANKS))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _scratch_dirs(tmp_path_factory):
+    """Caches and the checkpoints folder live under tmp for the whole session."""
+    base = tmp_path_factory.mktemp("studio")
+    for var, sub in [("STUDIO_CHECKPOINTS", "checkpoints"), ("TIKTOKEN_CACHE_DIR", "tiktoken"),
+                     ("GRADIO_TEMP_DIR", "gradio"), ("HF_DATASETS_CACHE", "datasets")]:
+        os.environ[var] = str(base / sub)
+        (base / sub).mkdir()
+    yield base
+
+
+def needs_gpt2_bpe():
+    if not os.environ.get("STUDIO_GPT2_BPE"):
+        pytest.skip("the GPT-2 BPE ranks file (../shared/data/gpt2.tiktoken) is not available")
+
+
+TINY = dict(name="tiny", n_layer=2, n_embd=32, n_head=2, block_size=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(_scratch_dirs) -> str:
+    """A 2-layer GPT-2-BPE model saved as run `tiny` in the checkpoints folder; returns its identifier."""
+    needs_gpt2_bpe()
+    from studio import checkpoints_dir, models
+    from studio.presets import Preset
+    from studio.tokenizer import GPT2BPE
+
+    preset = Preset(**TINY)
+    tok = GPT2BPE()
+    model = models.build_scratch(preset, tok, seed=0)
+    models.save_model(model, tok, checkpoints_dir() / "tiny" / "last", {"preset": preset.to_dict(), "step": 0})
+    return "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_char_checkpoint(_scratch_dirs) -> str:
+    """The same tiny model with a character tokenizer (no GPT-2 files needed)."""
+    from studio import checkpoints_dir, models
+    from studio.presets import Preset
+    from studio.tokenizer import CharTokenizer
+
+    preset = Preset(**{**TINY, "name": "tiny-char", "tokenizer": "char", "vocab_size": 64})
+    tok = CharTokenizer.from_texts(["Human: What is 2 plus 3?\nAssistant: 5 abcdefghijklmnopqrstuvwxyz"])
+    model = models.build_scratch(preset, tok, seed=0)
+    models.save_model(model, tok, checkpoints_dir() / "tiny-char" / "last", {"preset": preset.to_dict(), "step": 0})
+    return "tiny-char"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (CI runs them all)")
+    config.addinivalue_line("markers", "browser: drives Debian's chromium through playwright")
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="session")
+def app_url(_scratch_dirs):
+    """The whole app, served on a free localhost port for the session."""
+    from studio.ui import build_app
+
+    demo = build_app()
+    demo.queue(default_concurrency_limit=2)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium through playwright; CI installs it, elsewhere the test skips without it."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI must install chromium (apt-get install chromium) for the browser tests")
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg = browser.new_page(viewport={"width": 1280, "height": 1000})
+    pg.goto(app_url, wait_until="load")  # never "networkidle": gr.Timer polling keeps the network busy
+    yield pg
+    pg.close()

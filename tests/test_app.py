@@ -1,0 +1,31 @@
+"""The app over HTTP: start on a free port, drive endpoints with gradio_client."""
+import pytest
+from gradio_client import Client
+
+
+@pytest.fixture(scope="module")
+def client(tiny_char_checkpoint):
+    from studio.ui import build_app
+
+    demo = build_app()
+    demo.queue()
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    yield Client(url, verbose=False)
+    demo.close()
+
+
+def test_generate_endpoint_returns_text(client, tiny_char_checkpoint):
+    text = client.predict(tiny_char_checkpoint, "Human: What is 2 plus 3?", 8, "cpu", 0, api_name="/generate")
+    assert isinstance(text, str) and len(text) > 0
+
+
+def test_load_and_describe_endpoints(client, tiny_char_checkpoint):
+    status = client.predict(tiny_char_checkpoint, "cpu", 0, api_name="/load_model")
+    assert status.startswith(f"{tiny_char_checkpoint} loaded on cpu")
+    md = client.predict("v2", api_name="/describe")
+    assert "11.45M parameters" in md and "| 4 | 192 | 6 | 768 | 128 |" in md
+
+
+def test_bad_model_is_a_clear_error(client):
+    with pytest.raises(Exception, match="model 'nope' not found"):
+        client.predict("nope", "cpu", 0, api_name="/load_model")

@@ -1,0 +1,42 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "studio", *args], cwd=ROOT, env=os.environ.copy(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_presets_json_last_line():
+    r = run_cli("presets", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    by_name = {p["name"]: p for p in out["presets"]}
+    assert by_name["gpt2"]["params"] == 124_439_808 and by_name["gpt2-medium"]["params"] == 354_823_168
+
+
+def test_generate_json(tiny_char_checkpoint):
+    r = run_cli("generate", "--model", tiny_char_checkpoint, "--prompt", "Human: hi", "--max-new-tokens", "5",
+                "--temperature", "0", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(out) == {"text", "new_tokens", "seconds"} and 0 <= out["new_tokens"] <= 5
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--top-p", "1.5"], "top_p must be in (0, 1], got 1.5"),
+    (["--temperature", "-1"], "temperature must be in [0, 100]"),
+    (["--max-new-tokens", "0"], "max_new_tokens must be in [1, 4096]"),
+    (["--model", "nope"], "model 'nope' not found"),
+])
+def test_bad_input_is_one_line_and_nonzero(flags, needle, tiny_char_checkpoint):
+    args = ["generate", "--model", tiny_char_checkpoint, "--prompt", "x", *flags]
+    r = run_cli(*args)
+    assert r.returncode == 2
+    assert needle in r.stderr and "Traceback" not in r.stderr and r.stderr.count("\n") == 1

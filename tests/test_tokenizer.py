@@ -1,0 +1,61 @@
+import os
+
+import pytest
+
+from conftest import GPT2_RANKS, needs_gpt2_bpe
+from studio.tokenizer import (EOT, GPT2BPE, CharTokenizer, TrainedBPE, build_tokenizer, load_tokenizer)
+
+TEXT = "Hello, world! Ünïcode — and numbers 1234.\nHuman: hi<|endoftext|>Assistant: yo"
+
+
+def test_gpt2_bpe_from_ranks_file_matches_tiktoken_reference():
+    needs_gpt2_bpe()
+    tok = GPT2BPE()
+    assert tok.encode("Hello, world!") == [15496, 11, 995, 0]
+    assert (tok.vocab_size, tok.eos_id) == (50257, 50256)
+    assert tok.encode("a<|endoftext|>b") == [64, 50256, 65]
+    assert tok.decode(tok.encode(TEXT)) == TEXT
+
+
+def test_gpt2_bpe_missing_names_the_variable(monkeypatch):
+    monkeypatch.setattr(GPT2BPE, "_shared", None)
+    monkeypatch.setenv("STUDIO_GPT2_BPE", "/nonexistent/gpt2.tiktoken")
+    with pytest.raises(ValueError, match="STUDIO_GPT2_BPE"):
+        GPT2BPE()
+    monkeypatch.delenv("STUDIO_GPT2_BPE")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # no cached copy: offline tiktoken must fail
+    with pytest.raises(ValueError, match="Set STUDIO_GPT2_BPE"):
+        GPT2BPE()
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_data_built_tokenizers_round_trip_and_save(kind, tmp_path):
+    texts = [TEXT, "the quick brown fox jumps over the lazy dog " * 5]
+    tok = build_tokenizer(kind, texts, vocab_size=300)
+    ids = tok.encode(TEXT)
+    assert tok.decode(ids) == TEXT
+    assert EOT not in tok.decode([i for i in ids if i != tok.eos_id])
+    assert tok.eos_id in ids and tok.eos_id < tok.vocab_size
+    tok.save(tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert type(again) is type(tok) and again.encode(TEXT) == ids
+
+
+def test_char_tokenizer_drops_unknown_characters():
+    tok = CharTokenizer.from_texts(["abc"])
+    assert tok.encode("abz") == [0, 1]
+    assert tok.vocab_size == 4
+
+
+def test_trained_bpe_learns_merges():
+    tok = TrainedBPE.train(["banana bandana " * 50], vocab_size=300)
+    assert len(tok.encode("banana bandana")) < len("banana bandana") / 2
+
+
+def test_hf_tokenizer_folder_loads(tmp_path):
+    from conftest import GPT2_TOKENIZER_DIR
+
+    if not GPT2_TOKENIZER_DIR.is_dir():
+        pytest.skip("no ../shared/data/gpt2")
+    tok = load_tokenizer(GPT2_TOKENIZER_DIR)
+    assert tok.encode("Hello, world!") == [15496, 11, 995, 0] and tok.eos_id == 50256
