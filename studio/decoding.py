@@ -70,6 +70,22 @@ class DecodingSettings:
         return replace(self, **changes)
 
 
+# Named starting points. "focused" is what stopped GPT-2's looping in hand-rolled scripts: a cooler
+# temperature, a short top-k/top-p tail, a repetition penalty and fewer tokens.
+NAMED: dict[str, DecodingSettings] = {
+    "greedy": DecodingSettings(temperature=0.0),
+    "focused": DecodingSettings(temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.3, max_new_tokens=48),
+    "balanced": DecodingSettings(temperature=0.8, top_k=200),
+    "creative": DecodingSettings(temperature=1.1, top_p=0.95, repetition_penalty=1.1, max_new_tokens=96),
+}
+
+
+def named(name: str) -> DecodingSettings:
+    if name not in NAMED:
+        raise ValueError(f"named setting must be one of {list(NAMED)}, got {name!r}")
+    return NAMED[name]
+
+
 def parse_setting_string(text: str, base: DecodingSettings | None = None) -> DecodingSettings:
     """Parse "temperature=0.7,top_k=50" over `base` (defaults when None).
 

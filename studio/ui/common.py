@@ -7,6 +7,7 @@ from typing import Callable
 import gradio as gr
 
 from studio import models
+from studio.decoding import NAMED, DecodingSettings
 from studio.workspace import DEFAULT_MODEL
 
 MODEL_QUEUE = "model"  # every event that runs a model shares this queue (concurrency_id)
@@ -53,3 +54,44 @@ def _is_generator(fn: Callable) -> bool:
     import inspect
 
     return inspect.isgeneratorfunction(fn)
+
+
+class DecodingControls:
+    """One panel of decoding settings (used by the Playground's columns and by Chat).
+
+    `inputs` is the list of components in the order `settings(*values)` takes them;
+    `named` fills the panel from a named starting point.
+    """
+
+    def __init__(self, value: DecodingSettings | None = None, label: str = "Decoding") -> None:
+        v = value or NAMED["balanced"]
+        with gr.Group():
+            self.preset = gr.Dropdown(["custom", *NAMED], value="custom", label=f"{label}: starting point")
+            with gr.Row():
+                self.temperature = gr.Slider(0, 2, value=v.temperature, step=0.05, label="temperature (0 = greedy)")
+                self.top_k = gr.Slider(0, 500, value=v.top_k, step=1, label="top-k (0 = off)")
+            with gr.Row():
+                self.top_p = gr.Slider(0.01, 1, value=v.top_p, step=0.01, label="top-p (1 = off)")
+                self.repetition_penalty = gr.Slider(0.5, 2, value=v.repetition_penalty, step=0.05,
+                                                    label="repetition penalty (1 = off)")
+            with gr.Row():
+                self.max_new_tokens = gr.Slider(1, 512, value=v.max_new_tokens, step=1, label="max new tokens")
+                self.seed = gr.Number(value=v.seed, precision=0, minimum=0, label="seed")
+        self.inputs = [self.temperature, self.top_k, self.top_p, self.repetition_penalty,
+                       self.max_new_tokens, self.seed]
+        self.preset.change(self.named, self.preset, self.inputs, queue=False, api_visibility="private")
+
+    @staticmethod
+    def named(name: str):
+        if name not in NAMED:
+            return [gr.update()] * 6
+        s = NAMED[name]
+        return [s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.max_new_tokens, s.seed]
+
+    @staticmethod
+    def settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed,
+                 stop: tuple[str, ...] = ()) -> DecodingSettings:
+        """The panel's values as validated settings (ValueError names the bad field)."""
+        return DecodingSettings(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                                repetition_penalty=float(repetition_penalty),
+                                max_new_tokens=int(max_new_tokens), seed=int(seed or 0), stop=tuple(stop))
