@@ -69,6 +69,8 @@ def tiny_char_checkpoint(_scratch_dirs) -> str:
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds (CI runs them all)")
     config.addinivalue_line("markers", "browser: drives Debian's chromium through playwright")
+    # gradio 6.31's queue trips pandas 3 deprecations on every event: noise, not ours to fix
+    config.addinivalue_line("filterwarnings", "ignore::pandas.errors.Pandas4Warning")
 
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -11,6 +11,11 @@ from studio.ui.common import MODEL_QUEUE, Pickers, user_errors
 from studio.workspace import Workspace
 
 
+def human_gb(gb: float) -> str:
+    """1.854 -> '1.85 GB', 0.0262 -> '26.8 MB'."""
+    return f"{gb:.2f} GB" if gb >= 1 else f"{gb * 1024:.1f} MB"
+
+
 def _describe_markdown(info: dict) -> str:
     lines = [f"### {info['model']}  ·  {info['params'] / 1e6:.2f}M parameters", info["description"], "",
              "| layers | d_model | heads | d_ff | context | vocab | tokenizer |",
@@ -19,8 +24,8 @@ def _describe_markdown(info: dict) -> str:
              f"| {info['vocab']:,} | {info['tokenizer']} |", "",
              "| inference fp32 | inference bf16 | training fp32 (AdamW) | training bf16 autocast |",
              "|---|---|---|---|",
-             f"| {info['infer_fp32_gb']:.3f} GB | {info['infer_bf16_gb']:.3f} GB | {info['train_fp32_gb']:.3f} GB "
-             f"| {info['train_bf16_gb']:.3f} GB |", "",
+             "| " + " | ".join(human_gb(info[k]) for k in ("infer_fp32_gb", "infer_bf16_gb", "train_fp32_gb",
+                                                          "train_bf16_gb")) + " |", "",
              "Training figures cover weights, gradients and optimizer states; activations come on top "
              "and depend on batch and context."]
     if info["source_note"]:

@@ -1,0 +1,174 @@
+"""Train tab: pick a model and data, check the fit, start/stop/resume, watch the curves live.
+
+The training itself runs in its own process (`studio.jobs`); this tab only reads run folders,
+on a timer, so the page can be reloaded or opened twice without touching the run.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from studio import devices, jobs, runs
+from studio.presets import TrainSettings
+from studio.ui import plots
+from studio.ui.common import Pickers, user_errors
+from studio.workspace import Workspace
+
+POLL_S = 1.5  # redraw at least every 2 s, as promised in the tab's spec
+SETTING_FIELDS = ("learning_rate", "warmup_steps", "max_steps", "batch_size", "grad_accum",
+                  "eval_interval", "save_interval", "early_stop_patience")
+
+
+def _progress_html(p: runs.Progress) -> str:
+    pct = 100 * p.fraction
+    eta = f" · ETA {p.eta_s / 60:.1f} min" if p.eta_s is not None else ""
+    rate = f" · {p.seconds_per_step:.2f} s/step" if p.seconds_per_step else ""
+    return (f"<div style='font-size:0.9em'>{p.run} · <b>{p.state}</b> · step {p.step}/{p.max_steps}{rate}{eta}</div>"
+            f"<div style='background:#eee;border-radius:4px;height:12px'>"
+            f"<div style='background:#f97316;width:{pct:.1f}%;height:12px;border-radius:4px'></div></div>")
+
+
+def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
+    defaults = TrainSettings()
+    with gr.Row():
+        with gr.Column(scale=2):
+            model = pickers.model(label="Model to train", value="v1")
+            data_kind = gr.Radio(["built-in corpus", "file", "hub dataset"], value="built-in corpus", label="Data")
+            data_file = gr.File(label="Data file (.txt .jsonl .json .csv .parquet)", visible=False,
+                                file_types=[".txt", ".jsonl", ".json", ".csv", ".parquet"])
+            data_hub = gr.Textbox(label="Hub dataset name", placeholder="databricks/databricks-dolly-15k",
+                                  visible=False)
+            run_name = gr.Textbox(label="Run name", placeholder="left empty: model-date-time")
+            with gr.Row():
+                device = gr.Dropdown(list(devices.DEVICES), value="auto", label="Device")
+                precision = gr.Dropdown(list(devices.PRECISIONS), value="auto", label="Precision")
+        with gr.Column(scale=3):
+            with gr.Row():
+                fields = {name: gr.Number(value=getattr(defaults, name), label=name.replace("_", " "),
+                                          precision=None if name == "learning_rate" else 0)
+                          for name in SETTING_FIELDS}
+            plan_md = gr.Markdown()
+            with gr.Row():
+                check_btn = gr.Button("Check fit")
+                start_btn = gr.Button("Start", variant="primary")
+                stop_btn = gr.Button("Stop", variant="stop")
+                resume_btn = gr.Button("Resume")
+    progress = gr.HTML()
+    with gr.Row():
+        loss_plot, ppl_plot = gr.Plot(label="loss"), gr.Plot(label="perplexity")
+    with gr.Row():
+        lr_plot, speed_plot = gr.Plot(label="learning rate"), gr.Plot(label="tokens/s")
+    with gr.Row():
+        samples_md = gr.Markdown(label="latest samples")
+        events_df = gr.Dataframe(label="events", interactive=False, max_height=240)
+    with gr.Accordion("Runs", open=False):
+        runs_df = gr.Dataframe(interactive=False, max_height=300)
+        with gr.Row():
+            compare = gr.Dropdown(multiselect=True, label="Overlay runs", choices=[])
+            metric = gr.Dropdown(["val_loss", "val_ppl", "loss"], value="val_loss", label="Metric")
+        overlay_plot = gr.Plot(label="comparison")
+        export_btn = gr.Button("Export metrics as CSV")
+        export_file = gr.File(label="CSV", interactive=False)
+    watched = gr.State("")  # the run this page shows when no run is going
+    seen = gr.State(None)  # the metrics file signature last drawn, to skip identical redraws
+    timer = gr.Timer(POLL_S)
+
+    def data_spec(kind: str, file, hub: str) -> str:
+        if kind == "file":
+            if not file:
+                raise ValueError("data: upload a file, or pick the built-in corpus")
+            return str(file if isinstance(file, str) else file.name)
+        if kind == "hub dataset":
+            if not (hub or "").strip():
+                raise ValueError("data: name a hub dataset, e.g. databricks/databricks-dolly-15k")
+            return f"hub:{hub.strip()}"
+        return "builtin"
+
+    def settings_of(values: list) -> dict:
+        return {name: (float(v) if name == "learning_rate" else int(v)) for name, v in zip(SETTING_FIELDS, values)}
+
+    @user_errors
+    def prefill(identifier: str):
+        s = jobs.default_settings(identifier)
+        return [getattr(s, name) for name in SETTING_FIELDS]
+
+    @user_errors
+    def check(identifier, kind, file, hub, dev, prec, *values):
+        plan = jobs.plan(identifier, data_spec(kind, file, hub), settings_of(values), dev, prec)
+        return plan_markdown(plan)
+
+    @user_errors
+    def start(identifier, kind, file, hub, name, dev, prec, *values):
+        run_dir = jobs.start(ws.training, identifier, data_spec(kind, file, hub), settings_of(values),
+                                 name, dev, prec)
+        gr.Info(f"training started: {run_dir.name}")
+        return run_dir.name, None
+
+    @user_errors
+    def stop():
+        status = ws.training.stop()
+        return f"stop requested for {status.run_dir.name}"
+
+    @user_errors
+    def resume(name: str):
+        run_dir = jobs.resume(ws.training, name)
+        gr.Info(f"resuming {run_dir.name}")
+        return run_dir.name, None
+
+    def poll(name: str, last):
+        run_dir = jobs.shown_run(ws.training, name)
+        if run_dir is None:
+            return [gr.skip()] * 7 + [last]
+        signature = runs.signature(run_dir)
+        if signature == last:
+            return [gr.skip()] * 7 + [last]
+        df = runs.read_metrics(run_dir)
+        figs = plots.run_figures(df)
+        prog = jobs.progress(ws.training, run_dir, df)
+        return [_progress_html(prog), *figs, samples_markdown(df), events_table(df), signature]
+
+    def list_all():
+        table = runs.list_runs()
+        names = table["name"].tolist() if len(table) else []
+        return table, gr.Dropdown(choices=names)
+
+    def draw_overlay(names: list[str], column: str):
+        kind = "step" if column == "loss" else "eval"
+        return plots.overlay({n: runs.read_metrics(runs.run_dir(n)) for n in names or []}, kind, column)
+
+    @user_errors
+    def export(names: list[str], current: str):
+        chosen = names or ([current] if current else [])
+        if not chosen:
+            raise ValueError("runs: pick at least one run to export")
+        df = pd.concat([runs.read_metrics(runs.run_dir(n)).assign(run=n) for n in chosen], ignore_index=True)
+        path = Path(tempfile.mkdtemp(prefix="studio-export-")) / f"{'-'.join(chosen)[:80]}-metrics.csv"
+        df.to_csv(path, index=False)
+        return str(path)
+
+    def pick_row(evt: gr.SelectData):
+        return (evt.row_value[0], None) if evt.row_value else (gr.skip(), gr.skip())
+
+    def toggle(kind: str):
+        return gr.File(visible=kind == "file"), gr.Textbox(visible=kind == "hub dataset")
+
+    setting_inputs = list(fields.values())
+    data_inputs = [data_kind, data_file, data_hub]
+    data_kind.change(toggle, data_kind, [data_file, data_hub], queue=False, api_visibility="private")
+    model.change(prefill, model, setting_inputs, queue=False, api_name="train_defaults")
+    demo.load(prefill, model, setting_inputs, queue=False, api_visibility="private")
+    check_btn.click(check, [model, *data_inputs, device, precision, *setting_inputs], plan_md,
+                    api_name="train_plan")
+    start_btn.click(start, [model, *data_inputs, run_name, device, precision, *setting_inputs],
+                    [watched, seen], api_name="train_start").then(list_all, None, [runs_df, compare], queue=False)
+    stop_btn.click(stop, None, plan_md, api_name="train_stop", queue=False)
+    resume_btn.click(resume, watched, [watched, seen], api_name="train_resume")
+    timer.tick(poll, [watched, seen], [progress, loss_plot, ppl_plot, lr_plot, speed_plot, samples_md,
+                                       events_df, seen], api_visibility="private", queue=False)
+    demo.load(list_all, None, [runs_df, compare], api_name="train_runs")
+    runs_df.select(pick_row, None, [watched, seen], api_visibility="private")
+    gr.on([compare.change, metric.change], draw_overlay, [compare, metric], overlay_plot, api_visibility="private")
+    export_btn.click(export, [compare, watched], export_file, api_name="train_export")
