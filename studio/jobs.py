@@ -15,10 +15,13 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from studio import ROOT
+from studio import ROOT, data, devices, memory, models, runs, training
+from studio.devices import pick_device
+from studio.presets import TrainSettings
+from studio.training import TrainConfig
 
 JOB_FILE = "job.json"
 LOG_FILE = "train.log"
@@ -104,3 +107,137 @@ class TrainingJob:
                 time.sleep(0.1)
             if self.running():
                 self._proc.kill()
+
+
+# ---- what the Train tab asks before and during a run ----
+
+def default_settings(identifier: str) -> TrainSettings:
+    """The training defaults of a model: its preset's (a checkpoint keeps its preset's)."""
+    spec = models.resolve(identifier)
+    return spec.preset.train if spec.preset else TrainSettings()
+
+
+def make_config(identifier: str, data_spec: str, settings: dict, name: str = "", device: str = "auto",
+                precision: str = "auto", resume: bool = False) -> TrainConfig:
+    """A validated TrainConfig from the tab's values; settings override the model's defaults."""
+    s = replace(default_settings(identifier), **settings)
+    name = (name or "").strip() or f"{Path(identifier).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return TrainConfig(model=identifier, data=data_spec, out=name, settings=s, device=device,
+                       precision=precision, resume=resume)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will need, before it starts."""
+
+    config: TrainConfig
+    params: int
+    device: str
+    available_bytes: int | None
+    estimate: memory.Estimate
+    fit: memory.Plan | None  # the suggestion when the estimate does not fit; None when it does
+    data: dict  # tokens, tokens per parameter, the ~20 rule of thumb (data.TokenData.report)
+    seconds_per_step: float | None  # measured on the latest run of this model and device, if any
+
+    @property
+    def fits(self) -> bool:
+        return self.available_bytes is None or self.estimate.total <= self.available_bytes
+
+
+def plan(cfg: TrainConfig, progress: models.Progress | None = None) -> Plan:
+    spec = models.resolve(cfg.model)
+    config = models.model_config(spec)
+    documents = data.read_source(cfg.data, cfg.seed)
+    tok = models.tokenizer_for(spec, documents.docs)
+    tokens = data.prepare(documents, tok, data.token_cache_dir(), cfg.seed, progress)
+    device = pick_device(cfg.device)
+    prec = training.resolve_precision(device, cfg.precision)
+    block = config.max_position_embeddings
+    est = memory.estimate(config, cfg.settings.batch_size, block, prec.name, cfg.grad_checkpointing)
+    available = devices.memory(device).available_bytes
+    suggestion = None
+    if available is not None and est.total > available:
+        suggestion = memory.fit(config, cfg.settings.batch_size * cfg.settings.grad_accum, block,
+                                int(available * 0.9), prec.name)
+    n_params = models.count_parameters(config)
+    return Plan(cfg, n_params, str(device), available, est, suggestion, tokens.report(n_params),
+                _measured_step_time(cfg.model, str(device)))
+
+
+def _measured_step_time(model: str, device: str) -> float | None:
+    table = runs.list_runs()
+    for name in table["name"] if len(table) else []:
+        run = runs.read_run(runs.run_dir(name))
+        if run.get("model") == model and run.get("device") == device:
+            p = runs.step_rate(runs.read_metrics(runs.run_dir(name)))
+            if p:
+                return p
+    return None
+
+
+@dataclass(frozen=True)
+class Progress:
+    run: str
+    state: str  # the job's state when it is this app's run, else run.json's status
+    step: int
+    max_steps: int
+    seconds_per_step: float | None
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / max(1, self.max_steps))
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.seconds_per_step is None or self.state not in ("running", "stopping"):
+            return None
+        return self.seconds_per_step * max(0, self.max_steps - self.step)
+
+
+def progress(job: TrainingJob, run_dir: Path, df) -> Progress:
+    run = runs.read_run(run_dir) if (run_dir / runs.RUN_FILE).is_file() else {}
+    status = job.status()
+    state = status.state if status.run_dir == run_dir else run.get("status", "starting")
+    steps = df[df["type"] == "step"] if len(df) and "type" in df else df
+    step = int(df["step"].max()) if len(df) and "step" in df else 0
+    max_steps = int(run.get("settings", {}).get("max_steps", 0)) or step
+    return Progress(run_dir.name, state, step, max_steps, runs.step_rate(steps) if len(steps) else None)
+
+
+def shown_run(job: TrainingJob, watched: str) -> Path | None:
+    """The run a page shows: the one it picked, else the app's job, else the newest run."""
+    if watched:
+        return runs.run_dir(watched)
+    if job.status().run_dir is not None:
+        return job.status().run_dir
+    table = runs.list_runs()
+    return runs.run_dir(table["name"][0]) if len(table) else None
+
+
+def start(job: TrainingJob, cfg: TrainConfig) -> Path:
+    run_dir = runs.run_dir(cfg.out)
+    if (run_dir / runs.RUN_FILE).is_file():
+        raise ValueError(f"run name: {cfg.out!r} exists already; resume it or choose another name")
+    return job.start(cfg.to_dict(), run_dir)
+
+
+def resume(job: TrainingJob, name: str) -> Path:
+    if not name:
+        raise ValueError("runs: pick the run to resume (click it in the Runs table)")
+    run_dir = runs.run_dir(name)
+    cfg = training.TrainConfig.from_dict({**runs.read_run(run_dir), "resume": True})
+    return job.start(cfg.to_dict(), run_dir)
+
+
+def status_dict(job: TrainingJob, run_dir: Path, df) -> dict:
+    """A run's state for scripts: progress plus the latest step and eval rows."""
+    p = progress(job, run_dir, df)
+    out = {"run": p.run, "state": p.state, "step": p.step, "max_steps": p.max_steps,
+           "seconds_per_step": p.seconds_per_step, "eta_s": p.eta_s}
+    for kind in ("step", "eval"):
+        rows = df[df["type"] == kind] if len(df) and "type" in df else df
+        if len(rows):
+            out[f"last_{kind}"] = {k: v for k, v in rows.iloc[-1].dropna().to_dict().items() if k != "type"}
+    if p.state == "failed":
+        out["error"] = job.status().message
+    return out

@@ -22,13 +22,52 @@ SETTING_FIELDS = ("learning_rate", "warmup_steps", "max_steps", "batch_size", "g
                   "eval_interval", "save_interval", "early_stop_patience")
 
 
-def _progress_html(p: runs.Progress) -> str:
+def _progress_html(p: jobs.Progress) -> str:
     pct = 100 * p.fraction
     eta = f" · ETA {p.eta_s / 60:.1f} min" if p.eta_s is not None else ""
     rate = f" · {p.seconds_per_step:.2f} s/step" if p.seconds_per_step else ""
     return (f"<div style='font-size:0.9em'>{p.run} · <b>{p.state}</b> · step {p.step}/{p.max_steps}{rate}{eta}</div>"
             f"<div style='background:#eee;border-radius:4px;height:12px'>"
             f"<div style='background:#f97316;width:{pct:.1f}%;height:12px;border-radius:4px'></div></div>")
+
+
+def plan_markdown(p: jobs.Plan) -> str:
+    gb = 1024**3
+    e = p.estimate
+    have = f"{p.available_bytes / gb:.1f} GB available on {p.device}" if p.available_bytes else p.device
+    lines = [f"**Memory:** needs {e.total / gb:.2f} GB of {have} (weights {e.weights / gb:.2f}, "
+             f"grads {e.grads / gb:.2f}, AdamW {e.optimizer / gb:.2f}, activations {e.activations / gb:.2f}, "
+             f"logits {e.logits / gb:.2f})."]
+    if p.fit is not None:
+        ckpt = " with gradient checkpointing" if p.fit.checkpointing else ""
+        lines.append(f"**Does not fit.** Suggested: micro-batch {p.fit.micro_batch} x {p.fit.grad_accum} "
+                     f"accumulation{ckpt} (about {p.fit.total_bytes / gb:.2f} GB); the run applies this itself.")
+    d = p.data
+    skipped = f" ({d['skipped']:,} malformed rows skipped)" if d["skipped"] else ""
+    rule = "at or above" if d["tokens_per_param"] >= 20 else "below"
+    lines.append(f"**Data:** {d['train_tokens']:,} training tokens from {d['docs']:,} documents{skipped}: "
+                 f"{d['tokens_per_param']:.2f} tokens per parameter for {p.params / 1e6:.2f}M parameters, "
+                 f"{rule} the ~20 rule of thumb ({d['rule_of_thumb_tokens']:,} tokens).")
+    steps = p.config.settings.max_steps
+    if p.seconds_per_step:
+        lines.append(f"**Time:** {p.seconds_per_step:.2f} s per step as measured on the last run of this model "
+                     f"here, so {steps} steps take about {p.seconds_per_step * steps / 60:.1f} min.")
+    else:
+        lines.append("**Time:** measured once the run starts (shown beside the progress bar).")
+    return "\n\n".join(lines)
+
+
+def samples_markdown(df: pd.DataFrame) -> str:
+    if not len(df) or "type" not in df:
+        return ""
+    rows = df[df["type"] == "sample"].tail(3)
+    return "\n\n".join(f"**step {int(r.step)}** · `{r.prompt}` → {r.text}" for r in rows.itertuples())
+
+
+def events_table(df: pd.DataFrame) -> pd.DataFrame:
+    if not len(df) or "type" not in df:
+        return pd.DataFrame(columns=["step", "kind", "message"])
+    return df[df["type"] == "event"][["step", "kind", "message"]].iloc[::-1]
 
 
 def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
@@ -57,6 +96,8 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                 stop_btn = gr.Button("Stop", variant="stop")
                 resume_btn = gr.Button("Resume")
     progress = gr.HTML()
+    with gr.Accordion("Run status (JSON)", open=False):
+        status_json = gr.JSON()
     with gr.Row():
         loss_plot, ppl_plot = gr.Plot(label="loss"), gr.Plot(label="perplexity")
     with gr.Row():
@@ -97,13 +138,13 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
 
     @user_errors
     def check(identifier, kind, file, hub, dev, prec, *values):
-        plan = jobs.plan(identifier, data_spec(kind, file, hub), settings_of(values), dev, prec)
-        return plan_markdown(plan)
+        cfg = jobs.make_config(identifier, data_spec(kind, file, hub), settings_of(values), "", dev, prec)
+        return plan_markdown(jobs.plan(cfg))
 
     @user_errors
     def start(identifier, kind, file, hub, name, dev, prec, *values):
-        run_dir = jobs.start(ws.training, identifier, data_spec(kind, file, hub), settings_of(values),
-                                 name, dev, prec)
+        cfg = jobs.make_config(identifier, data_spec(kind, file, hub), settings_of(values), name, dev, prec)
+        run_dir = jobs.start(ws.training, cfg)
         gr.Info(f"training started: {run_dir.name}")
         return run_dir.name, None
 
@@ -118,17 +159,23 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         gr.Info(f"resuming {run_dir.name}")
         return run_dir.name, None
 
-    def poll(name: str, last):
+    def status(name: str) -> dict:
         run_dir = jobs.shown_run(ws.training, name)
         if run_dir is None:
-            return [gr.skip()] * 7 + [last]
-        signature = runs.signature(run_dir)
-        if signature == last:
-            return [gr.skip()] * 7 + [last]
+            return {"state": "idle"}
+        return jobs.status_dict(ws.training, run_dir, runs.read_metrics(run_dir))
+
+    def poll(name: str, last):
+        run_dir = jobs.shown_run(ws.training, name)
+        signature = runs.signature(run_dir) if run_dir else None
+        if run_dir is None or (signature == last and ws.training.status().state not in ("running", "stopping")):
+            return [gr.skip()] * 8 + [last]
         df = runs.read_metrics(run_dir)
-        figs = plots.run_figures(df)
         prog = jobs.progress(ws.training, run_dir, df)
-        return [_progress_html(prog), *figs, samples_markdown(df), events_table(df), signature]
+        if signature == last:  # nothing new written: only the state line may have changed
+            return [_progress_html(prog)] + [gr.skip()] * 7 + [last]
+        return [_progress_html(prog), *plots.run_figures(df), samples_markdown(df), events_table(df),
+                jobs.status_dict(ws.training, run_dir, df), signature]
 
     def list_all():
         table = runs.list_runs()
@@ -167,7 +214,9 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     stop_btn.click(stop, None, plan_md, api_name="train_stop", queue=False)
     resume_btn.click(resume, watched, [watched, seen], api_name="train_resume")
     timer.tick(poll, [watched, seen], [progress, loss_plot, ppl_plot, lr_plot, speed_plot, samples_md,
-                                       events_df, seen], api_visibility="private", queue=False)
+                                       events_df, status_json, seen], api_visibility="private", queue=False)
+    gr.Button("Refresh status", size="sm").click(status, watched, status_json, api_name="train_status",
+                                                 queue=False)
     demo.load(list_all, None, [runs_df, compare], api_name="train_runs")
     runs_df.select(pick_row, None, [watched, seen], api_visibility="private")
     gr.on([compare.change, metric.change], draw_overlay, [compare, metric], overlay_plot, api_visibility="private")

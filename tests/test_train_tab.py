@@ -1,0 +1,72 @@
+"""The Train tab over HTTP and in a browser: start, watch, stop, load the checkpoint."""
+import time
+
+import pytest
+from gradio_client import Client
+from playwright.sync_api import expect
+
+from conftest import ARTIFACTS
+from studio import models, runs
+
+pytestmark = pytest.mark.slow
+
+# model, data kind, file, hub name, run name, device, precision, then the tab's settings in order:
+# learning_rate, warmup_steps, max_steps, batch_size, grad_accum, eval_interval, save_interval, patience
+SETTINGS = [1e-3, 2, 2000, 4, 1, 10, 10, 0]
+
+
+def wait_for(fn, timeout=90, every=0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+def test_client_starts_reads_stops_and_the_checkpoint_loads(client, tiny_checkpoint):
+    client.predict(tiny_checkpoint, "built-in corpus", None, "", "tab-run", "cpu", "auto", *SETTINGS,
+                   api_name="/train_start")
+    status = wait_for(lambda: (s := client.predict("tab-run", api_name="/train_status")).get("last_eval") and s)
+    assert status["state"] == "running" and status["max_steps"] == 2000
+    assert status["last_step"]["loss"] > 0 and status["last_eval"]["val_ppl"] > 1
+    # a second start while one runs is refused with a clear message
+    with pytest.raises(Exception, match="already going"):
+        client.predict(tiny_checkpoint, "built-in corpus", None, "", "tab-run-2", "cpu", "auto", *SETTINGS,
+                       api_name="/train_start")
+    client.predict(api_name="/train_stop")
+    final = wait_for(lambda: (s := client.predict("tab-run", api_name="/train_status"))["state"]
+                     in ("finished", "failed") and s)
+    assert final["state"] == "finished", final
+    assert runs.read_run(runs.run_dir("tab-run"))["status"] == "stopped"
+    loaded = models.load("tab-run", device="cpu")
+    assert loaded.spec.path.parent == runs.run_dir("tab-run")
+    assert "tab-run" in models.list_models()
+
+
+@pytest.mark.browser
+def test_browser_starts_a_run_sees_the_loss_chart_and_stops(page, tiny_checkpoint):
+    page.get_by_role("tab", name="Train", exact=True).click()
+    picker = page.get_by_label("Model to train", exact=True)
+    picker.fill(tiny_checkpoint)
+    picker.press("Enter")
+    page.get_by_label("Run name", exact=True).fill("browser-run")
+    max_steps = page.get_by_label("max steps", exact=True)
+    max_steps.fill("2000")
+    page.get_by_label("eval interval", exact=True).fill("10")
+    page.get_by_label("batch size", exact=True).fill("4")
+    page.get_by_role("button", name="Start", exact=True).click()
+    # the loss chart gets a drawn line once the run has logged steps
+    loss_line = page.locator(".js-plotly-plot").first.locator(".scatterlayer .trace path.js-line")
+    expect(loss_line.first).to_be_visible(timeout=90_000)
+    expect(page.get_by_text("browser-run").first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "train_tab.png"), full_page=True)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(page.get_by_text("finished").first).to_be_visible(timeout=60_000)
+    assert runs.read_run(runs.run_dir("browser-run"))["status"] == "stopped"
