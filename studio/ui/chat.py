@@ -89,32 +89,33 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
             arena_stop = gr.Button("Stop", variant="stop")
             arena_clear = gr.Button("Clear")
 
-    def settings_of(stop: str, values, seed_step: int = 0):
-        s = DecodingControls.settings(*values, stop=chat.parse_stop_list(stop))
-        return s.with_(seed=s.seed + seed_step)
-
+    # handlers name every parameter: the names are what `gradio_client` users see in the API page
     @user_errors
-    def respond(identifier, text, history, system_, stop, dev, *values):
-        settings = settings_of(stop, values)  # a bad setting fails before the model loads
-        if not (text or "").strip():
+    def respond(model, message, history, system, stop, device, temperature, top_k, top_p,
+                repetition_penalty, max_new_tokens, seed):
+        settings = DecodingControls.settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed,
+                                             stop=chat.parse_stop_list(stop))  # fails before the model loads
+        if not (message or "").strip():
             raise ValueError("message is empty: type something to send")
-        loaded = ws.model(identifier, device=dev)
-        for shown, info in _stream(loaded, plain(history), text, settings, system_):
+        loaded = ws.model(model, device=device)
+        for shown, info in _stream(loaded, plain(history), message, settings, system):
             yield shown, "", info
 
     @user_errors
-    def regenerate(identifier, history, ratings_, system_, stop, dev, *values):
+    def regenerate(model, history, ratings_, system, stop, device, temperature, top_k, top_p,
+                   repetition_penalty, max_new_tokens, seed):
         """Answer the last message again with the next seed (the seed box shows it)."""
         history = plain(history)
         while history and history[-1]["role"] == "assistant":
             history.pop()
         if not history:
             raise ValueError("nothing to regenerate yet: send a message first")
-        text = history.pop()["content"]
-        settings = settings_of(stop, values, seed_step=1)
-        loaded = ws.model(identifier, device=dev)
+        message = history.pop()["content"]
+        settings = DecodingControls.settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens,
+                                             int(seed or 0) + 1, stop=chat.parse_stop_list(stop))
+        loaded = ws.model(model, device=device)
         ratings_ = _prune(ratings_, len(history))
-        for shown, info in _stream(loaded, history, text, settings, system_):
+        for shown, info in _stream(loaded, history, message, settings, system):
             yield shown, info, settings.seed, ratings_
 
     def undo(history, ratings_):
@@ -138,18 +139,20 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         return ratings_
 
     @user_errors
-    def save(history, ratings_, identifier, system_, name, conv_id):
-        path, conv_id, n = chat.save_conversation(plain(history), ratings_, model=identifier, system=system_,
-                                                  conversation_id=conv_id, path=chat.chat_file(name))
+    def save(history, ratings_, model, system, file_name, conv_id):
+        path, conv_id, n = chat.save_conversation(plain(history), ratings_, model=model, system=system,
+                                                  conversation_id=conv_id, path=chat.chat_file(file_name))
         return f"{n} exchange(s) of conversation {conv_id} saved in {path}", conv_id
 
     @user_errors
-    def arena(id_a, id_b, text, hist_a, hist_b, system_, stop, dev, *values):
-        settings = settings_of(stop, values)
-        if not (text or "").strip():
+    def arena(model_a, model_b, message, history_a, history_b, system, stop, device, temperature, top_k, top_p,
+              repetition_penalty, max_new_tokens, seed):
+        settings = DecodingControls.settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed,
+                                             stop=chat.parse_stop_list(stop))
+        if not (message or "").strip():
             raise ValueError("message is empty: type something to send")
-        a, b = ws.model(id_a, device=dev), ws.model(id_b, device=dev)
-        streams = [_stream(m, plain(h), text, settings, system_) for m, h in ((a, hist_a), (b, hist_b))]
+        a, b = ws.model(model_a, device=device), ws.model(model_b, device=device)
+        streams = [_stream(m, plain(h), message, settings, system) for m, h in ((a, history_a), (b, history_b))]
         for (shown_a, info_a), (shown_b, info_b) in chat.interleave(*streams):
             yield shown_a, shown_b, "", f"A: {info_a}  |  B: {info_b}"
 
