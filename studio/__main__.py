@@ -103,9 +103,10 @@ def cmd_chat(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> dict:
     from studio import chat, models
 
-    result = chat.bench(models.load(args.model, device=args.device), n_tokens=args.tokens, repeats=args.repeats)
+    result = chat.bench(models.load(args.model, device=args.device), n_tokens=args.tokens, repeats=args.repeats,
+                        threads=args.threads)
     if not args.json:
-        print(f"{result['model']} on {result['device']}: prompt {result['prompt_tokens']} tokens, "
+        print(f"{result['model']} on {result['device']} ({result['threads']} threads): prompt {result['prompt_tokens']} tokens, "
               f"time to first token {result['time_to_first_token_s'] * 1000:.1f} ms, "
               f"{result['tokens_per_s']} tokens/s (median of {result['repeats']})")
     return result
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench)
     return parser

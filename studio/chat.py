@@ -239,13 +239,28 @@ def training_documents(rows: Iterable[dict], skip_disliked: bool = True) -> list
 
 # ---- benchmark ----
 
-def bench(loaded: "LoadedModel", n_tokens: int = 32, repeats: int = 5) -> dict:
+def bench(loaded: "LoadedModel", n_tokens: int = 32, repeats: int = 5, threads: int | None = None) -> dict:
     """Time to first token and decode tokens/s of a chat reply, median over `repeats` runs.
 
     The history is long enough that truncation runs and the prompt fills the context up to the
     reply budget, so the first token pays for the longest prefill a chat can have. Stop strings
-    are off so every run decodes `n_tokens` (unless the model emits end-of-text).
+    are off so every run decodes `n_tokens` (unless the model emits end-of-text). `threads` sets
+    torch's CPU threads for the run: on a busy CPU (training in another process) a small model
+    is many times faster on one thread than on threads that wait for each other's cores.
     """
+    import torch
+
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads)
+    try:
+        return _bench(loaded, n_tokens, repeats) | {"threads": torch.get_num_threads()}
+    finally:
+        torch.set_num_threads(default_threads)
+
+
+def _bench(loaded: "LoadedModel", n_tokens: int, repeats: int) -> dict:
     settings = DecodingSettings(temperature=0.8, top_k=200, max_new_tokens=n_tokens, seed=0)
     history = []
     for i in range(40):

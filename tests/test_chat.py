@@ -162,8 +162,8 @@ def test_saved_jsonl_reads_through_the_training_engine(tmp_path):
 
 
 def test_bench_reports_first_token_and_rate(tiny):
-    out = chat.bench(tiny, n_tokens=4, repeats=1)
-    assert out["time_to_first_token_s"] > 0 and out["dropped_turns"] > 0
+    out = chat.bench(tiny, n_tokens=4, repeats=1, threads=1)
+    assert out["time_to_first_token_s"] > 0 and out["dropped_turns"] > 0 and out["threads"] == 1
     assert out["prompt_tokens"] <= tiny.block_size - 4
 
 
@@ -192,6 +192,8 @@ def test_cli_bench_chat_json(tiny_checkpoint):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert {"time_to_first_token_s", "tokens_per_s", "prompt_tokens"} <= set(out)
+    r = run_cli("bench", "chat", "--model", tiny_checkpoint, "--threads", "0")
+    assert r.returncode == 2 and "threads must be >= 1" in r.stderr
 
 
 # ---- the Chat tab over HTTP ----
