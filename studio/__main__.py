@@ -90,10 +90,15 @@ def cmd_chat(args: argparse.Namespace) -> None:
             print(flush=True)
             continue
         shown = 0
-        for reply in chat.reply_stream(loaded, history, message, settings, args.system):
-            text = reply.text.replace("\n", " ")  # a custom stop list may let newlines through
-            print(text[shown:], end="", flush=True)
-            shown = len(text)
+        try:
+            for reply in chat.reply_stream(loaded, history, message, settings, args.system):
+                text = reply.text.replace("\n", " ")  # a custom stop list may let newlines through
+                print(text[shown:], end="", flush=True)
+                shown = len(text)
+        except ValueError as e:  # this message only (too long): say so, keep the session going
+            print(flush=True)
+            print(f"error: {e}", file=sys.stderr)
+            continue
         print(flush=True)
         if reply.dropped:
             print(chat.dropped_note(reply.dropped, loaded.block_size), file=sys.stderr)
@@ -106,7 +111,8 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     result = chat.bench(models.load(args.model, device=args.device), n_tokens=args.tokens, repeats=args.repeats,
                         threads=args.threads)
     if not args.json:
-        print(f"{result['model']} on {result['device']} ({result['threads']} threads): prompt {result['prompt_tokens']} tokens, "
+        print(f"{result['model']} on {result['device']} ({result['threads']} threads): "
+              f"prompt {result['prompt_tokens']} tokens, "
               f"time to first token {result['time_to_first_token_s'] * 1000:.1f} ms, "
               f"{result['tokens_per_s']} tokens/s (median of {result['repeats']})")
     return result

@@ -266,21 +266,20 @@ def _bench(loaded: "LoadedModel", n_tokens: int, repeats: int) -> dict:
     for i in range(40):
         history += [{"role": "user", "content": f"Tell me fact number {i} about the moon."},
                     {"role": "assistant", "content": "The moon is about 384,000 km away from the earth."}]
-    ttfts, rates, tokens, dropped, prompt_tokens = [], [], 0, 0, 0
+    message = "What is the moon made of?"
+    ttfts, rates = [], []
     for run in range(repeats + 1):  # run 0 warms up (first calls allocate and pick kernels)
         t0 = time.perf_counter()
         first = last = None
-        for reply in reply_stream(loaded, history, "What is the moon made of?", settings.with_(seed=run)):
+        for reply in reply_stream(loaded, history, message, settings.with_(seed=run)):
             last = time.perf_counter()
             first = first or last
         if run:
             ttfts.append(first - t0)
-            tokens, dropped = reply.n_tokens, reply.dropped
-            if tokens > 1:
-                rates.append((tokens - 1) / (last - first))
-    prompt_tokens = len(loaded.tokenizer.encode(fit_prompt(loaded, history, "What is the moon made of?",
-                                                           settings)[0]))
+            if reply.n_tokens > 1:
+                rates.append((reply.n_tokens - 1) / (last - first))
+    prompt, dropped = fit_prompt(loaded, history, message, settings)
     return {"model": loaded.name, "device": str(loaded.device), "context": loaded.block_size,
-            "prompt_tokens": prompt_tokens, "dropped_turns": dropped, "new_tokens": tokens,
-            "time_to_first_token_s": round(statistics.median(ttfts), 4),
+            "prompt_tokens": len(loaded.tokenizer.encode(prompt)), "dropped_turns": dropped,
+            "new_tokens": reply.n_tokens, "time_to_first_token_s": round(statistics.median(ttfts), 4),
             "tokens_per_s": round(statistics.median(rates), 1) if rates else None, "repeats": repeats}

@@ -101,7 +101,8 @@ def test_save_writes_pairs_with_ratings_and_replaces_on_resave(tmp_path):
     h += history_of([("sure?", "4")])
     chat.save_conversation(h, {3: -1}, model="tiny", conversation_id=cid, path=path)  # after more turns
     rows = chat.load_conversations(path)
-    assert [(r["user"], r.get("rating")) for r in rows] == [("other", None), ("hi", None), ("2+2?", -1), ("sure?", None)]
+    assert [(r["user"], r.get("rating")) for r in rows] == [("other", None), ("hi", None), ("2+2?", -1),
+                                                             ("sure?", None)]
     assert all(set(r) <= {"user", "assistant", "rating", "model", "system", "conversation_id"} for r in rows)
     assert not list(tmp_path.glob(".*tmp"))  # temp file renamed away
 
@@ -175,11 +176,13 @@ def run_cli(*args, input=""):
 
 
 def test_cli_chat_prints_one_reply_line_per_input_line(tiny_checkpoint):
+    too_long = "word " * 100
     r = run_cli("chat", "--model", tiny_checkpoint, "--max-new-tokens", "6", "--temperature", "0",
-                input="hello\n\nhow are you?\nthird\n")
+                input=f"hello\n\n{too_long}\nthird\n")
     assert r.returncode == 0, r.stderr
-    assert len(r.stdout.split("\n")) == 4 + 1  # 4 lines read -> 4 reply lines (the 2nd empty)
-    assert r.stdout.split("\n")[1] == ""
+    lines = r.stdout.split("\n")
+    assert len(lines) == 4 + 1 and lines[1] == lines[2] == ""  # 4 lines read -> 4 reply lines
+    assert "message too long for the context" in r.stderr
 
 
 def test_cli_chat_bad_flag_is_one_line(tiny_checkpoint):
