@@ -33,3 +33,20 @@ def test_chat_tab_streams_a_reply(page, tiny_checkpoint):
     expect(page.get_by_label("Saved", exact=True)).to_have_value(re.compile("1 exchange"), timeout=10000)
     rows = chat.load_conversations(chat.chat_file("browser.jsonl"))
     assert rows[0]["rating"] == 1 and rows[0]["model"] == tiny_checkpoint, json.dumps(rows)
+
+
+def test_arena_streams_two_models_side_by_side(page, tiny_checkpoint, tiny_char_checkpoint):
+    page.get_by_role("tab", name="Chat", exact=True).click()
+    page.get_by_text("Arena: one message, two models").click()
+    for label, name in (("Model A", tiny_checkpoint), ("Model B", tiny_char_checkpoint)):
+        picker = page.get_by_label(label, exact=True)
+        picker.fill(name)
+        block = picker.locator("xpath=ancestor::div[contains(@class, 'block')][1]")  # this picker's options
+        block.get_by_role("option", name=name, exact=True).click()
+        expect(picker).to_have_value(name)
+    box = page.get_by_role("textbox", name="Arena message", exact=True)
+    box.fill("hi")  # the char model has a 64-character context
+    box.press("Enter")
+    status = page.get_by_label("Arena status", exact=True)
+    expect(status).to_have_value(re.compile(r"^A: \d+ tokens, ended by .*B: \d+ tokens, ended by"), timeout=30000)
+    page.screenshot(path=str(ARTIFACTS / "chat_arena.png"), full_page=True)
