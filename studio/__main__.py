@@ -2,6 +2,8 @@
 
     python -m studio presets [--json]
     python -m studio generate --model M --prompt P [decoding flags] [--json]
+    python -m studio chat --model M [--system S] [decoding flags]   (one reply line per stdin line)
+    python -m studio bench chat [--model v2] [--json]
 
 Errors are one line on stderr and a non-zero exit, never a traceback. With --json the last
 line of stdout is one JSON object.
@@ -74,6 +76,48 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     return {"text": column.text, "new_tokens": len(column.tokens), "seconds": round(seconds, 4)}
 
 
+def cmd_chat(args: argparse.Namespace) -> None:
+    """Read messages from stdin, one per line; print one reply line each (streamed when a terminal)."""
+    from studio import chat, models
+
+    base = default_decoding(models.resolve(args.model)).with_(stop=chat.DEFAULT_STOP)
+    settings = decoding_from_args(args, base)
+    loaded = models.load(args.model, device=args.device)
+    history: list[dict] = []
+    for line in sys.stdin:
+        message = line.rstrip("\n")
+        if not message.strip():  # keep one output line per input line
+            print(flush=True)
+            continue
+        shown = 0
+        try:
+            for reply in chat.reply_stream(loaded, history, message, settings, args.system):
+                text = reply.text.replace("\n", " ")  # a custom stop list may let newlines through
+                print(text[shown:], end="", flush=True)
+                shown = len(text)
+        except ValueError as e:  # this message only (too long): say so, keep the session going
+            print(flush=True)
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        print(flush=True)
+        if reply.dropped:
+            print(chat.dropped_note(reply.dropped, loaded.block_size), file=sys.stderr)
+        history += [{"role": "user", "content": message}, {"role": "assistant", "content": reply.text}]
+
+
+def cmd_bench(args: argparse.Namespace) -> dict:
+    from studio import chat, models
+
+    result = chat.bench(models.load(args.model, device=args.device), n_tokens=args.tokens, repeats=args.repeats,
+                        threads=args.threads)
+    if not args.json:
+        print(f"{result['model']} on {result['device']} ({result['threads']} threads): "
+              f"prompt {result['prompt_tokens']} tokens, "
+              f"time to first token {result['time_to_first_token_s'] * 1000:.1f} ms, "
+              f"{result['tokens_per_s']} tokens/s (median of {result['repeats']})")
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studio", description="The studio, from the command line.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_decoding_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("chat", help="chat: one reply line on stdout per message line on stdin")
+    p.add_argument("--model", required=True, help="preset name, run in checkpoints/, or model folder")
+    p.add_argument("--system", default="", help="system prompt, the first line of every prompt")
+    p.add_argument("--device", default="auto")
+    add_decoding_flags(p)
+    p.set_defaults(fn=cmd_chat)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("chat", help="chat time to first token and tokens/s")
+    p.add_argument("--model", default="v2")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_bench)
     return parser
 
 

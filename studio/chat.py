@@ -1,0 +1,285 @@
+"""Chat: the template, turn-aware truncation, streamed replies, saved conversations, a benchmark.
+
+The template is the built-in corpus's (`studio.data.format_exchange`), one exchange per turn,
+with an optional system prompt as the first line:
+
+    You are terse.                      <- system prompt (optional)
+    Human: What is 2 plus 3?
+    Assistant: 5
+    Human: And 4 plus 4?
+    Assistant:                          <- the model completes from here
+
+In training data each exchange is one document and documents are separated by the
+end-of-text token, so a tuned model ends its reply with end-of-text; a base model instead runs
+on into a new line or a made-up "Human:" turn, hence the default stop list.
+
+A history is a list of {"role": "user" | "assistant", "content": str}; a turn is one user
+message and the assistant reply that follows it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+
+from studio import checkpoints_dir
+from studio.data import format_exchange
+from studio.decoding import DecodingSettings, stream
+
+if TYPE_CHECKING:
+    from studio.models import LoadedModel
+
+DEFAULT_STOP: tuple[str, ...] = ("\n", "Human:")  # end-of-text always stops (the decoder's eos)
+CHATS_DIR = "_chats"  # under checkpoints_dir(); the runs listing skips names starting with "_"
+DEFAULT_FILE = "conversations.jsonl"
+
+
+# ---- template and truncation ----
+
+def turns(history: Sequence[dict]) -> list[tuple[str, str]]:
+    """(user, assistant) pairs of a history; a user message without a reply gets "".
+
+    >>> turns([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+    [('hi', 'hello')]
+    """
+    pairs: list[tuple[str, str]] = []
+    for m in history:
+        if m["role"] == "user":
+            pairs.append((m["content"], ""))
+        elif m["role"] == "assistant" and pairs and not pairs[-1][1]:
+            pairs[-1] = (pairs[-1][0], m["content"])
+    return pairs
+
+
+def format_chat(pairs: Sequence[tuple[str, str]], message: str, system: str = "") -> str:
+    """The prompt for `message` after the `pairs` already exchanged.
+
+    >>> format_chat([("hi", "hello")], "2+2?", system="Be brief.")
+    'Be brief.\\nHuman: hi\\nAssistant: hello\\nHuman: 2+2?\\nAssistant:'
+    """
+    lines = [system.strip()] if system.strip() else []
+    lines += [format_exchange(q, a) for q, a in pairs]
+    lines.append(format_exchange(message))
+    return "\n".join(lines)
+
+
+def reply_budget(settings: DecodingSettings, block_size: int) -> int:
+    """Tokens kept free for the reply: max_new_tokens, but at most half the context, so a long
+    reply setting never leaves no room for the conversation (the decoder crops the same way)."""
+    return min(settings.max_new_tokens, block_size // 2)
+
+
+def fit_prompt(loaded: "LoadedModel", history: Sequence[dict], message: str,
+               settings: DecodingSettings, system: str = "") -> tuple[str, int]:
+    """(prompt, n_dropped): the oldest turns are dropped until the prompt plus the reply budget
+    fits the context window; the newest turns always survive. ValueError when even the message
+    alone (with the system prompt) does not fit."""
+    room = loaded.block_size - reply_budget(settings, loaded.block_size)
+    pairs = turns(history)
+    for dropped in range(len(pairs) + 1):
+        prompt = format_chat(pairs[dropped:], message, system)
+        n = len(loaded.tokenizer.encode(prompt))
+        if n <= room:
+            return prompt, dropped
+    raise ValueError(f"message too long for the context: {n} tokens with the system prompt, room for {room} "
+                     f"(context {loaded.block_size} minus {loaded.block_size - room} for the reply); "
+                     f"shorten it, or lower max_new_tokens")
+
+
+# ---- replies ----
+
+@dataclass
+class Reply:
+    """A reply as it grows; `dropped` turns of history did not fit the context."""
+
+    text: str = ""
+    dropped: int = 0
+    n_tokens: int = 0
+    finished: bool = False
+    finish_reason: str | None = None
+
+
+def reply_stream(loaded: "LoadedModel", history: Sequence[dict], message: str,
+                 settings: DecodingSettings, system: str = "") -> Iterator[Reply]:
+    """Stream the reply to `message` after `history`: one `Reply` (the same object) per token."""
+    if not message.strip():
+        raise ValueError("message is empty: type something to send")
+    prompt, dropped = fit_prompt(loaded, history, message, settings, system)
+    reply = Reply(dropped=dropped)
+    for (col,) in stream(loaded, prompt, [settings]):
+        # the template ends at "Assistant:"; the space the model puts after it is not the reply's
+        reply.text, reply.n_tokens = col.text.strip(), len(col.tokens)
+        reply.finished, reply.finish_reason = col.finished, col.finish_reason
+        yield reply
+
+
+def interleave(*streams: Iterator) -> Iterator[tuple]:
+    """Advance several streams one step each in turn and yield everyone's latest item, so two
+    models (the arena) stream side by side; a finished stream keeps showing its last item."""
+    latest: list = [None] * len(streams)
+    live = dict(enumerate(streams))
+    while live:
+        for i, it in list(live.items()):
+            try:
+                latest[i] = next(it)
+            except StopIteration:
+                del live[i]
+        yield tuple(latest)
+
+
+def dropped_note(dropped: int, block_size: int) -> str:
+    if not dropped:
+        return ""
+    return (f"{dropped} oldest turn{'s' if dropped > 1 else ''} left out to fit the context of "
+            f"{block_size} tokens")
+
+
+# ---- stop lists as the user types them ----
+
+def parse_stop_list(text: str) -> tuple[str, ...]:
+    r"""Stop strings separated by "|", with \n and \t written as escapes.
+
+    >>> parse_stop_list(r"\n|Human:")
+    ('\n', 'Human:')
+    """
+    parts = (p.replace("\\n", "\n").replace("\\t", "\t") for p in (text or "").split("|"))
+    return tuple(p for p in parts if p)
+
+
+def format_stop_list(stops: Iterable[str]) -> str:
+    return "|".join(s.replace("\n", "\\n").replace("\t", "\\t") for s in stops)
+
+
+# ---- saved conversations: JSONL, one exchange per line ----
+
+_save_lock = threading.Lock()  # two browser tabs saving to one file at once must not lose lines
+
+
+def chats_dir() -> Path:
+    return checkpoints_dir() / CHATS_DIR
+
+
+def chat_file(name: str = DEFAULT_FILE) -> Path:
+    """A conversations file in the chats folder; the name is a plain file name ending in .jsonl."""
+    name = (name or DEFAULT_FILE).strip()
+    if not name.endswith(".jsonl") or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"file name must be a plain name ending in .jsonl (saved under {chats_dir()}), got {name!r}")
+    return chats_dir() / name
+
+
+def exchanges(history: Sequence[dict], ratings: dict[int, int] | None = None, *, model: str = "",
+              system: str = "", conversation_id: str = "") -> list[dict]:
+    """The JSONL rows of a conversation: {"user", "assistant"} plus "rating" (+1/-1, keyed by the
+    assistant message's index in `history`), "model", "system" and "conversation_id" when known."""
+    ratings = ratings or {}
+    rows, user = [], None
+    for i, m in enumerate(history):
+        if m["role"] == "user":
+            user = m["content"]
+        elif m["role"] == "assistant" and user is not None:
+            row = {"user": user, "assistant": m["content"]}
+            if ratings.get(i):
+                row["rating"] = int(ratings[i])
+            row.update({k: v for k, v in (("model", model), ("system", system),
+                                          ("conversation_id", conversation_id)) if v})
+            rows.append(row)
+            user = None
+    return rows
+
+
+def save_conversation(history: Sequence[dict], ratings: dict[int, int] | None = None, *, model: str = "",
+                      system: str = "", conversation_id: str = "", path: Path | None = None) -> tuple[Path, str, int]:
+    """Write a conversation's exchanges into a JSONL file, replacing that conversation's earlier
+    lines (so saving again after more turns does not duplicate). Written as temp + rename.
+    Returns (path, conversation_id, number of exchanges saved)."""
+    conversation_id = conversation_id or uuid.uuid4().hex[:12]
+    rows = exchanges(history, ratings, model=model, system=system, conversation_id=conversation_id)
+    if not rows:
+        raise ValueError("nothing to save yet: the conversation has no complete exchange")
+    path = Path(path) if path else chat_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _save_lock:
+        kept = [r for r in load_conversations(path) if r.get("conversation_id") != conversation_id] \
+            if path.exists() else []
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept + rows), encoding="utf-8")
+        tmp.replace(path)
+    return path, conversation_id, len(rows)
+
+
+def load_conversations(path: Path) -> list[dict]:
+    """The rows of a conversations file; ValueError names the first bad line."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("user"), str) \
+                or not isinstance(row.get("assistant"), str):
+            raise ValueError(f"{path}:{n}: each line needs string fields 'user' and 'assistant'")
+        rows.append(row)
+    return rows
+
+
+def training_documents(rows: Iterable[dict], skip_disliked: bool = True) -> list[str]:
+    """One training document per exchange, in the chat template (system line first when saved);
+    replies rated down are left out, so rating is also curating."""
+    return [format_chat([], r["user"], r.get("system", "")) + " " + r["assistant"]
+            for r in rows if not (skip_disliked and r.get("rating", 0) < 0)]
+
+
+# ---- benchmark ----
+
+def bench(loaded: "LoadedModel", n_tokens: int = 32, repeats: int = 5, threads: int | None = None) -> dict:
+    """Time to first token and decode tokens/s of a chat reply, median over `repeats` runs.
+
+    The history is long enough that truncation runs and the prompt fills the context up to the
+    reply budget, so the first token pays for the longest prefill a chat can have. Stop strings
+    are off so every run decodes `n_tokens` (unless the model emits end-of-text). `threads` sets
+    torch's CPU threads for the run: on a busy CPU (training in another process) a small model
+    is many times faster on one thread than on threads that wait for each other's cores.
+    """
+    import torch
+
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads)
+    try:
+        return _bench(loaded, n_tokens, repeats) | {"threads": torch.get_num_threads()}
+    finally:
+        torch.set_num_threads(default_threads)
+
+
+def _bench(loaded: "LoadedModel", n_tokens: int, repeats: int) -> dict:
+    settings = DecodingSettings(temperature=0.8, top_k=200, max_new_tokens=n_tokens, seed=0)
+    history = []
+    for i in range(40):
+        history += [{"role": "user", "content": f"Tell me fact number {i} about the moon."},
+                    {"role": "assistant", "content": "The moon is about 384,000 km away from the earth."}]
+    message = "What is the moon made of?"
+    ttfts, rates = [], []
+    for run in range(repeats + 1):  # run 0 warms up (first calls allocate and pick kernels)
+        t0 = time.perf_counter()
+        first = last = None
+        for reply in reply_stream(loaded, history, message, settings.with_(seed=run)):
+            last = time.perf_counter()
+            first = first or last
+        if run:
+            ttfts.append(first - t0)
+            if reply.n_tokens > 1:
+                rates.append((reply.n_tokens - 1) / (last - first))
+    prompt, dropped = fit_prompt(loaded, history, message, settings)
+    return {"model": loaded.name, "device": str(loaded.device), "context": loaded.block_size,
+            "prompt_tokens": len(loaded.tokenizer.encode(prompt)), "dropped_turns": dropped,
+            "new_tokens": reply.n_tokens, "time_to_first_token_s": round(statistics.median(ttfts), 4),
+            "tokens_per_s": round(statistics.median(rates), 1) if rates else None, "repeats": repeats}

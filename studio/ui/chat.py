@@ -1,0 +1,175 @@
+"""Chat tab: multi-turn chat with any model, rated replies saved for fine-tuning, and an arena
+where one message is answered by two models side by side.
+
+Each browser's conversation is its Chatbot value (plus its ratings and conversation id in
+gr.State), never module state, so two sessions never see each other's history.
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from studio import chat, devices, models
+from studio.decoding import NAMED
+from studio.ui.common import MODEL_QUEUE, DecodingControls, Pickers, user_errors
+from studio.workspace import DEFAULT_MODEL, Workspace
+
+STOP_HELP = "stop strings, | between them, \\n = newline; end-of-text always stops"
+
+
+def text_of(content) -> str:
+    """Gradio hands message content in as a list of parts; the engine wants the text."""
+    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content or [])
+
+
+def plain(history) -> list[dict]:
+    return [{"role": m["role"], "content": text_of(m["content"])} for m in history or []
+            if m["role"] in ("user", "assistant")]
+
+
+def status(reply: chat.Reply, block_size: int) -> str:
+    ended = {"eos": "end-of-text", "stop": "a stop string", "length": "max new tokens",
+             "context": "the context window"}.get(reply.finish_reason or "", "")
+    text = f"{reply.n_tokens} tokens" + (f", ended by {ended}" if ended else "")
+    dropped = chat.dropped_note(reply.dropped, block_size)
+    return f"{text}; {dropped}" if dropped else text
+
+
+def _stream(loaded, history: list[dict], message: str, settings, system: str):
+    """Yield (shown history, status) while the reply grows: the user's message shows at once."""
+    shown = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+    yield shown, "generating..."
+    for reply in chat.reply_stream(loaded, history, message, settings, system):
+        shown[-1]["content"] = reply.text
+        yield shown, status(reply, loaded.block_size)
+
+
+def _prune(ratings: dict, n_messages: int) -> dict:
+    """Ratings of messages that are gone (undone, regenerated) must not stick to new replies."""
+    return {i: r for i, r in (ratings or {}).items() if i < n_messages}
+
+
+def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
+    ratings = gr.State({})  # assistant message index -> +1 / -1
+    conversation_id = gr.State("")
+    with gr.Row():
+        with gr.Column(scale=3):
+            model = pickers.model()
+            system = gr.Textbox(label="System prompt", placeholder="optional: the first line of every prompt")
+            chatbot = gr.Chatbot(label="Chat", height=420, buttons=["copy"])
+            note = gr.Textbox(label="Status", interactive=False)
+            message = gr.Textbox(label="Message", placeholder="type and press Enter")
+            with gr.Row():
+                send_btn = gr.Button("Send", variant="primary")
+                stop_btn = gr.Button("Stop", variant="stop")
+                regen_btn = gr.Button("Regenerate")
+                undo_btn = gr.Button("Undo")
+                clear_btn = gr.Button("Clear")
+        with gr.Column(scale=2):
+            with gr.Accordion("Decoding settings", open=True):
+                dec = DecodingControls(NAMED["focused"], label="Chat")
+                stop_text = gr.Textbox(chat.format_stop_list(chat.DEFAULT_STOP), label="Stop strings", info=STOP_HELP)
+                device = gr.Dropdown(list(devices.DEVICES), value="auto", label="Device")
+            with gr.Accordion("Save for fine-tuning", open=True):
+                file_name = gr.Textbox(chat.DEFAULT_FILE, label="File",
+                                       info=f"JSONL user/assistant pairs in {chat.CHATS_DIR}/ of the checkpoints "
+                                            "folder; the Train tab takes it as data")
+                save_btn = gr.Button("Save conversation")
+                saved = gr.Textbox(label="Saved", interactive=False)
+    with gr.Accordion("Arena: one message, two models side by side (uses the settings above)", open=False):
+        with gr.Row():
+            model_a = pickers.model("Model A", value="gpt2")
+            model_b = pickers.model("Model B", value=(models.list_checkpoints() or [DEFAULT_MODEL])[0])
+        with gr.Row():
+            chat_a = gr.Chatbot(label="A", height=320, feedback_options=None)
+            chat_b = gr.Chatbot(label="B", height=320, feedback_options=None)
+        arena_note = gr.Textbox(label="Arena status", interactive=False)
+        arena_msg = gr.Textbox(label="Arena message", placeholder="asked to both models")
+        with gr.Row():
+            ask_btn = gr.Button("Ask both", variant="primary")
+            arena_stop = gr.Button("Stop", variant="stop")
+            arena_clear = gr.Button("Clear")
+
+    # handlers name every parameter: the names are what `gradio_client` users see in the API page
+    @user_errors
+    def respond(model, message, history, system, stop, device, temperature, top_k, top_p,
+                repetition_penalty, max_new_tokens, seed):
+        settings = DecodingControls.settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed,
+                                             stop=chat.parse_stop_list(stop))  # fails before the model loads
+        if not (message or "").strip():
+            raise ValueError("message is empty: type something to send")
+        loaded = ws.model(model, device=device)
+        for shown, info in _stream(loaded, plain(history), message, settings, system):
+            yield shown, "", info
+
+    @user_errors
+    def regenerate(model, history, ratings_, system, stop, device, temperature, top_k, top_p,
+                   repetition_penalty, max_new_tokens, seed):
+        """Answer the last message again with the next seed (the seed box shows it)."""
+        history = plain(history)
+        while history and history[-1]["role"] == "assistant":
+            history.pop()
+        if not history:
+            raise ValueError("nothing to regenerate yet: send a message first")
+        message = history.pop()["content"]
+        settings = DecodingControls.settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens,
+                                             int(seed or 0) + 1, stop=chat.parse_stop_list(stop))
+        loaded = ws.model(model, device=device)
+        ratings_ = _prune(ratings_, len(history))
+        for shown, info in _stream(loaded, history, message, settings, system):
+            yield shown, info, settings.seed, ratings_
+
+    def undo(history, ratings_):
+        """Take back the last exchange; its message returns to the box for editing."""
+        history = plain(history)
+        while history and history[-1]["role"] == "assistant":
+            history.pop()
+        text = history.pop()["content"] if history else ""
+        return history, text, _prune(ratings_, len(history))
+
+    def clear():
+        return [], "", {}, ""
+
+    def rate(ratings_, data: gr.LikeData):
+        ratings_ = dict(ratings_ or {})
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        if data.liked is True or data.liked is False:
+            ratings_[index] = 1 if data.liked else -1
+        else:  # a second click takes the rating back
+            ratings_.pop(index, None)
+        return ratings_
+
+    @user_errors
+    def save(history, ratings_, model, system, file_name, conv_id):
+        path, conv_id, n = chat.save_conversation(plain(history), ratings_, model=model, system=system,
+                                                  conversation_id=conv_id, path=chat.chat_file(file_name))
+        return f"{n} exchange(s) of conversation {conv_id} saved in {path}", conv_id
+
+    @user_errors
+    def arena(model_a, model_b, message, history_a, history_b, system, stop, device, temperature, top_k, top_p,
+              repetition_penalty, max_new_tokens, seed):
+        settings = DecodingControls.settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed,
+                                             stop=chat.parse_stop_list(stop))
+        if not (message or "").strip():
+            raise ValueError("message is empty: type something to send")
+        a, b = ws.model(model_a, device=device), ws.model(model_b, device=device)
+        streams = [_stream(m, plain(h), message, settings, system) for m, h in ((a, history_a), (b, history_b))]
+        for (shown_a, info_a), (shown_b, info_b) in chat.interleave(*streams):
+            yield shown_a, shown_b, "", f"A: {info_a}  |  B: {info_b}"
+
+    decoding_inputs = [system, stop_text, device, *dec.inputs]
+    send_ev = gr.on([send_btn.click, message.submit], respond, [model, message, chatbot, *decoding_inputs],
+                    [chatbot, message, note], api_name="chat", concurrency_id=MODEL_QUEUE)
+    regen_ev = regen_btn.click(regenerate, [model, chatbot, ratings, *decoding_inputs],
+                               [chatbot, note, dec.seed, ratings], api_name="regenerate", concurrency_id=MODEL_QUEUE)
+    stop_btn.click(None, None, None, cancels=[send_ev, regen_ev])
+    undo_btn.click(undo, [chatbot, ratings], [chatbot, message, ratings], api_name="undo", queue=False)
+    clear_btn.click(clear, None, [chatbot, note, ratings, conversation_id], api_name="clear_chat", queue=False)
+    chatbot.clear(clear, None, [chatbot, note, ratings, conversation_id], api_visibility="private", queue=False)
+    chatbot.like(rate, ratings, ratings, api_visibility="private", queue=False)
+    save_btn.click(save, [chatbot, ratings, model, system, file_name, conversation_id], [saved, conversation_id],
+                   api_name="save_chat")
+    ask_ev = gr.on([ask_btn.click, arena_msg.submit], arena,
+                   [model_a, model_b, arena_msg, chat_a, chat_b, *decoding_inputs],
+                   [chat_a, chat_b, arena_msg, arena_note], api_name="arena", concurrency_id=MODEL_QUEUE)
+    arena_stop.click(None, None, None, cancels=[ask_ev])
+    arena_clear.click(lambda: ([], [], ""), None, [chat_a, chat_b, arena_note], api_name="clear_arena", queue=False)

@@ -1,0 +1,279 @@
+"""Chat: template, turn-aware truncation, stop strings, saved conversations that train, the CLI,
+and the Chat tab over HTTP (two sessions at once must not mix histories)."""
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+from studio import chat, checkpoints_dir
+from studio.data import format_exchange
+from studio.decoding import DecodingSettings, generate
+from conftest import ROOT
+
+
+def history_of(pairs):
+    out = []
+    for q, a in pairs:
+        out += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint):
+    from studio import models
+
+    return models.load(tiny_checkpoint, device="cpu")
+
+
+def test_template_matches_the_corpus_template():
+    assert chat.format_chat([], "What is 2 plus 3?") == format_exchange("What is 2 plus 3?")
+    prompt = chat.format_chat([("hi", "hello")], "bye", system="Be brief.")
+    assert prompt == "Be brief.\nHuman: hi\nAssistant: hello\nHuman: bye\nAssistant:"
+
+
+def test_turns_pairs_messages_and_tolerates_odd_histories():
+    h = [{"role": "assistant", "content": "orphan"}, *history_of([("a", "b")]), {"role": "user", "content": "c"}]
+    assert chat.turns(h) == [("a", "b"), ("c", "")]
+
+
+@pytest.mark.parametrize("max_new_tokens", [4, 16, 200])
+def test_truncation_keeps_the_newest_turns_within_the_context(tiny, max_new_tokens):
+    pairs = [(f"question number {i}", f"answer number {i}") for i in range(12)]
+    settings = DecodingSettings(max_new_tokens=max_new_tokens)
+    prompt, dropped = chat.fit_prompt(tiny, history_of(pairs), "the last one?", settings)
+    room = tiny.block_size - min(max_new_tokens, tiny.block_size // 2)
+    assert 0 < dropped < len(pairs)
+    assert len(tiny.tokenizer.encode(prompt)) <= room
+    assert prompt == chat.format_chat(pairs[dropped:], "the last one?")  # a suffix: the newest turns
+    # one more turn would not have fit
+    assert len(tiny.tokenizer.encode(chat.format_chat(pairs[dropped - 1:], "the last one?"))) > room
+
+
+def test_short_history_is_kept_whole_and_a_huge_message_is_a_clear_error(tiny):
+    settings = DecodingSettings(max_new_tokens=8)
+    prompt, dropped = chat.fit_prompt(tiny, history_of([("hi", "hello")]), "ok?", settings)
+    assert dropped == 0 and prompt.startswith("Human: hi")
+    with pytest.raises(ValueError, match="message too long for the context"):
+        chat.fit_prompt(tiny, [], "word " * 200, settings)
+
+
+def test_stop_strings_end_generation(tiny):
+    base = DecodingSettings(temperature=0, max_new_tokens=12)
+    prompt, _ = chat.fit_prompt(tiny, [], "hello", base)
+    free = generate(tiny, prompt, [base])[0]
+    assert len(free.tokens) >= 6
+    stop = free.tokens[5].text  # a string the greedy reply is known to reach
+    reply = list(chat.reply_stream(tiny, [], "hello", base.with_(stop=(stop,))))[-1]
+    assert reply.finish_reason == "stop" and reply.n_tokens <= 6
+    assert stop not in reply.text and reply.text == free.text[:free.text.find(stop)].strip()
+
+
+def test_reply_stream_grows_and_reports_dropped_turns(tiny):
+    settings = DecodingSettings(temperature=0, max_new_tokens=8, stop=chat.DEFAULT_STOP)
+    long = history_of([(f"question number {i}", f"answer number {i}") for i in range(12)])
+    texts = [(r.text, r.dropped) for r in chat.reply_stream(tiny, long, "and now?", settings)]
+    assert texts and all(d > 0 for _, d in texts)
+    assert all("\n" not in t and "Human:" not in t for t, _ in texts)
+    with pytest.raises(ValueError, match="message is empty"):
+        next(chat.reply_stream(tiny, [], "  ", settings))
+
+
+def test_interleave_advances_streams_in_turn():
+    assert list(chat.interleave(iter([1, 2, 3]), iter("ab"))) == [(1, "a"), (2, "b"), (3, "b"), (3, "b")]
+
+
+@pytest.mark.parametrize("text, stops", [(r"\n|Human:", ("\n", "Human:")), ("", ()), ("a||b", ("a", "b"))])
+def test_stop_list_round_trip(text, stops):
+    assert chat.parse_stop_list(text) == stops
+    assert chat.parse_stop_list(chat.format_stop_list(stops)) == stops
+
+
+def test_save_writes_pairs_with_ratings_and_replaces_on_resave(tmp_path):
+    path = tmp_path / "c.jsonl"
+    h = history_of([("hi", "hello"), ("2+2?", "5")])
+    _, cid, n = chat.save_conversation(h, {3: -1, 1: 1}, model="tiny", system="Be brief.", path=path)
+    assert n == 2
+    chat.save_conversation(history_of([("other", "chat")]), path=path)
+    h += history_of([("sure?", "4")])
+    chat.save_conversation(h, {3: -1}, model="tiny", conversation_id=cid, path=path)  # after more turns
+    rows = chat.load_conversations(path)
+    assert [(r["user"], r.get("rating")) for r in rows] == [("other", None), ("hi", None), ("2+2?", -1),
+                                                             ("sure?", None)]
+    assert all(set(r) <= {"user", "assistant", "rating", "model", "system", "conversation_id"} for r in rows)
+    assert not list(tmp_path.glob(".*tmp"))  # temp file renamed away
+
+
+@pytest.mark.parametrize("name", ["../x.jsonl", "x.txt", ".hidden.jsonl", "a/b.jsonl"])
+def test_bad_chat_file_names_are_refused(name):
+    with pytest.raises(ValueError, match="file name must be"):
+        chat.chat_file(name)
+
+
+def test_nothing_to_save_and_bad_lines_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="nothing to save"):
+        chat.save_conversation([{"role": "user", "content": "hi"}], path=tmp_path / "c.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"user": "a", "assistant": "b"}\n{"user": 1}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: each line needs"):
+        chat.load_conversations(tmp_path / "bad.jsonl")
+
+
+def test_training_documents_use_the_template_and_skip_disliked():
+    rows = [{"user": "hi", "assistant": "hello", "rating": 1}, {"user": "2+2?", "assistant": "5", "rating": -1},
+            {"user": "x", "assistant": "y", "system": "Be brief."}]
+    assert chat.training_documents(rows) == [format_exchange("hi", "hello"), "Be brief.\n" + format_exchange("x", "y")]
+    assert len(chat.training_documents(rows, skip_disliked=False)) == 3
+
+
+def test_saved_jsonl_trains_a_tiny_model(tiny, tmp_path):
+    """collect -> fine-tune, with plain torch: the saved file becomes template documents joined by
+    end-of-text, and a few optimizer steps on them lower the loss."""
+    h = history_of([("What is 2 plus 3?", "5"), ("Reverse the word cat.", "tac"), ("Say hi.", "hi")])
+    path, _, _ = chat.save_conversation(h, {1: 1}, model="tiny", path=tmp_path / "c.jsonl")
+    docs = chat.training_documents(chat.load_conversations(path))
+    tok = tiny.tokenizer
+    ids = []
+    for d in docs:
+        ids += tok.encode(d) + [tok.eos_id]
+    x = torch.tensor([ids[: tiny.block_size]])  # (1, T)
+    model = type(tiny.model)(tiny.model.config)  # a fresh copy: the shared fixture stays untouched
+    model.load_state_dict(tiny.model.state_dict())
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.9
+
+
+def test_saved_jsonl_reads_through_the_training_engine(tmp_path):
+    pytest.importorskip("studio.training", reason="the training engine comes with the Train tab (merged later)")
+    from studio.data import read_file
+
+    h = history_of([("What is 2 plus 3?", "5"), ("Say hi.", "hi")])
+    path, _, _ = chat.save_conversation(h, model="tiny", path=tmp_path / "c.jsonl")
+    assert read_file(path).docs == chat.training_documents(chat.load_conversations(path))
+
+
+def test_bench_reports_first_token_and_rate(tiny):
+    out = chat.bench(tiny, n_tokens=4, repeats=1, threads=1)
+    assert out["time_to_first_token_s"] > 0 and out["dropped_turns"] > 0 and out["threads"] == 1
+    assert out["prompt_tokens"] <= tiny.block_size - 4
+
+
+# ---- the CLI ----
+
+def run_cli(*args, input=""):
+    return subprocess.run([sys.executable, "-m", "studio", *args], cwd=ROOT, env=os.environ.copy(), input=input,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_chat_prints_one_reply_line_per_input_line(tiny_checkpoint):
+    too_long = "word " * 100
+    r = run_cli("chat", "--model", tiny_checkpoint, "--max-new-tokens", "6", "--temperature", "0",
+                input=f"hello\n\n{too_long}\nthird\n")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")
+    assert len(lines) == 4 + 1 and lines[1] == lines[2] == ""  # 4 lines read -> 4 reply lines
+    assert "message too long for the context" in r.stderr
+
+
+def test_cli_chat_bad_flag_is_one_line(tiny_checkpoint):
+    r = run_cli("chat", "--model", tiny_checkpoint, "--top-p", "2", input="hi\n")
+    assert r.returncode == 2 and "top_p must be in (0, 1]" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_bench_chat_json(tiny_checkpoint):
+    r = run_cli("bench", "chat", "--model", tiny_checkpoint, "--tokens", "4", "--repeats", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {"time_to_first_token_s", "tokens_per_s", "prompt_tokens"} <= set(out)
+    r = run_cli("bench", "chat", "--model", tiny_checkpoint, "--threads", "0")
+    assert r.returncode == 2 and "threads must be >= 1" in r.stderr
+
+
+# ---- the Chat tab over HTTP ----
+
+SETTINGS = ["", r"\n|Human:", "cpu", 0.0, 0, 1.0, 1.0, 6, 0]  # system, stop, device, temperature..seed
+
+
+@pytest.fixture(scope="module")
+def url(tiny_checkpoint):
+    from studio.ui import build_app
+
+    demo = build_app()
+    demo.queue(default_concurrency_limit=2)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    yield url
+    demo.close()
+
+
+def as_parts(history):
+    """A history as a client must send it: Gradio 6 validates content as a list of parts."""
+    return [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in history]
+
+
+def texts(history):
+    return [(m["role"], m["content"][0]["text"] if m["content"] else "") for m in history]
+
+
+def test_two_sessions_chat_at_once_without_mixing_histories(url, tiny_checkpoint):
+    from gradio_client import Client
+
+    sessions = {"apples": as_parts(history_of([("I like apples", "ok")])),
+                "trains": as_parts(history_of([("I like trains", "fine")]))}
+    results = {}
+
+    def talk(topic):
+        client = Client(url, verbose=False)
+        history = sessions[topic]
+        for i in range(3):
+            history, box, _ = client.predict(tiny_checkpoint, f"{topic} {i}", history, *SETTINGS, api_name="/chat")
+            assert box == ""
+        results[topic] = texts(history)
+
+    threads = [threading.Thread(target=talk, args=(t,)) for t in sessions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for topic in sessions:
+        users = [c for role, c in results[topic] if role == "user"]
+        assert users == [f"I like {topic}", f"{topic} 0", f"{topic} 1", f"{topic} 2"]
+        assert len(results[topic]) == 8
+
+
+def test_regenerate_undo_save_and_truncation_note(url, tiny_checkpoint):
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    long = as_parts(history_of([(f"question number {i}", f"answer number {i}") for i in range(12)]))
+    history, _, note = client.predict(tiny_checkpoint, "last", long, *SETTINGS, api_name="/chat")
+    assert "oldest turns left out to fit the context of 64 tokens" in note
+    regen, note, seed = client.predict(tiny_checkpoint, history, *SETTINGS, api_name="/regenerate")
+    assert seed == 1 and len(regen) == len(history) and texts(regen)[-2] == ("user", "last")
+    undone, box = client.predict(history, api_name="/undo")
+    assert box == "last" and len(undone) == len(history) - 2
+    saved = client.predict(history, tiny_checkpoint, "", "mine.jsonl", api_name="/save_chat")
+    assert "13 exchange(s)" in saved
+    rows = chat.load_conversations(checkpoints_dir() / chat.CHATS_DIR / "mine.jsonl")
+    assert rows[-1]["user"] == "last" and rows[0]["model"] == tiny_checkpoint
+    with pytest.raises(Exception, match="message is empty"):
+        client.predict(tiny_checkpoint, " ", [], *SETTINGS, api_name="/chat")
+
+
+def test_arena_answers_with_two_models(url, tiny_checkpoint, tiny_char_checkpoint):
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    a, b, box, note = client.predict(tiny_checkpoint, tiny_char_checkpoint, "What is 2 plus 3?", [], [],
+                                     *SETTINGS, api_name="/arena")
+    assert box == "" and note.startswith("A: ") and "B: " in note
+    assert texts(a)[0] == texts(b)[0] == ("user", "What is 2 plus 3?") and len(a) == len(b) == 2
