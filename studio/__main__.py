@@ -2,6 +2,8 @@
 
     python -m studio presets [--json]
     python -m studio generate --model M --prompt P [decoding flags] [--json]
+    python -m studio train --preset v1 --data builtin --max-steps 300 --out checkpoints/demo [--resume] [--json]
+    python -m studio bench train|memory [--json]
 
 Errors are one line on stderr and a non-zero exit, never a traceback. With --json the last
 line of stdout is one JSON object.
@@ -74,6 +76,63 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     return {"text": column.text, "new_tokens": len(column.tokens), "seconds": round(seconds, 4)}
 
 
+TRAIN_FLAGS = {"max_steps": int, "batch_size": int, "grad_accum": int, "learning_rate": float,
+               "warmup_steps": int, "eval_interval": int, "eval_batches": int, "save_interval": int,
+               "log_interval": int, "early_stop_patience": int}
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from studio.training import TrainConfig, train
+
+    model = args.model or args.preset
+    if not model:
+        raise ValueError("give --preset (train from scratch) or --model (fine-tune a checkpoint)")
+    cfg = TrainConfig(model=model, data=args.data, out=args.out or "", device=args.device,
+                      precision=args.precision, seed=args.seed, resume=args.resume,
+                      grad_checkpointing=args.grad_checkpointing)
+    changes = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    cfg = replace(cfg, settings=replace(cfg.settings, **changes))
+    bars: list = []  # made at the first event, so an early error prints alone
+
+    def show(event: dict) -> None:
+        if not bars:
+            bars.append(tqdm(total=cfg.settings.max_steps, desc=cfg.out, unit="step", file=sys.stderr))
+        bar = bars[0]
+        bar.n = event["step"]
+        if event["type"] == "step":
+            bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}")
+        elif event["type"] == "eval":
+            bar.write(f"step {event['step']}: val loss {event['val_loss']:.4f}, ppl {event['val_ppl']:.1f}")
+        elif event["type"] == "sample" and not args.json:
+            bar.write(f"  {event['prompt']!r} -> {event['text']!r}")
+        elif event["type"] == "event":
+            bar.write(f"[{event['kind']}] {event['message']}")
+        bar.refresh()
+
+    try:
+        summary = train(cfg, on_event=show)
+    finally:
+        for bar in bars:
+            bar.close()
+    if not args.json:
+        print(f"{summary['reason']} after {summary['steps']} steps: val loss {summary['val_loss']:.4f}; "
+              f"run in {summary['run_dir']}")
+    return {k: summary[k] for k in ("run_dir", "steps", "train_loss", "val_loss", "val_ppl")}
+
+
+def cmd_bench(args: argparse.Namespace) -> dict:
+    from studio import bench
+
+    result = bench.train_bench(steps=args.steps) if args.what == "train" else bench.memory_bench()
+    if not args.json:
+        print(json.dumps(result, indent=1))
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studio", description="The studio, from the command line.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +148,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_decoding_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("train", help="train a preset from scratch or fine-tune a model")
+    p.add_argument("--preset", help="scratch preset to train (same as --model)")
+    p.add_argument("--model", help="preset, run in checkpoints/, or model folder (a checkpoint fine-tunes)")
+    p.add_argument("--data", default="builtin", help="builtin | a .txt/.jsonl/.json/.csv/.parquet file | hub:<name>")
+    p.add_argument("--out", help="run name or folder (default <model>-<data>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="auto | fast (the device's fast path) | fp32 | bf16 | fp16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--lr", dest="learning_rate", type=float)
+    for name, kind in TRAIN_FLAGS.items():
+        if name != "learning_rate":
+            p.add_argument("--" + name.replace("_", "-"), type=kind)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("bench", help="benchmarks: the training loop, memory estimates")
+    p.add_argument("what", choices=["train", "memory"])
+    p.add_argument("--steps", type=int, default=8, help="timed steps per measurement (train)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_bench)
     return parser
 
 
