@@ -53,6 +53,7 @@ class TrainConfig:
     fit_memory: bool = True  # shrink the micro-batch (keeping the effective batch) to fit the device
     nan_patience: int = 3  # NaN steps in a row before restoring the last checkpoint
     sample_tokens: int = 32
+    heldout_eval: bool = True  # built-in data: score the held-out questions at the end
 
     def __post_init__(self) -> None:
         spec = models.resolve(self.model)  # a ValueError naming the choices when unknown
@@ -120,6 +121,17 @@ def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast) 
     with autocast:
         logits = model(input_ids=x, use_cache=False).logits  # (B, T, vocab)
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+
+
+def heldout_exact_match(loaded: "models.LoadedModel", examples: list[data.Example], max_new_tokens: int = 16) -> dict:
+    """Greedy answers to `examples`' questions: exact-match accuracy and the first few answers."""
+    from studio.decoding import DecodingSettings, generate
+
+    settings = DecodingSettings(temperature=0.0, max_new_tokens=max_new_tokens, stop=("\n",))
+    answers = [generate(loaded, data.format_exchange(e.question), [settings])[0].text for e in examples]
+    shown = [{"question": e.question, "expected": e.answer, "answer": data.answer_of(a)}
+             for e, a in zip(examples[:3], answers)]
+    return {"exact_match": data.exact_match(answers, examples), "heldout": len(examples), "answers": shown}
 
 
 # ---- resume state: safetensors for tensors, JSON for the rest (nothing pickled) ----
@@ -365,6 +377,16 @@ class _Run:
             self.emit("sample", prompt=prompt, text=generate(loaded, prompt, [settings])[0].text)
         self.raw.train()
 
+    def heldout_accuracy(self) -> dict | None:
+        """Built-in data: greedy answers to the held-out questions, scored by exact match."""
+        if not self.main or not self.heldout or not self.cfg.heldout_eval:
+            return None
+        loaded = models.LoadedModel(models.ModelSpec(self.dir.name, "checkpoint"), self.raw, self.tok, self.device)
+        self.raw.eval()
+        result = heldout_exact_match(loaded, self.heldout)
+        self.raw.train()
+        return result
+
     def do_eval(self, train_losses: list[float]) -> tuple[float, bool]:
         """Eval, samples, best checkpoint; returns (val_loss, early stop?)."""
         val = self.evaluate()
@@ -457,10 +479,14 @@ class _Run:
         if last_eval != self.step and self.step > 0:
             val, _ = self.do_eval(since_eval)
         self.save("last")
+        accuracy = self.heldout_accuracy()
         summary = {"run_dir": str(self.dir), "steps": self.step, "train_loss": last_loss, "val_loss": val,
                    "val_ppl": math.exp(min(val, 50)) if math.isfinite(val) else None,
                    "best_val_loss": None if math.isinf(self.best) else self.best, "reason": reason,
                    "elapsed_s": round(time.time() - self.t0, 3)}
+        if accuracy:
+            summary["heldout_exact_match"] = accuracy["exact_match"]
+            self.emit("eval", val_loss=val, val_ppl=summary["val_ppl"], **accuracy)
         self.emit("done", **summary)
         self.set_status("stopped" if reason == "stopped" else "done")
         return {**summary, "data": self.info.get("data_report")}
