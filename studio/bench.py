@@ -174,12 +174,12 @@ def memory_bench(cases=MEMORY_CASES) -> dict:
     rows = []
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     for name, batch, seq, prec, ckpt in cases:
-        est = estimate(get_preset(name), batch, seq, prec, ckpt)
         out = subprocess.run([sys.executable, "-c", _MEASURE, name, str(batch), str(seq), prec, str(int(ckpt))],
                              capture_output=True, text=True, env=env, timeout=600)
         if out.returncode:
             raise ValueError(f"memory measurement of {name} failed: {out.stderr.strip().splitlines()[-1:]}")
         measured = json.loads(out.stdout.strip().splitlines()[-1])
+        est = estimate(get_preset(name), batch, seq, prec, ckpt, measured["device"])
         rows.append({"preset": name, "batch": batch, "seq": seq, "precision": prec, "checkpointing": ckpt,
                      "device": measured["device"], "estimate_mb": est.total / 2**20,
                      "measured_mb": measured["measured"] / 2**20,

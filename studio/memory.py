@@ -60,10 +60,15 @@ def preset_table(presets: list[Preset]) -> pd.DataFrame:
 PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # Saved activations per layer per token, in units of n_embd elements: LayerNorm in/out (2+2),
 # qkv (3), attention out + merge (2), MLP in (1) and its 4x up + GELU (8) -- GPT-2's block as
-# Korthikanti et al. 2022 count it (34 bytes at 16-bit = 17 elements), with SDPA keeping no
-# T x T scores. Dropout adds a byte mask per kept element.
+# Korthikanti et al. 2022 count it (34 bytes at 16-bit = 17 elements). Dropout adds a byte
+# mask per kept element. CUDA's fused SDPA backward keeps no T x T scores; elsewhere the math
+# kernel keeps scores, probabilities and their gradient per head.
 ACT_PER_LAYER = 17
-LOGIT_BYTES = 16  # per (token, vocab) element: fp32 logits, their log-softmax, and both gradients
+ATTN_SCORE_TENSORS = 3
+# per (token, vocab) element of the loss: logits, log-softmax, their gradients and a softmax
+# temporary (fp32: 5 x 4 bytes); under bf16 autocast the logits are bf16 before the fp32 upcast.
+# Calibrated against measured peaks with `python -m studio bench memory`.
+LOGIT_BYTES = {"fp32": 20, "bf16": 16, "fp16": 16}
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,8 @@ def _arch(model) -> dict:
             "dropout": getattr(model, "resid_pdrop", 0.0) or 0.0, "config": model}
 
 
-def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing: bool = False) -> Estimate:
+def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing: bool = False,
+             device: str = "cpu") -> Estimate:
     """Bytes to train `model` (a Preset or HF config) on micro-batches of `batch` x `seq` tokens.
 
     Weights, grads and AdamW's two moments are fp32 (4+4+8 bytes per parameter); bf16 autocast
@@ -108,6 +114,8 @@ def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing
     tokens = batch * seq
     per_layer = tokens * a["n_embd"] * (ACT_PER_LAYER * act + (4 if a["dropout"] else 0))
     per_layer += tokens * (a["d_ff"] - 4 * a["n_embd"]) * 2 * act  # a non-default MLP width
+    if not device.startswith("cuda"):  # no fused attention backward: T x T scores are kept
+        per_layer += ATTN_SCORE_TENSORS * batch * a["n_head"] * seq * seq * act
     if checkpointing:
         activations = a["n_layer"] * tokens * a["n_embd"] * act + per_layer
     else:
@@ -115,7 +123,7 @@ def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing
     activations += tokens * a["n_embd"] * 4 * 2  # embeddings and final LayerNorm
     extra_cast = 2 * params if precision != "fp32" else 0
     return Estimate(weights=4 * params + extra_cast, grads=4 * params, optimizer=8 * params,
-                    activations=activations, logits=tokens * a["vocab"] * LOGIT_BYTES)
+                    activations=activations, logits=tokens * a["vocab"] * LOGIT_BYTES.get(precision, 20))
 
 
 @dataclass(frozen=True)
@@ -127,18 +135,18 @@ class Plan:
 
 
 def fit(model, batch: int, seq: int, budget_bytes: int, precision: str = "fp32",
-        max_micro: int | None = None) -> Plan:
+        max_micro: int | None = None, device: str = "cpu") -> Plan:
     """The largest micro-batch (then with checkpointing) whose estimate fits `budget_bytes`,
     with accumulation keeping the effective batch `batch` (micro-batches may be uneven)."""
     top = min(batch, max_micro or batch)
     for checkpointing in (False, True):
         micro = top
         while micro >= 1:
-            e = estimate(model, micro, seq, precision, checkpointing)
+            e = estimate(model, micro, seq, precision, checkpointing, device)
             if e.total <= budget_bytes:
                 return Plan(micro, -(-batch // micro), checkpointing, e.total)
             micro //= 2
-    need = estimate(model, 1, seq, precision, True).total
+    need = estimate(model, 1, seq, precision, True, device).total
     raise ValueError(f"training needs about {need / GB:.2f} GB even with a micro-batch of 1 and gradient "
                      f"checkpointing, more than the {budget_bytes / GB:.2f} GB available: pick a smaller model "
                      f"or a shorter context")

@@ -242,7 +242,8 @@ class _Run:
         self.tok = tok
         self.block = int(model.config.n_positions if hasattr(model.config, "n_positions")
                          else model.config.max_position_embeddings)
-        self.tokens = data.prepare(documents, tok, checkpoints_dir() / ".cache" / "tokens", cfg.seed)
+        with self.acc.main_process_first():  # one process writes the token cache, the others read it
+            self.tokens = data.prepare(documents, tok, checkpoints_dir() / ".cache" / "tokens", cfg.seed)
         self.heldout = documents.heldout
         n_params = model.num_parameters()
         self.info = {"params": n_params, "device": str(self.device), "precision": self.prec.name,
@@ -255,7 +256,7 @@ class _Run:
         self.grad_ckpt = cfg.grad_checkpointing
         self.fit_note = self._fit(model) if cfg.fit_memory else None
         if self.grad_ckpt:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.to(self.device).train()
         self.opt = make_optimizer(model, self.s, self.device)
         self.model = self.acc.prepare(model)
@@ -276,7 +277,7 @@ class _Run:
         if not budget:
             return None
         plan = fit(model.config, self.global_batch // self.acc.num_processes, self.block, int(budget * 0.9),
-                   self.prec.name, max_micro=self.micro)
+                   self.prec.name, max_micro=self.micro, device=self.device.type)
         if (plan.micro_batch, plan.checkpointing) == (self.micro, self.grad_ckpt):
             return None
         self.micro, self.grad_ckpt = plan.micro_batch, plan.checkpointing or self.grad_ckpt
@@ -499,7 +500,9 @@ class _Run:
         self.acc.wait_for_everyone()
         restored = self._load_state(restore_rng=False)["step"]
         weights = load_file(str(self.dir / "last" / "model.safetensors"))
-        self.raw.load_state_dict(weights, strict=False)  # the tied lm_head is not stored
+        result = self.raw.load_state_dict(weights, strict=False)  # the tied lm_head is not stored
+        if result.unexpected_keys or set(result.missing_keys) - {"lm_head.weight"}:
+            raise ValueError(f"cannot restore {self.dir / 'last'}: its weights do not match the model")
         self.event("restore", f"{self.cfg.nan_patience} non-finite steps in a row: restored the checkpoint "
                    f"of step {restored}, learning rate stays at {self.lr_scale:g}x")
 

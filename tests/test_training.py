@@ -132,6 +132,15 @@ def test_fast_path_learns_what_fp32_learns(tiny_char_checkpoint, small_data):
         assert b[step] == pytest.approx(a[step], rel=0.02)
 
 
+def test_gradient_checkpointing_gives_the_same_losses(tiny_char_checkpoint, small_data):
+    s = settings(max_steps=3)
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="plain", settings=s))
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="ckpt", settings=s, grad_checkpointing=True))
+    a, b = step_losses("plain"), step_losses("ckpt")
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-5)
+
+
 def test_cli_train_json(tiny_char_checkpoint, small_data):
     env = {**os.environ}
     out = subprocess.run([sys.executable, "-m", "studio", "train", "--model", tiny_char_checkpoint,
