@@ -93,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         raise ValueError("give --preset (train from scratch) or --model (fine-tune a checkpoint)")
     cfg = TrainConfig(model=model, data=args.data, out=args.out or "", device=args.device,
                       precision=args.precision, seed=args.seed, resume=args.resume,
-                      grad_checkpointing=args.grad_checkpointing)
+                      grad_checkpointing=args.grad_checkpointing, block_size=args.block_size)
     changes = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     cfg = replace(cfg, settings=replace(cfg.settings, **changes))
     bars: list = []  # made at the first event, so an early error prints alone
@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", help="auto | fast (the device's fast path) | fp32 | bf16 | fp16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--block-size", type=int, default=0, help="training window in tokens (default: the context)")
     p.add_argument("--lr", dest="learning_rate", type=float)
     for name, kind in TRAIN_FLAGS.items():
         if name != "learning_rate":
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: the training loop, memory estimates")
     p.add_argument("what", choices=["train", "memory"])
-    p.add_argument("--steps", type=int, default=8, help="timed steps per measurement (train)")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per measurement (train)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench)
     return parser

@@ -312,7 +312,9 @@ def _encode_docs(docs: list[str], tok, progress: Callable[[float, str], None] | 
 
 
 def split_docs(docs: list[str], seed: int = 0, val_fraction: float = 0.1) -> tuple[list[str], list[str]]:
-    """90/10 train/val by document, shuffled with `seed` (at least one of each when possible)."""
+    """90/10 train/val by document, shuffled with `seed`; a lone document is split at its paragraphs."""
+    if len(docs) == 1:  # e.g. tiny_shakespeare on the hub: one row holding the whole text
+        docs = [p.strip() for p in docs[0].split("\n\n") if p.strip()]
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
     n_val = max(1, round(len(docs) * val_fraction)) if len(docs) > 1 else 0

@@ -54,6 +54,7 @@ class TrainConfig:
     nan_patience: int = 3  # NaN steps in a row before restoring the last checkpoint
     sample_tokens: int = 32
     heldout_eval: bool = True  # built-in data: score the held-out questions at the end
+    block_size: int = 0  # training window in tokens; 0 = the model's context
 
     def __post_init__(self) -> None:
         spec = models.resolve(self.model)  # a ValueError naming the choices when unknown
@@ -65,6 +66,8 @@ class TrainConfig:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.nan_patience < 1:
             raise ValueError(f"nan_patience must be >= 1, got {self.nan_patience}")
+        if self.block_size < 0:
+            raise ValueError(f"block_size must be >= 0 (0 = the model's context), got {self.block_size}")
         if not 1 <= self.sample_tokens <= 1024:
             raise ValueError(f"sample_tokens must be in [1, 1024], got {self.sample_tokens}")
         if self.settings is None:
@@ -240,8 +243,11 @@ class _Run:
             model, tok = loaded.model, loaded.tokenizer
         torch.manual_seed(cfg.seed)
         self.tok = tok
-        self.block = int(model.config.n_positions if hasattr(model.config, "n_positions")
-                         else model.config.max_position_embeddings)
+        context = int(model.config.n_positions if hasattr(model.config, "n_positions")
+                      else model.config.max_position_embeddings)
+        if cfg.block_size > context:
+            raise ValueError(f"block_size ({cfg.block_size}) exceeds the model's context ({context})")
+        self.block = cfg.block_size or context
         with self.acc.main_process_first():  # one process writes the token cache, the others read it
             self.tokens = data.prepare(documents, tok, checkpoints_dir() / ".cache" / "tokens", cfg.seed)
         self.heldout = documents.heldout

@@ -80,3 +80,8 @@ def test_builtin_source_keeps_heldout_apart():
     docs = data.read_source("builtin")
     assert len(docs.docs) == 20_000 and len(docs.heldout) == 200
     assert not {e.text for e in docs.heldout} & set(docs.docs)
+
+
+def test_a_single_document_is_split_at_paragraphs():
+    train, val = data.split_docs(["\n\n".join(f"para {i}" for i in range(20))])
+    assert len(train) == 18 and len(val) == 2

@@ -182,3 +182,20 @@ def test_two_process_ddp_matches_one_process(tiny_char_checkpoint, small_data, t
     assert sorted(a) == sorted(b) == list(range(1, 7))  # one row per step: only the main process writes
     for step in a:
         assert b[step] == pytest.approx(a[step], abs=1e-4)
+
+
+def test_memory_fit_shrinks_the_micro_batch_to_the_device(tiny_char_checkpoint, small_data, monkeypatch):
+    from transformers import AutoConfig
+
+    from studio.devices import DeviceMemory
+    from studio.memory import estimate
+
+    config = AutoConfig.from_pretrained(str(models.resolve(tiny_char_checkpoint).path))
+    budget = int(estimate(config, 2, 32, "fp32").total / 0.9) + 1  # room for a micro-batch of 2, not 4
+    monkeypatch.setattr("studio.devices.memory", lambda device: DeviceMemory("cpu", budget, budget))
+    s = settings(max_steps=2, grad_accum=1)
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="fitted", settings=s, block_size=32))
+    events = [r for r in runs.metric_rows("fitted") if r["type"] == "event"]
+    assert [e["kind"] for e in events] == ["fit"] and "micro-batch 2 x 2" in events[0]["message"]
+    with pytest.raises(ValueError, match="block_size"):
+        train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="too-long", settings=s, block_size=999))
