@@ -270,8 +270,8 @@ class _Run:
         self.step, self.lr_scale, self.best, self.bad_evals = 0, 1.0, math.inf, 0
         if cfg.resume:
             self._resume()
-        self.dir.mkdir(parents=True, exist_ok=True)
         if self.main:
+            self.dir.mkdir(parents=True, exist_ok=True)
             self.metrics_file = open(self.dir / runs.METRICS_FILE, "a", encoding="utf-8")
 
     def _fit(self, model) -> str | None:
@@ -292,7 +292,8 @@ class _Run:
                 f"{budget / 2**30:.1f} GB (estimated {plan.total_bytes / 2**30:.2f} GB)")
 
     def _trainer_state(self) -> dict:
-        return {"step": self.step, "lr_scale": self.lr_scale, "best_val_loss": self.best,
+        return {"step": self.step, "lr_scale": self.lr_scale,
+                "best_val_loss": None if math.isinf(self.best) else self.best,
                 "bad_evals": self.bad_evals, "micro_batch": self.micro, "data_seed": self.cfg.seed,
                 "data_position": self.step}
 
@@ -308,7 +309,8 @@ class _Run:
     def _resume(self) -> None:
         trainer = self._load_state(restore_rng=True)
         self.step, self.lr_scale = trainer["step"], trainer["lr_scale"]
-        self.best, self.bad_evals = trainer["best_val_loss"], trainer["bad_evals"]
+        self.best = math.inf if trainer["best_val_loss"] is None else trainer["best_val_loss"]
+        self.bad_evals = trainer["bad_evals"]
         self.micro = min(self.micro, trainer["micro_batch"])
 
     # -- checkpoints --
@@ -491,9 +493,11 @@ class _Run:
                    "val_ppl": math.exp(min(val, 50)) if math.isfinite(val) else None,
                    "best_val_loss": None if math.isinf(self.best) else self.best, "reason": reason,
                    "elapsed_s": round(time.time() - self.t0, 3)}
-        if accuracy:
+        if accuracy:  # the shown answers as sample rows; the score in the done row
             summary["heldout_exact_match"] = accuracy["exact_match"]
-            self.emit("eval", val_loss=val, val_ppl=summary["val_ppl"], **accuracy)
+            for a in accuracy["answers"]:
+                self.emit("sample", prompt=data.format_exchange(a["question"]), text=a["answer"],
+                          expected=a["expected"], heldout=True)
         self.emit("done", **summary)
         self.set_status("stopped" if reason == "stopped" else "done")
         return {**summary, "data": self.info.get("data_report")}
