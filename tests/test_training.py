@@ -199,3 +199,13 @@ def test_memory_fit_shrinks_the_micro_batch_to_the_device(tiny_char_checkpoint, 
     assert [e["kind"] for e in events] == ["fit"] and "micro-batch 2 x 2" in events[0]["message"]
     with pytest.raises(ValueError, match="block_size"):
         train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="too-long", settings=s, block_size=999))
+
+
+def test_heldout_exact_match_scores_greedy_answers(tiny_char_checkpoint):
+    from studio.training import heldout_exact_match
+
+    loaded = models.load(tiny_char_checkpoint, device="cpu")
+    _, heldout = builtin_examples(10, 4)
+    result = heldout_exact_match(loaded, heldout, max_new_tokens=4)
+    assert result["heldout"] == 4 and result["exact_match"] == 0.0  # an untrained model
+    assert [a["question"] for a in result["answers"]] == [e.question for e in heldout[:3]]
