@@ -6,7 +6,6 @@ import sys
 import threading
 
 import pytest
-import torch
 
 from conftest import ROOT
 from studio import checkpoints_dir, models, runs
