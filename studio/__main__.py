@@ -3,7 +3,9 @@
     python -m studio presets [--json]
     python -m studio generate --model M --prompt P [decoding flags] [--json]
     python -m studio chat --model M [--system S] [decoding flags]   (one reply line per stdin line)
-    python -m studio bench chat [--model v2] [--json]
+    python -m studio train --preset v1 --data builtin --max-steps 300 --out checkpoints/demo [--resume] [--json]
+    python -m studio train --config run/job.json [--json]   (a TrainConfig as JSON: what the app runs)
+    python -m studio bench train|memory|chat [--json]
 
 Errors are one line on stderr and a non-zero exit, never a traceback. With --json the last
 line of stdout is one JSON object.
@@ -105,7 +107,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": reply.text}]
 
 
-def cmd_bench(args: argparse.Namespace) -> dict:
+def cmd_bench_chat(args: argparse.Namespace) -> dict:
     from studio import chat, models
 
     result = chat.bench(models.load(args.model, device=args.device), n_tokens=args.tokens, repeats=args.repeats,
@@ -115,6 +117,72 @@ def cmd_bench(args: argparse.Namespace) -> dict:
               f"prompt {result['prompt_tokens']} tokens, "
               f"time to first token {result['time_to_first_token_s'] * 1000:.1f} ms, "
               f"{result['tokens_per_s']} tokens/s (median of {result['repeats']})")
+    return result
+
+
+TRAIN_FLAGS = {"max_steps": int, "batch_size": int, "grad_accum": int, "learning_rate": float,
+               "warmup_steps": int, "eval_interval": int, "eval_batches": int, "save_interval": int,
+               "log_interval": int, "early_stop_patience": int}
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    import signal
+    import threading
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from studio.training import TrainConfig, train
+
+    if args.config:
+        cfg = TrainConfig.from_json_file(args.config)
+    else:
+        model = args.model or args.preset
+        if not model:
+            raise ValueError("give --preset (train from scratch), --model (fine-tune a checkpoint) or --config")
+        cfg = TrainConfig(model=model, data=args.data, out=args.out or "", device=args.device,
+                          precision=args.precision, seed=args.seed, resume=args.resume,
+                          grad_checkpointing=args.grad_checkpointing, block_size=args.block_size)
+        changes = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+        cfg = replace(cfg, settings=replace(cfg.settings, **changes))
+    # Ctrl-C (or the app's Stop) finishes the current step, saves `last` and exits cleanly
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    bars: list = []  # made at the first event, so an early error prints alone
+
+    def show(event: dict) -> None:
+        if not bars:
+            bars.append(tqdm(total=cfg.settings.max_steps, desc=cfg.out, unit="step", file=sys.stderr))
+        bar = bars[0]
+        bar.n = event["step"]
+        if event["type"] == "step":
+            bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}")
+        elif event["type"] == "eval":
+            bar.write(f"step {event['step']}: val loss {event['val_loss']:.4f}, ppl {event['val_ppl']:.1f}")
+        elif event["type"] == "sample" and not args.json:
+            bar.write(f"  {event['prompt']!r} -> {event['text']!r}")
+        elif event["type"] == "event":
+            bar.write(f"[{event['kind']}] {event['message']}")
+        bar.refresh()
+
+    try:
+        summary = train(cfg, stop=stop, on_event=show)
+    finally:
+        for bar in bars:
+            bar.close()
+    if not args.json:
+        print(f"{summary['reason']} after {summary['steps']} steps: val loss {summary['val_loss']:.4f}; "
+              f"run in {summary['run_dir']}")
+    return {k: summary[k] for k in ("run_dir", "steps", "train_loss", "val_loss", "val_ppl")}
+
+
+def cmd_bench_train(args: argparse.Namespace) -> dict:
+    from studio import bench
+
+    result = bench.train_bench(steps=args.steps) if args.bench == "train" else bench.memory_bench()
+    if not args.json:
+        print(json.dumps(result, indent=1))
     return result
 
 
@@ -134,6 +202,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_generate)
 
+    p = sub.add_parser("train", help="train a preset from scratch or fine-tune a model")
+    p.add_argument("--preset", help="scratch preset to train (same as --model)")
+    p.add_argument("--config", help="a TrainConfig as JSON (what the app's Train tab runs); other flags are ignored")
+    p.add_argument("--model", help="preset, run in checkpoints/, or model folder (a checkpoint fine-tunes)")
+    p.add_argument("--data", default="builtin", help="builtin | a .txt/.jsonl/.json/.csv/.parquet file | hub:<name>")
+    p.add_argument("--out", help="run name or folder (default <model>-<data>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="auto | fast (the device's fast path) | fp32 | bf16 | fp16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--block-size", type=int, default=0, help="training window in tokens (default: the context)")
+    p.add_argument("--lr", dest="learning_rate", type=float)
+    for name, kind in TRAIN_FLAGS.items():
+        if name != "learning_rate":
+            p.add_argument("--" + name.replace("_", "-"), type=kind)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_train)
+
     p = sub.add_parser("chat", help="chat: one reply line on stdout per message line on stdin")
     p.add_argument("--model", required=True, help="preset name, run in checkpoints/, or model folder")
     p.add_argument("--system", default="", help="system prompt, the first line of every prompt")
@@ -149,7 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_bench)
+    p.set_defaults(fn=cmd_bench_chat)
+    for name, what in (("train", "the training loop's own cost and the fast path's speedup"),
+                       ("memory", "memory.estimate() against the measured peak")):
+        p = bench.add_parser(name, help=what)
+        p.add_argument("--steps", type=int, default=6, help="timed steps per measurement (train)")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(fn=cmd_bench_train)
     return parser
 
 

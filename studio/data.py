@@ -1,5 +1,11 @@
 """Data: sources (built-in, files, hub) -> formatted text documents -> token arrays.
 
+A source spec is "builtin", a local file path, or "hub:<name>". Every source becomes a list
+of documents (strings) in one chat template; `prepare` tokenizes them with the end-of-text
+token between documents, splits 90/10 train/val by document, and caches the token arrays on
+disk keyed by source and tokenizer. `batch` cuts a step's global batch from the train tokens
+as a pure function of (seed, step), so a resumed run sees the same data at the same step.
+
 The built-in corpus is generated here, deterministically from a seed: short
 "Human: ...\nAssistant: ..." exchanges of simple tasks (arithmetic, reversing and spelling
 words, next weekday, opposites, counting) that a 7M-parameter model learns in minutes on a
@@ -8,8 +14,18 @@ a completion model turning into an instruction follower.
 """
 from __future__ import annotations
 
+import csv
+import hashlib
+import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from studio import checkpoints_dir
 
 HUMAN, ASSISTANT = "Human: ", "Assistant: "
 
@@ -103,3 +119,251 @@ def exact_match(answers: list[str], examples: list[Example]) -> float:
     if not examples:
         return 0.0
     return sum(answer_of(a) == e.answer for a, e in zip(answers, examples)) / len(examples)
+
+
+# ---- sources -> documents ----
+
+FILE_TYPES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+# hub datasets by short name: (dataset id, config, split, streamed)
+HUB = {
+    "databricks-dolly-15k": ("databricks/databricks-dolly-15k", None, "train", False),
+    "wikitext-2": ("Salesforce/wikitext", "wikitext-2-raw-v1", "train", False),
+    "wikitext-103": ("Salesforce/wikitext", "wikitext-103-raw-v1", "train", False),
+    "c4": ("allenai/c4", "en", "train", True),
+    "tiny_shakespeare": ("karpathy/tiny_shakespeare", None, "train", False),
+}
+C4_DOCS = 20_000  # C4 is streamed: how many documents to take
+
+
+@dataclass
+class Documents:
+    """Formatted documents from one source, plus what was skipped on the way."""
+
+    source: str
+    docs: list[str]
+    skipped: int = 0  # malformed rows or lines, never fatal
+    heldout: list[Example] = field(default_factory=list)  # built-in only: questions for exact match
+
+
+def row_text(row: dict) -> str | None:
+    """One record as a document, by schema: chat pairs, instructions (Dolly), or a text field.
+
+    >>> row_text({"instruction": "Name a fruit.", "context": "", "response": "Apple"})
+    'Human: Name a fruit.\nAssistant: Apple'
+    """
+    if not isinstance(row, dict):
+        return None
+    low = {str(k).lower(): v for k, v in row.items()}
+    pairs = [("user", "assistant"), ("human", "assistant"), ("prompt", "response"), ("question", "answer")]
+    for q, a in pairs:
+        if isinstance(low.get(q), str) and isinstance(low.get(a), str):
+            return format_exchange(low[q].strip(), low[a].strip())
+    if isinstance(low.get("instruction"), str) and isinstance(low.get("response", low.get("output")), str):
+        question = low["instruction"].strip()
+        context = low.get("context", low.get("input")) or ""
+        if isinstance(context, str) and context.strip():
+            question += "\n\n" + context.strip()
+        return format_exchange(question, low.get("response", low.get("output")).strip())
+    for key in ("text", "content", "chosen"):  # hh-rlhf's "chosen" is already a Human/Assistant text
+        if isinstance(low.get(key), str) and low[key].strip():
+            return low[key].strip()
+    return None
+
+
+def _rows_to_docs(rows: Iterable, source: str) -> Documents:
+    out = Documents(source, [])
+    for row in rows:
+        text = row_text(row)
+        if text is None:
+            out.skipped += 1
+        else:
+            out.docs.append(text)
+    return out
+
+
+def _jsonl_rows(path: Path) -> Iterable:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    yield None  # counted as skipped
+
+
+def read_file(path: str | Path) -> Documents:
+    """A local file as documents. .txt: paragraphs (blank-line separated); tables: one document per row."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"data file {path} not found")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        text = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
+        return Documents(str(path), [p.strip() for p in text.split("\n\n") if p.strip()])
+    if suffix == ".jsonl":
+        return _rows_to_docs(_jsonl_rows(path), str(path))
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+        except json.JSONDecodeError:  # many ".json" files are really JSON lines
+            return _rows_to_docs(_jsonl_rows(path), str(path))
+        if isinstance(data, dict):  # {"data": [...]} or similar: the first list inside
+            data = next((v for v in data.values() if isinstance(v, list)), [data])
+        return _rows_to_docs(data, str(path))
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            return _rows_to_docs(list(csv.DictReader(f)), str(path))
+    if suffix == ".parquet":
+        import pandas as pd
+
+        return _rows_to_docs(pd.read_parquet(path).to_dict(orient="records"), str(path))
+    raise ValueError(f"data file type {suffix!r} is not supported; use one of {list(FILE_TYPES)}")
+
+
+def read_hub(name: str) -> Documents:
+    """A hub dataset by short name through `datasets`; offline, a clear error at once."""
+    if name not in HUB:
+        raise ValueError(f"hub dataset {name!r} is not known; known: {sorted(HUB)}")
+    from studio.models import _hub_reachable
+
+    repo, config, split, stream = HUB[name]
+    if not _hub_reachable(timeout=2.0):
+        raise ValueError(f"hub dataset {name} ({repo}) needs the internet, and the Hugging Face hub cannot be "
+                         f"reached (or HF_HUB_OFFLINE is set). Connect once, or use a local file "
+                         f"(.txt, .jsonl, .json, .csv, .parquet) or the built-in corpus.")
+    from datasets import load_dataset
+
+    ds = load_dataset(repo, config, split=split, streaming=stream)
+    rows = ds.take(C4_DOCS) if stream else ds
+    if name.startswith("wikitext"):  # one line per row: regroup articles at their " = Title = " heads
+        return _wikitext_docs(name, (r["text"] for r in rows))
+    return _rows_to_docs(rows, f"hub:{name}")
+
+
+def _wikitext_docs(name: str, lines: Iterable[str]) -> Documents:
+    docs, cur = [], []
+    for line in lines:
+        if line.startswith(" = ") and not line.startswith(" = = ") and cur:
+            docs.append("".join(cur).strip())
+            cur = []
+        cur.append(line)
+    if cur:
+        docs.append("".join(cur).strip())
+    return Documents(f"hub:{name}", [d for d in docs if d])
+
+
+def read_source(spec: str, seed: int = 0) -> Documents:
+    """Documents of a source spec: "builtin", a file path, or "hub:<name>"."""
+    spec = (spec or "").strip()
+    if spec == "builtin":
+        train, heldout = builtin_examples(seed=seed)
+        return Documents("builtin", [e.text for e in train], heldout=heldout)
+    if spec.startswith("hub:"):
+        return read_hub(spec[4:])
+    if not spec:
+        raise ValueError("data must be 'builtin', a file path, or 'hub:<name>'")
+    return read_file(spec)
+
+
+def _source_key(spec: str, seed: int) -> str:
+    path = Path(spec).expanduser()
+    if path.is_file():  # a file's key changes when the file does
+        st = path.stat()
+        return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{spec}:{seed}"
+
+
+def tokenizer_fingerprint(tok) -> str:
+    parts = [json.dumps(tok._meta(), sort_keys=True), str(tok.vocab_size), str(tok.eos_id)]
+    if hasattr(tok, "tk"):  # a trained BPE: its merges
+        parts.append(tok.tk.to_str())
+    if hasattr(tok, "tok"):  # an HF tokenizer: its name and vocabulary size
+        parts.append(str(getattr(tok.tok, "name_or_path", "")))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+# ---- documents -> tokens ----
+
+@dataclass
+class TokenData:
+    """Token arrays of a source: train and val split by document, end-of-text between documents."""
+
+    source: str
+    train: np.ndarray
+    val: np.ndarray
+    n_docs: int
+    skipped: int = 0
+    heldout: list[Example] = field(default_factory=list)
+
+    def report(self, n_params: int) -> dict:
+        """Tokens and tokens per parameter, against the ~20 tokens/parameter rule of thumb (Chinchilla)."""
+        tokens = int(len(self.train))
+        return {"source": self.source, "docs": self.n_docs, "skipped": self.skipped, "train_tokens": tokens,
+                "val_tokens": int(len(self.val)), "tokens_per_param": tokens / max(1, n_params),
+                "rule_of_thumb_tokens": 20 * n_params}
+
+
+def _encode_docs(docs: list[str], tok, progress: Callable[[float, str], None] | None) -> np.ndarray:
+    dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
+    chunks, step = [], max(1, len(docs) // 20)
+    for i, doc in enumerate(docs):
+        chunks.append(np.asarray(tok.encode(doc) + [tok.eos_id], dtype=dtype))
+        if progress and i % step == 0:
+            progress(i / len(docs), f"tokenizing {i:,}/{len(docs):,} documents")
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
+
+
+def split_docs(docs: list[str], seed: int = 0, val_fraction: float = 0.1) -> tuple[list[str], list[str]]:
+    """90/10 train/val by document, shuffled with `seed`; a lone document is split at its paragraphs."""
+    if len(docs) == 1:  # e.g. tiny_shakespeare on the hub: one row holding the whole text
+        docs = [p.strip() for p in docs[0].split("\n\n") if p.strip()]
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(docs) * val_fraction)) if len(docs) > 1 else 0
+    return [docs[i] for i in order[n_val:]], [docs[i] for i in order[:n_val]]
+
+
+def token_cache_dir() -> Path:
+    """Where token arrays are cached, keyed by source and tokenizer (inside the app's folder)."""
+    return checkpoints_dir() / ".cache" / "tokens"
+
+
+def prepare(documents: Documents, tok, cache_dir: Path | None, seed: int = 0,
+            progress: Callable[[float, str], None] | None = None) -> TokenData:
+    """Tokenize and split documents, reading/writing `cache_dir/<key>.{train,val}.npy` when given."""
+    if not documents.docs:
+        raise ValueError(f"{documents.source}: no usable documents ({documents.skipped} malformed rows skipped)")
+    key = hashlib.sha256(f"{_source_key(documents.source, seed)}|{tokenizer_fingerprint(tok)}|{seed}"
+                         .encode()).hexdigest()[:20]
+    paths = [Path(cache_dir) / f"{key}.{part}.npy" for part in ("train", "val")] if cache_dir else None
+    if paths and all(p.is_file() for p in paths):
+        train, val = (np.load(p, allow_pickle=False) for p in paths)
+    else:
+        train_docs, val_docs = split_docs(documents.docs, seed)
+        train, val = _encode_docs(train_docs, tok, progress), _encode_docs(val_docs, tok, progress)
+        if paths:
+            paths[0].parent.mkdir(parents=True, exist_ok=True)
+            for p, arr in zip(paths, (train, val)):
+                tmp = p.with_suffix(".tmp.npy")
+                np.save(tmp, arr, allow_pickle=False)
+                tmp.rename(p)
+    if progress:
+        progress(1.0, f"{len(train):,} train and {len(val):,} val tokens")
+    return TokenData(documents.source, train, val, len(documents.docs), documents.skipped, documents.heldout)
+
+
+# ---- tokens -> batches ----
+
+def batch(tokens: np.ndarray, n: int, block: int, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` random windows of `block` tokens and their next tokens, a pure function of (seed, step).
+
+    Returns (x, y), both (n, block) int64; y is x shifted by one token.
+    """
+    if len(tokens) < 2:
+        raise ValueError(f"need at least 2 tokens to train on, got {len(tokens)}")
+    block = min(block, len(tokens) - 1)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    starts = torch.randint(0, len(tokens) - block, (n,), generator=gen).tolist()
+    x = np.stack([tokens[s:s + block] for s in starts]).astype(np.int64)
+    y = np.stack([tokens[s + 1:s + 1 + block] for s in starts]).astype(np.int64)
+    return torch.from_numpy(x), torch.from_numpy(y)

@@ -225,7 +225,7 @@ def resume(job: TrainingJob, name: str) -> Path:
     if not name:
         raise ValueError("runs: pick the run to resume (click it in the Runs table)")
     run_dir = runs.run_dir(name)
-    cfg = training.TrainConfig.from_dict({**runs.read_run(run_dir), "resume": True})
+    cfg = TrainConfig.from_dict({**runs.read_run(run_dir), "resume": True}, strict=False)
     return job.start(cfg.to_dict(), run_dir)
 
 

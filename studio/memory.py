@@ -53,3 +53,100 @@ def preset_row(preset: Preset) -> dict:
 
 def preset_table(presets: list[Preset]) -> pd.DataFrame:
     return pd.DataFrame([preset_row(p) for p in presets])
+
+
+# ---- a training run's bytes: estimate() and fit() ----
+
+PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+# Saved activations per layer per token, in units of n_embd elements: LayerNorm in/out (2+2),
+# qkv (3), attention out + merge (2), MLP in (1) and its 4x up + GELU (8) -- GPT-2's block as
+# Korthikanti et al. 2022 count it (34 bytes at 16-bit = 17 elements). Dropout adds a byte
+# mask per kept element. CUDA's fused SDPA backward keeps no T x T scores; elsewhere the math
+# kernel keeps scores, probabilities and their gradient per head.
+ACT_PER_LAYER = 17
+ATTN_SCORE_TENSORS = 3
+# per (token, vocab) element of the loss: logits, log-softmax, their gradients and a softmax
+# temporary (fp32: 5 x 4 bytes); under bf16 autocast the logits are bf16 before the fp32 upcast.
+# Calibrated against measured peaks with `python -m studio bench memory`.
+LOGIT_BYTES = {"fp32": 20, "bf16": 16, "fp16": 16}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights: int
+    grads: int
+    optimizer: int
+    activations: int
+    logits: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.grads + self.optimizer + self.activations + self.logits
+
+    def as_dict(self) -> dict:
+        return {"weights": self.weights, "grads": self.grads, "optimizer": self.optimizer,
+                "activations": self.activations, "logits": self.logits, "total": self.total}
+
+
+def _arch(model) -> dict:
+    """n_layer, n_embd, n_head, d_ff, vocab, dropout of a Preset or an HF GPT-2-style config."""
+    if isinstance(model, Preset):
+        return {"n_layer": model.n_layer, "n_embd": model.n_embd, "n_head": model.n_head, "d_ff": model.d_ff,
+                "vocab": model.vocab_size, "dropout": model.dropout, "config": gpt2_config(model)}
+    n_embd = model.hidden_size
+    return {"n_layer": model.num_hidden_layers, "n_embd": n_embd, "n_head": model.num_attention_heads,
+            "d_ff": getattr(model, "n_inner", None) or 4 * n_embd, "vocab": model.vocab_size,
+            "dropout": getattr(model, "resid_pdrop", 0.0) or 0.0, "config": model}
+
+
+def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing: bool = False,
+             device: str = "cpu") -> Estimate:
+    """Bytes to train `model` (a Preset or HF config) on micro-batches of `batch` x `seq` tokens.
+
+    Weights, grads and AdamW's two moments are fp32 (4+4+8 bytes per parameter); bf16 autocast
+    adds a 2-byte cast of each weight. Activations are saved per layer (all of them, or with
+    checkpointing only each layer's input plus one layer being recomputed); the logits term is
+    the (batch, seq, vocab) tensors of the loss, often the largest for GPT-2's 50k vocabulary.
+    """
+    a = _arch(model)
+    params = count_parameters(a["config"])
+    act = PRECISION_BYTES.get(precision, 4)
+    tokens = batch * seq
+    per_layer = tokens * a["n_embd"] * (ACT_PER_LAYER * act + (4 if a["dropout"] else 0))
+    per_layer += tokens * (a["d_ff"] - 4 * a["n_embd"]) * 2 * act  # a non-default MLP width
+    if not device.startswith("cuda"):  # no fused attention backward: T x T scores are kept
+        per_layer += ATTN_SCORE_TENSORS * batch * a["n_head"] * seq * seq * act
+    if checkpointing:
+        activations = a["n_layer"] * tokens * a["n_embd"] * act + per_layer
+    else:
+        activations = a["n_layer"] * per_layer
+    activations += tokens * a["n_embd"] * 4 * 2  # embeddings and final LayerNorm
+    extra_cast = 2 * params if precision != "fp32" else 0
+    return Estimate(weights=4 * params + extra_cast, grads=4 * params, optimizer=8 * params,
+                    activations=activations, logits=tokens * a["vocab"] * LOGIT_BYTES.get(precision, 20))
+
+
+@dataclass(frozen=True)
+class Plan:
+    micro_batch: int
+    grad_accum: int
+    checkpointing: bool
+    total_bytes: int
+
+
+def fit(model, batch: int, seq: int, budget_bytes: int, precision: str = "fp32",
+        max_micro: int | None = None, device: str = "cpu") -> Plan:
+    """The largest micro-batch (then with checkpointing) whose estimate fits `budget_bytes`,
+    with accumulation keeping the effective batch `batch` (micro-batches may be uneven)."""
+    top = min(batch, max_micro or batch)
+    for checkpointing in (False, True):
+        micro = top
+        while micro >= 1:
+            e = estimate(model, micro, seq, precision, checkpointing, device)
+            if e.total <= budget_bytes:
+                return Plan(micro, -(-batch // micro), checkpointing, e.total)
+            micro //= 2
+    need = estimate(model, 1, seq, precision, True, device).total
+    raise ValueError(f"training needs about {need / GB:.2f} GB even with a micro-batch of 1 and gradient "
+                     f"checkpointing, more than the {budget_bytes / GB:.2f} GB available: pick a smaller model "
+                     f"or a shorter context")

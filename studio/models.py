@@ -222,6 +222,18 @@ def scratch_tokenizer(preset: Preset, texts: Iterable[str] | None = None) -> Tok
     return build_tokenizer(preset.tokenizer, texts, preset.vocab_size)
 
 
+def tokenizer_for(spec: ModelSpec, texts: Iterable[str] | None = None) -> Tokenizer:
+    """The tokenizer a model trains with, without loading its weights (scratch char/BPE
+    tokenizers are built from `texts`, the training documents)."""
+    from studio.tokenizer import GPT2BPE
+
+    if spec.source == "checkpoint":
+        return load_tokenizer(spec.path)
+    if spec.preset.kind == "pretrained":
+        return GPT2BPE()  # the same ids as the hub's GPT-2 tokenizer
+    return scratch_tokenizer(spec.preset, texts if spec.preset.tokenizer != "gpt2" else None)
+
+
 def load(identifier: str, device: str = "auto", seed: int = 0, progress: Progress | None = None) -> LoadedModel:
     """Load a model by identifier onto a device, in eval mode; `progress(fraction, message)` is told each stage."""
     def tell(frac: float, msg: str) -> None:

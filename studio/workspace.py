@@ -11,6 +11,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from studio import models
+from studio.jobs import TrainingJob
 
 DEFAULT_MODEL = "tiny-tale"  # a scratch preset whose tokenizer needs no download
 
@@ -20,6 +21,7 @@ class Workspace:
         self.max_loaded = max_loaded
         self._models: OrderedDict[tuple, models.LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
+        self.training = TrainingJob()
 
     @staticmethod
     def _key(identifier: str, device: str, seed: int) -> tuple:

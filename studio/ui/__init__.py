@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.ui import chat, models_tab
+from studio.ui import chat, models_tab, train
 from studio.ui.common import Pickers
 from studio.workspace import Workspace
 
@@ -22,10 +22,12 @@ def build_app(ws: Workspace | None = None) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Models", id="models") as models_tab_:
                 models_tab.build(demo, ws, pickers)
+            with gr.Tab("Train", id="train") as train_tab:
+                train.build(demo, ws, pickers)
             with gr.Tab("Chat", id="chat") as chat_tab:
                 chat.build(demo, ws, pickers)
         # a checkpoint trained since the page opened shows up in every picker on the next tab switch
-        for tab in (models_tab_, chat_tab):
+        for tab in (models_tab_, train_tab, chat_tab):
             tab.select(pickers.refresh, pickers.dropdowns, pickers.dropdowns, api_visibility="private", queue=False)
     demo.workspace = ws
     return demo

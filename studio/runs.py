@@ -1,0 +1,110 @@
+"""Runs: a training run's folder, the only truth about it.
+
+    <checkpoints>/<run>/
+      run.json        the run's config plus "status" (running | done | stopped | failed), written atomically
+      metrics.jsonl   one JSON event per line, appended and flushed (a torn last line is ignored)
+      last/ best/     Hugging Face model folders (models.resolve finds best/, then last/)
+      state/          resume state: optimizer.safetensors, rng.safetensors, trainer.json (no pickle)
+
+Readers here never lock: the training job writes, the UI and CLI read on their own time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from studio import checkpoints_dir
+
+RUN_FILE, METRICS_FILE = "run.json", "metrics.jsonl"
+REPLAYED = ("step", "eval", "sample")  # rows a resume writes again for the steps it repeats
+
+
+def run_dir(name: str | Path) -> Path:
+    """A run name (under the checkpoints folder) or a folder path -> the run's folder."""
+    path = Path(name).expanduser()
+    if path.is_absolute() or len(path.parts) > 1:
+        return path
+    return checkpoints_dir() / str(name)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically: a temp file, then a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def read_run(folder: str | Path) -> dict:
+    path = run_dir(folder) / RUN_FILE
+    if not path.is_file():
+        raise ValueError(f"{run_dir(folder)} is not a run folder (no {RUN_FILE})")
+    return json.loads(path.read_text())
+
+
+def metric_rows(folder: str | Path) -> list[dict]:
+    """Every complete row of metrics.jsonl in order, without the rows a resume replaced.
+
+    A resume restarts from its saved step, so rows logged after that step before the
+    interruption are dropped: the curve shows what the model weights actually went through.
+    """
+    path = run_dir(folder) / METRICS_FILE
+    if not path.is_file():
+        return []
+    rows: list[dict] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a crash or a concurrent append
+            if row.get("type") == "event" and row.get("kind") == "resume":
+                rows = [r for r in rows if r.get("type") not in REPLAYED or r.get("step", 0) <= row["step"]]
+            rows.append(row)
+    return rows
+
+
+def read_metrics(folder: str | Path) -> pd.DataFrame:
+    return pd.DataFrame(metric_rows(folder))
+
+
+def run_summary(folder: Path) -> dict:
+    run = read_run(folder)
+    rows = metric_rows(folder)
+    steps = [r["step"] for r in rows if r.get("type") == "step"]
+    vals = [r["val_loss"] for r in rows if r.get("type") == "eval"]
+    updated = (folder / METRICS_FILE) if (folder / METRICS_FILE).is_file() else folder / RUN_FILE
+    return {"name": folder.name, "status": run.get("status"), "model": run.get("model"),
+            "data": run.get("data"), "steps": max(steps, default=0),
+            "best_val_loss": min(vals) if vals else None,
+            "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(updated.stat().st_mtime))}
+
+
+def list_runs() -> pd.DataFrame:
+    """One row per run folder under the checkpoints folder, newest first."""
+    root = checkpoints_dir()
+    cols = ["name", "status", "model", "data", "steps", "best_val_loss", "updated"]
+    folders = [p for p in root.iterdir() if (p / RUN_FILE).is_file()] if root.is_dir() else []
+    rows = [run_summary(p) for p in folders]
+    return pd.DataFrame(rows, columns=cols).sort_values("updated", ascending=False, ignore_index=True)
+
+
+def signature(folder: str | Path) -> tuple:
+    """Changes whenever the run writes anything: (size, mtime) of metrics.jsonl and run.json."""
+    d = run_dir(folder)
+    return tuple((p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None
+                 for p in (d / METRICS_FILE, d / RUN_FILE))
+
+
+def step_rate(df: pd.DataFrame) -> float | None:
+    """Seconds per optimizer step over the step rows logged so far (None before two of them)."""
+    if not len(df) or "type" not in df or "elapsed_s" not in df:
+        return None
+    steps = df[(df["type"] == "step") & df["elapsed_s"].notna()]
+    if len(steps) < 2 or steps["step"].iloc[-1] == steps["step"].iloc[0]:
+        return None
+    return float((steps["elapsed_s"].iloc[-1] - steps["elapsed_s"].iloc[0])
+                 / (steps["step"].iloc[-1] - steps["step"].iloc[0]))

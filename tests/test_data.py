@@ -1,0 +1,87 @@
+import json
+import time
+
+import numpy as np
+import pytest
+
+from studio import data
+from studio.tokenizer import CharTokenizer
+
+
+def test_row_text_detects_the_schema():
+    assert data.row_text({"user": "Hi?", "assistant": "Hello."}) == "Human: Hi?\nAssistant: Hello."
+    dolly = {"instruction": "Sum it up.", "context": "A long text.", "response": "Short.", "category": "summarization"}
+    assert data.row_text(dolly) == "Human: Sum it up.\n\nA long text.\nAssistant: Short."
+    assert data.row_text({"text": "  plain words "}) == "plain words"
+    assert data.row_text({"unrelated": 1}) is None and data.row_text(["not", "a", "dict"]) is None
+
+
+def test_malformed_rows_are_skipped_and_counted(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"user": "a?", "assistant": "b"}\nnot json at all\n{"text": "fine"}\n{"user": 3}\n\n[1, 2]\n')
+    docs = data.read_file(path)
+    assert docs.docs == ["Human: a?\nAssistant: b", "fine"] and docs.skipped == 3
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
+def test_table_formats(tmp_path, suffix):
+    rows = [{"instruction": f"q{i}", "context": "", "response": f"a{i}"} for i in range(3)]
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(rows))
+    else:
+        import pandas as pd
+
+        getattr(pd.DataFrame(rows), "to_csv" if suffix == ".csv" else "to_parquet")(path, index=False)
+    assert data.read_file(path).docs == [f"Human: q{i}\nAssistant: a{i}" for i in range(3)]
+
+
+def test_txt_paragraphs_and_unknown_types(tmp_path):
+    (tmp_path / "a.txt").write_text("First para\nline two.\n\n\nSecond.\n")
+    assert data.read_file(tmp_path / "a.txt").docs == ["First para\nline two.", "Second."]
+    (tmp_path / "a.xml").write_text("<x/>")
+    with pytest.raises(ValueError, match="not supported"):
+        data.read_file(tmp_path / "a.xml")
+    with pytest.raises(ValueError, match="not found"):
+        data.read_source(str(tmp_path / "missing.txt"))
+
+
+def test_hub_offline_fails_fast_with_a_clear_message():
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="wikitext-2.*cannot be reached"):
+        data.read_source("hub:wikitext-2")
+    assert time.perf_counter() - t0 < 5
+    with pytest.raises(ValueError, match="known"):
+        data.read_source("hub:nope")
+
+
+def test_prepare_splits_by_document_and_caches(tmp_path):
+    docs = data.Documents("builtin", [f"doc {i}" for i in range(20)])
+    tok = CharTokenizer.from_texts(docs.docs)
+    first = data.prepare(docs, tok, tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+    assert (first.train == tok.eos_id).sum() == 18 and (first.val == tok.eos_id).sum() == 2
+    again = data.prepare(docs, tok, tmp_path)
+    assert np.array_equal(first.train, again.train) and np.array_equal(first.val, again.val)
+    report = first.report(n_params=10)
+    assert report["tokens_per_param"] == len(first.train) / 10 and report["rule_of_thumb_tokens"] == 200
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    tokens = np.arange(1000, dtype=np.uint16)
+    x1, y1 = data.batch(tokens, 4, 16, seed=0, step=7)
+    x2, _ = data.batch(tokens, 4, 16, seed=0, step=7)
+    x3, _ = data.batch(tokens, 4, 16, seed=0, step=8)
+    assert x1.shape == (4, 16) and x1.dtype.is_floating_point is False
+    assert (x1 == x2).all() and not (x1 == x3).all() and (y1 == x1 + 1).all()
+
+
+def test_builtin_source_keeps_heldout_apart():
+    docs = data.read_source("builtin")
+    assert len(docs.docs) == 20_000 and len(docs.heldout) == 200
+    assert not {e.text for e in docs.heldout} & set(docs.docs)
+
+
+def test_a_single_document_is_split_at_paragraphs():
+    train, val = data.split_docs(["\n\n".join(f"para {i}" for i in range(20))])
+    assert len(train) == 18 and len(val) == 2

@@ -1,0 +1,37 @@
+import json
+
+from studio import checkpoints_dir, runs
+
+
+def write_run(name, rows, tail=""):
+    folder = checkpoints_dir() / name
+    folder.mkdir(parents=True)
+    runs.write_json(folder / runs.RUN_FILE, {"model": "v1", "data": "builtin", "status": "running"})
+    (folder / runs.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
+    return folder
+
+
+def test_torn_last_line_is_ignored():
+    write_run("torn", [{"type": "step", "step": 1, "time": 1, "loss": 2.0}], tail='{"type": "step", "ste')
+    df = runs.read_metrics("torn")
+    assert list(df.loss) == [2.0]
+
+
+def test_resume_replaces_the_rows_it_repeats():
+    rows = [{"type": "step", "step": s, "time": s, "loss": 10 - s} for s in (1, 2, 3)]
+    rows += [{"type": "event", "step": 2, "time": 4, "kind": "resume", "message": "resumed at step 2"},
+             {"type": "step", "step": 3, "time": 5, "loss": 6.5}]
+    write_run("resumed", rows)
+    steps = runs.read_metrics("resumed").query("type == 'step'")
+    assert list(steps.step) == [1, 2, 3] and list(steps.loss) == [9, 8, 6.5]
+
+
+def test_list_runs_and_run_dir(tmp_path):
+    write_run("listed", [{"type": "step", "step": 5, "time": 1, "loss": 1.0},
+                         {"type": "eval", "step": 5, "time": 1, "val_loss": 1.5, "val_ppl": 4.48}])
+    table = runs.list_runs()
+    row = table[table.name == "listed"].iloc[0]
+    assert row.status == "running" and row.steps == 5 and row.best_val_loss == 1.5 and row.model == "v1"
+    assert runs.run_dir("listed") == checkpoints_dir() / "listed"
+    assert runs.run_dir(str(tmp_path / "x")) == tmp_path / "x"
+    assert runs.read_run("listed")["status"] == "running"

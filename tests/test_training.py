@@ -1,0 +1,210 @@
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from conftest import ROOT
+from studio import checkpoints_dir, models, runs
+from studio.data import builtin_examples
+from studio.presets import TrainSettings
+from studio.training import TrainConfig, lr_at, train
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    """300 built-in exchanges as a JSONL file: fast to tokenize, same schema as real chat data."""
+    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
+    train_ex, _ = builtin_examples(300, 5)
+    path.write_text("".join(json.dumps({"user": e.question, "assistant": e.answer}) + "\n" for e in train_ex))
+    return str(path)
+
+
+def settings(**kw):
+    base = dict(learning_rate=3e-3, warmup_steps=2, max_steps=8, batch_size=4, grad_accum=2,
+                eval_interval=4, eval_batches=2, save_interval=4, log_interval=1)
+    return TrainSettings(**{**base, **kw})
+
+
+def step_losses(name):
+    df = runs.read_metrics(name)
+    return dict(zip(df[df.type == "step"].step, df[df.type == "step"].loss))
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    s = TrainSettings(learning_rate=1e-3, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, s) == pytest.approx(1e-3 / 11)
+    assert lr_at(10, s) == pytest.approx(1e-3)
+    assert lr_at(60, s) == pytest.approx(1e-4 + 0.5 * 9e-4)
+    assert lr_at(110, s) == pytest.approx(1e-4)
+
+
+def test_config_is_validated_and_takes_preset_defaults(tiny_char_checkpoint):
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(model=tiny_char_checkpoint, precision="fp8")
+    with pytest.raises(ValueError, match="not found"):
+        TrainConfig(model="no-such-model")
+    assert TrainConfig(model="v1").settings == models.resolve("v1").preset.train
+
+
+def test_run_folder_follows_the_contract(tiny_char_checkpoint, small_data):
+    events = []
+    summary = train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="contract", settings=settings()),
+                    on_event=events.append)
+    folder = checkpoints_dir() / "contract"
+    assert summary["steps"] == 8 and math.isfinite(summary["val_loss"])
+    assert runs.read_run("contract")["status"] == "done"
+    rows = runs.metric_rows("contract")
+    assert rows == events  # the callback sees exactly what the file holds
+    need = {"step": {"loss", "lr", "tokens_per_s", "elapsed_s"}, "eval": {"val_loss", "val_ppl"},
+            "sample": {"prompt", "text"}, "checkpoint": {"which", "path"}, "done": {"reason"}}
+    for row in rows:
+        assert {"type", "step", "time"} <= set(row) and need.get(row["type"], set()) <= set(row)
+    assert {r["type"] for r in rows} >= set(need)
+    assert rows[-1]["type"] == "done" and rows[-1]["reason"] == "max_steps"
+    # HF format, loadable without the studio; the studio resolves the run to its best model
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(folder / "best"))
+    assert hf.config.n_layer == 2
+    assert models.resolve("contract").path == folder / "best"
+    # resume state: safetensors and JSON only, nothing pickled
+    assert sorted(p.name for p in (folder / "state").iterdir()) == [
+        "optimizer.safetensors", "rng.safetensors", "trainer.json"]
+    with pytest.raises(ValueError, match="already exists"):
+        train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="contract", settings=settings()))
+
+
+def test_resume_continues_the_same_curve(tiny_char_checkpoint, small_data):
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="straight", settings=settings()))
+    stop = threading.Event()
+    cfg = TrainConfig(model=tiny_char_checkpoint, data=small_data, out="halves", settings=settings())
+    first = train(cfg, stop=stop, on_event=lambda e: e["type"] == "step" and e["step"] == 3 and stop.set())
+    assert first["reason"] == "stopped" and first["steps"] == 3
+    assert runs.read_run("halves")["status"] == "stopped"
+    train(TrainConfig(**{**cfg.__dict__, "resume": True}))
+    a, b = step_losses("straight"), step_losses("halves")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-5), step
+    kinds = [r.get("kind") for r in runs.metric_rows("halves") if r["type"] == "event"]
+    assert kinds == ["stop", "resume"]
+
+
+def test_nan_steps_are_skipped_then_the_last_checkpoint_restored(tiny_char_checkpoint, small_data):
+    s = settings(max_steps=10, save_interval=2)
+    summary = train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="nan", settings=s, nan_patience=3),
+                    fault=lambda step: "nan" if step in (4, 5, 6) else None)
+    events = [r for r in runs.metric_rows("nan") if r["type"] == "event"]
+    assert [e["kind"] for e in events] == ["nan", "nan", "nan", "restore"]
+    assert "restored the checkpoint of step 4" in events[-1]["message"]
+    steps = step_losses("nan")
+    assert 5 not in steps and 6 not in steps and 7 not in steps  # skipped steps log no loss
+    assert summary["steps"] == 10 and summary["reason"] == "max_steps" and math.isfinite(summary["train_loss"])
+    lrs = {r["step"]: r["lr"] for r in runs.metric_rows("nan") if r["type"] == "step"}
+    assert lrs[8] == pytest.approx(lr_at(7, s) / 8)  # halved three times
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_curve(tiny_char_checkpoint, small_data):
+    s = settings(max_steps=5, grad_accum=1)
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="no-oom", settings=s))
+    fired = []
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="oom", settings=s),
+          fault=lambda step: "oom" if step == 2 and not fired.append(step) else None)
+    events = [r for r in runs.metric_rows("oom") if r["type"] == "event"]
+    assert [e["kind"] for e in events] == ["oom"] and "micro-batch now 2 x 2" in events[0]["message"]
+    a, b = step_losses("no-oom"), step_losses("oom")
+    for step in a:  # the same global batch, split in two: the same losses up to float rounding
+        assert b[step] == pytest.approx(a[step], abs=1e-4)
+
+
+def test_fast_path_learns_what_fp32_learns(tiny_char_checkpoint, small_data):
+    s = settings(max_steps=6)
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="fp32", settings=s, precision="fp32"))
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="fast", settings=s, precision="fast"))
+    assert runs.read_run("fast")["precision"] == "bf16"
+    a, b = step_losses("fp32"), step_losses("fast")
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=0.02)
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tiny_char_checkpoint, small_data):
+    s = settings(max_steps=3)
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="plain", settings=s))
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="ckpt", settings=s, grad_checkpointing=True))
+    a, b = step_losses("plain"), step_losses("ckpt")
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-5)
+
+
+def test_cli_train_json(tiny_char_checkpoint, small_data):
+    env = {**os.environ}
+    out = subprocess.run([sys.executable, "-m", "studio", "train", "--model", tiny_char_checkpoint,
+                          "--data", small_data, "--max-steps", "3", "--batch-size", "2", "--eval-interval", "3",
+                          "--out", "cli-run", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(result) >= {"run_dir", "steps", "train_loss", "val_loss", "val_ppl"} and result["steps"] == 3
+    bad = subprocess.run([sys.executable, "-m", "studio", "train", "--model", tiny_char_checkpoint,
+                          "--data", "hub:nope"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "known" in bad.stderr
+
+
+DDP_SCRIPT = """
+import json, sys
+from studio.presets import TrainSettings
+from studio.training import TrainConfig, train
+s = TrainSettings(learning_rate=3e-3, warmup_steps=2, max_steps=6, batch_size=4, grad_accum=1,
+                  eval_interval=3, eval_batches=2, save_interval=3, log_interval=1)
+train(TrainConfig(model=sys.argv[1], data=sys.argv[2], out=sys.argv[3], settings=s, device="cpu", fit_memory=False))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(tiny_char_checkpoint, small_data, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), tiny_char_checkpoint, small_data, "one"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+                          tiny_char_checkpoint, small_data, "two"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert runs.read_run("two")["processes"] == 2
+    a, b = step_losses("one"), step_losses("two")
+    assert sorted(a) == sorted(b) == list(range(1, 7))  # one row per step: only the main process writes
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-4)
+
+
+def test_memory_fit_shrinks_the_micro_batch_to_the_device(tiny_char_checkpoint, small_data, monkeypatch):
+    from transformers import AutoConfig
+
+    from studio.devices import DeviceMemory
+    from studio.memory import estimate
+
+    config = AutoConfig.from_pretrained(str(models.resolve(tiny_char_checkpoint).path))
+    budget = int(estimate(config, 2, 32, "fp32").total / 0.9) + 1  # room for a micro-batch of 2, not 4
+    monkeypatch.setattr("studio.devices.memory", lambda device: DeviceMemory("cpu", budget, budget))
+    s = settings(max_steps=2, grad_accum=1)
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="fitted", settings=s, block_size=32))
+    events = [r for r in runs.metric_rows("fitted") if r["type"] == "event"]
+    assert [e["kind"] for e in events] == ["fit"] and "micro-batch 2 x 2" in events[0]["message"]
+    with pytest.raises(ValueError, match="block_size"):
+        train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="too-long", settings=s, block_size=999))
+
+
+def test_heldout_exact_match_scores_greedy_answers(tiny_char_checkpoint):
+    from studio.training import heldout_exact_match
+
+    loaded = models.load(tiny_char_checkpoint, device="cpu")
+    _, heldout = builtin_examples(10, 4)
+    result = heldout_exact_match(loaded, heldout, max_new_tokens=4)
+    assert result["heldout"] == 4 and result["exact_match"] == 0.0  # an untrained model
+    assert [a["question"] for a in result["answers"]] == [e.question for e in heldout[:3]]
