@@ -2,6 +2,8 @@
 
     python -m studio presets [--json]
     python -m studio generate --model M --prompt P [decoding flags] [--json]
+    python -m studio compare --model M --prompt P --setting "temperature=0.7,top_k=50" --setting ... [--json]
+    python -m studio bench compare [--json]
 
 Errors are one line on stderr and a non-zero exit, never a traceback. With --json the last
 line of stdout is one JSON object.
@@ -74,6 +76,32 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     return {"text": column.text, "new_tokens": len(column.tokens), "seconds": round(seconds, 4)}
 
 
+def cmd_compare(args: argparse.Namespace) -> dict:
+    from studio import decoding, models
+
+    base = default_decoding(models.resolve(args.model))
+    if args.max_new_tokens is not None:
+        base = base.with_(max_new_tokens=args.max_new_tokens)
+    settings = [decoding.parse_setting_string(text, base) for text in args.setting or [""]]
+    loaded = models.load(args.model, device=args.device)
+    columns = decoding.generate(loaded, args.prompt, settings)
+    if not args.json:
+        for i, c in enumerate(columns, 1):
+            print(f"--- column {i}: {args.setting[i - 1] if args.setting else 'defaults'}\n{args.prompt}{c.text}")
+    return decoding.comparison(columns)
+
+
+def cmd_bench_compare(args: argparse.Namespace) -> dict:
+    import torch
+
+    from studio import bench_compare
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = (lambda msg: None) if args.json else print
+    return bench_compare.run(args.models, args.new_tokens, args.repeats, args.device, log)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studio", description="The studio, from the command line.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +117,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_decoding_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("compare", help="generate side by side with several decoding settings, in one batch")
+    p.add_argument("--model", required=True, help="preset name, run in checkpoints/, or model folder")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--setting", action="append", help='"temperature=0.7,top_k=50" over the model\'s defaults '
+                   "(repeatable: one column each)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_compare)
+
+    bench = sub.add_parser("bench", help="benchmarks (printed figures, not timed tests)")
+    bench_sub = bench.add_subparsers(dest="what", required=True)
+    p = bench_sub.add_parser("compare", help="batched side-by-side decoding vs sequential model.generate")
+    p.add_argument("--models", nargs="+", default=["v2", "gpt2"], help="preset architectures (random weights)")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_bench_compare)
     return parser
 
 
