@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.ui import models_tab
+from studio.ui import models_tab, playground
 from studio.ui.common import Pickers
 from studio.workspace import Workspace
 
@@ -22,8 +22,10 @@ def build_app(ws: Workspace | None = None) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Models", id="models") as models_tab_:
                 models_tab.build(demo, ws, pickers)
+            with gr.Tab("Playground", id="playground") as playground_tab:
+                playground.build(demo, ws, pickers)
         # a checkpoint trained since the page opened shows up in every picker on the next tab switch
-        for tab in (models_tab_,):
+        for tab in (models_tab_, playground_tab):
             tab.select(pickers.refresh, pickers.dropdowns, pickers.dropdowns, api_visibility="private", queue=False)
     demo.workspace = ws
     return demo
