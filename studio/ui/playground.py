@@ -34,7 +34,7 @@ def token_html(col: Column) -> str:
         hue = int(120 * t.prob)  # 0 = red (unlikely) .. 120 = green (certain)
         spans.append(f'<span class="tok" style="background:hsla({hue},70%,50%,0.35)" '
                      f'title="p={t.prob:.3f}&#10;{html.escape(alts, quote=True)}">{html.escape(t.text)}</span>')
-    state = f" <em>({col.finish_reason})</em>" if col.finished else " ▌"
+    state = f' <em class="reason">({col.finish_reason})</em>' if col.finished else " ▌"
     return f'<div class="play-tokens" style="white-space:pre-wrap">{"".join(spans)}{state}</div>'
 
 
