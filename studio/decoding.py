@@ -8,6 +8,13 @@ Identity values mean "off" and are skipped: temperature 1, top_k 0, top_p 1,
 repetition_penalty 1. Several settings are generated as ONE batch: one forward per step over
 every live row with a KV cache, each row filtered with its own settings and sampled from its
 own seeded `torch.Generator`, so a column's text depends only on its own settings and seed.
+
+Per step the work is kept to what the columns need: logits of the last position only; every
+rule batched over rows (no Python loop over the vocabulary); top-p sorts only the rows that use
+it, and only the top-k survivors when top-k ran first; all rows sample at once by inverse CDF,
+each with a uniform drawn from its own generator; finished rows leave the batch and the cache;
+a column's text is decoded incrementally. Exactness: greedy equals `generate(do_sample=False)`
+token for token; sampled text is seeded but not the same draw as `torch.multinomial` would make.
 """
 from __future__ import annotations
 
@@ -243,9 +250,10 @@ class Column:
 
     def _grow(self, decode) -> str:
         """Decode only the tokens since the last complete character: O(new tokens) per step,
-        and a UTF-8 character split across tokens shows once it is whole."""
+        and a UTF-8 character split across tokens shows once it is whole (at most 4 tokens: a
+        character is at most 4 bytes; past that the replacement character is really there)."""
         tail = decode([t.id for t in self.tokens[self._done:]])
-        if not tail.endswith("\ufffd"):
+        if not tail.endswith("\ufffd") or len(self.tokens) - self._done >= 4:
             self._stable, self._done, tail = self._stable + tail, len(self.tokens), ""
         return self._stable + tail
 
