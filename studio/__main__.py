@@ -84,7 +84,7 @@ def cmd_compare(args: argparse.Namespace) -> dict:
         base = base.with_(max_new_tokens=args.max_new_tokens)
     settings = [decoding.parse_setting_string(text, base) for text in args.setting or [""]]
     loaded = models.load(args.model, device=args.device)
-    columns = decoding.generate(loaded, args.prompt, settings)
+    columns = decoding.generate(loaded, args.prompt, settings, fast=not args.exact)
     if not args.json:
         for i, c in enumerate(columns, 1):
             print(f"--- column {i}: {args.setting[i - 1] if args.setting else 'defaults'}\n{args.prompt}{c.text}")
@@ -99,7 +99,7 @@ def cmd_bench_compare(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     log = (lambda msg: None) if args.json else print
-    return bench_compare.run(args.models, args.new_tokens, args.repeats, args.device, log)
+    return bench_compare.run(args.models, args.new_tokens, args.repeats, args.device, not args.exact, log)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(repeatable: one column each)")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--device", default="auto")
+    p.add_argument("--exact", action="store_true", help="fp32 output layer (default: bfloat16, faster)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_compare)
 
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--exact", action="store_true", help="time the fp32 output layer instead of bfloat16")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench_compare)
     return parser

@@ -1,7 +1,8 @@
 """Benchmark of side-by-side decoding: one batch of N settings against N `model.generate` calls.
 
 Both sides use random-weight models built from presets (no download), the same settings, the
-same prompt and the same number of new tokens (neither stops at end-of-text). Timings are
+same prompt and the same number of new tokens (neither stops at end-of-text). The batched side
+uses the bfloat16 output layer unless `fast=False` (`generate` runs fp32 throughout). Timings are
 medians of interleaved repeats, so other load on the machine hits both sides alike.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _timed(fn) -> float:
 
 
 def bench_model(loaded: models.LoadedModel, settings: list[DecodingSettings], repeats: int = 3,
-                prompt: str = "") -> dict:
+                prompt: str = "", fast: bool = True) -> dict:
     model, eos = loaded.model, loaded.tokenizer.eos_id
     n_new = settings[0].max_new_tokens
     ids = torch.tensor([decoding._encode_prompt(loaded, prompt, loaded.block_size)], device=loaded.device)
@@ -60,7 +61,7 @@ def bench_model(loaded: models.LoadedModel, settings: list[DecodingSettings], re
         assert out.shape[1] == ids.shape[1] + n_new
 
     def ours(ss: list[DecodingSettings]) -> None:
-        cols = decoding.generate(loaded, prompt, ss, stop_at_eos=False)
+        cols = decoding.generate(loaded, prompt, ss, stop_at_eos=False, fast=fast)
         assert all(len(c.tokens) == n_new for c in cols)
 
     single = settings[2]  # "balanced": the v2 preset's own decoding
@@ -81,10 +82,11 @@ def bench_model(loaded: models.LoadedModel, settings: list[DecodingSettings], re
             "generate_tokens_per_s": round(n_new / med["single_generate"], 1)}
 
 
-def run(archs=ARCHS, new_tokens: int = 128, repeats: int = 3, device: str = "cpu", log=print) -> dict:
+def run(archs=ARCHS, new_tokens: int = 128, repeats: int = 3, device: str = "cpu", fast: bool = True,
+        log=print) -> dict:
     results = {}
     for arch in archs:
         loaded = random_model(arch, device)
-        results[arch] = bench_model(loaded, bench_settings(new_tokens), repeats)
+        results[arch] = bench_model(loaded, bench_settings(new_tokens), repeats, fast=fast)
         log(f"{arch}: {results[arch]}")
     return results

@@ -132,6 +132,14 @@ def test_greedy_equals_generate(tiny, penalty):
     assert col.token_ids == ref[0, ids.shape[1]:].tolist()
 
 
+def test_fast_output_layer_stays_close(tiny):
+    s = [DecodingSettings(temperature=0, max_new_tokens=10), DecodingSettings(top_k=20, max_new_tokens=10)]
+    exact = decoding.generate(tiny, "Once upon", s, stop_at_eos=False)
+    fast = decoding.generate(tiny, "Once upon", s, stop_at_eos=False, fast=True)
+    assert [len(c.tokens) for c in fast] == [10, 10]
+    assert fast[0].tokens[0].prob == pytest.approx(exact[0].tokens[0].prob, rel=0.05)
+
+
 def test_greedy_equals_generate_on_a_random_model(tiny_char):
     ids = torch.tensor([tiny_char.tokenizer.encode("Human: hi")])
     ref = tiny_char.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=30,
@@ -192,7 +200,7 @@ def test_repetition_metrics(ids, expected):
 
 
 def test_sweep_and_export(tiny):
-    df = decoding.sweep(tiny, "Hello", DecodingSettings(max_new_tokens=6), "temperature", [0.2, 0.8, 1.6])
+    df = decoding.sweep(tiny, "Hello", DecodingSettings(max_new_tokens=6), "temperature", [0.2, 0.8, 1.6], fast=True)
     assert list(df["temperature"]) == [0.2, 0.8, 1.6] and {"distinct_1", "mean_logprob", "loop"} <= set(df.columns)
     with pytest.raises(ValueError, match="sweep setting must be one of"):
         decoding.sweep(tiny, "Hello", DecodingSettings(), "seed", [1])
@@ -203,3 +211,15 @@ def test_sweep_and_export(tiny):
     assert len(data["columns"]) == 2 and set(data["columns"][0]) == {"settings", "text", "metrics", "tokens"}
     table = decoding.comparison_table(cols)
     assert list(table["column"]) == [1, 2] and "distinct_2" in table.columns
+
+
+@pytest.mark.parametrize("scale, p, partial", [(0.05, 0.95, True), (0.05, 0.6, False), (3.0, 0.9, False),
+                                               (3.0, 0.3, False)])
+def test_top_p_from_the_bottom_equals_transformers_on_a_large_vocabulary(scale, p, partial, monkeypatch):
+    """A flat row with a small removed tail takes the partial path; the others fall back to the full sort."""
+    if partial:
+        monkeypatch.setattr(decoding, "top_p", None)  # the partial path must not need the full sort
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 50257, generator=g) * scale
+    ours = decoding._top_p_from_bottom(logits, torch.tensor([p, p]))
+    assert_same_distribution(ours, TopPLogitsWarper(p)(None, logits.clone()))

@@ -1,7 +1,8 @@
 """Playground tab: one prompt, 2 to 6 columns of decoding settings generated side by side in one
 batch, tokens coloured by probability with the alternatives on hover, a one-setting sweep, export.
 
-Every action is one engine call in `studio.decoding` (`stream`, `sweep`, `comparison`).
+Every action is one engine call in `studio.decoding` (`stream`, `sweep`, `comparison`), with
+the bfloat16 output layer (`fast`): an interactive comparison trades bit-exactness for speed.
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         settings = _settings(n, values, len(controls[0].inputs))  # validated before the model loads
         loaded = ws.model(identifier)
         shown = 0.0
-        for columns in decoding.stream(loaded, text, settings):
+        for columns in decoding.stream(loaded, text, settings, fast=True):
             done = all(c.finished for c in columns)
             if done or time.perf_counter() - shown > REDRAW_S:
                 shown = time.perf_counter()
@@ -126,7 +127,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
             points = [float(v) for v in raw_values.replace(";", ",").split(",") if v.strip()]
         except ValueError:
             raise ValueError(f"sweep values must be numbers separated by commas, got {raw_values!r}") from None
-        df = decoding.sweep(ws.model(identifier), text, base, name, points)
+        df = decoding.sweep(ws.model(identifier), text, base, name, points, fast=True)
         return sweep_figure(df, name), df.round(3)
 
     add_btn.click(lambda n: resize(n, 1), count, [count, *groups], queue=False, api_visibility="private")
