@@ -223,14 +223,18 @@ def process(input_ids: torch.Tensor, logits: torch.Tensor, params: RowParams) ->
     if bool((k > 0).any()):
         logits = top_k(logits, k)
     uses_p = (params.top_p < 1) & sampled
-    if bool(uses_p.any()):
-        p = torch.where(sampled, params.top_p, torch.ones_like(params.top_p))
-        k_of_p = k[uses_p]
-        if bool((k_of_p > 0).all()):  # the common "top-k then top-p" case: no full-vocabulary sort
-            logits = _top_p_in_top(logits, p, min(int(k_of_p.max()), logits.shape[-1]))
-        else:  # sort only the rows that use top-p: the sort is the costliest rule
-            rows = uses_p.nonzero()[:, 0]
-            logits = logits.index_copy(0, rows, _top_p_from_bottom(logits[rows], p[rows]))
+    p = torch.where(sampled, params.top_p, torch.ones_like(params.top_p))
+    # the sort is the costliest rule: rows that ran top-k order only their k survivors, the
+    # others try the least likely tokens first; rows without top-p are not touched
+    after_k = uses_p & (k > 0)
+    if bool(after_k.any()):
+        rows = after_k.nonzero()[:, 0]
+        kmax = min(int(k[rows].max()), logits.shape[-1])
+        logits = logits.index_copy(0, rows, _top_p_in_top(logits[rows], p[rows], kmax))
+    whole = uses_p & (k == 0)
+    if bool(whole.any()):
+        rows = whole.nonzero()[:, 0]
+        logits = logits.index_copy(0, rows, _top_p_from_bottom(logits[rows], p[rows]))
     return logits
 
 
