@@ -5,7 +5,8 @@
     python -m studio chat --model M [--system S] [decoding flags]   (one reply line per stdin line)
     python -m studio train --preset v1 --data builtin --max-steps 300 --out checkpoints/demo [--resume] [--json]
     python -m studio train --config run/job.json [--json]   (a TrainConfig as JSON: what the app runs)
-    python -m studio bench train|memory|chat [--json]
+    python -m studio bench train|memory|chat|compare [--json]
+    python -m studio compare --model M --prompt P --setting "temperature=0.7,top_k=50" --setting ... [--json]
 
 Errors are one line on stderr and a non-zero exit, never a traceback. With --json the last
 line of stdout is one JSON object.
@@ -186,6 +187,32 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
     return result
 
 
+def cmd_compare(args: argparse.Namespace) -> dict:
+    from studio import decoding, models
+
+    base = default_decoding(models.resolve(args.model))
+    if args.max_new_tokens is not None:
+        base = base.with_(max_new_tokens=args.max_new_tokens)
+    settings = [decoding.parse_setting_string(text, base) for text in args.setting or [""]]
+    loaded = models.load(args.model, device=args.device)
+    columns = decoding.generate(loaded, args.prompt, settings, fast=not args.exact)
+    if not args.json:
+        for i, c in enumerate(columns, 1):
+            print(f"--- column {i}: {args.setting[i - 1] if args.setting else 'defaults'}\n{args.prompt}{c.text}")
+    return decoding.comparison(columns)
+
+
+def cmd_bench_compare(args: argparse.Namespace) -> dict:
+    import torch
+
+    from studio import bench_compare
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = (lambda msg: None) if args.json else print
+    return bench_compare.run(args.models, args.new_tokens, args.repeats, args.device, not args.exact, log)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studio", description="The studio, from the command line.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,6 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_decoding_flags(p)
     p.set_defaults(fn=cmd_chat)
 
+    p = sub.add_parser("compare", help="generate side by side with several decoding settings, in one batch")
+    p.add_argument("--model", required=True, help="preset name, run in checkpoints/, or model folder")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--setting", action="append", help='"temperature=0.7,top_k=50" over the model\'s defaults '
+                   "(repeatable: one column each)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--exact", action="store_true", help="fp32 output layer (default: bfloat16, faster)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_compare)
+
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("chat", help="chat time to first token and tokens/s")
     p.add_argument("--model", default="v2")
@@ -243,6 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--steps", type=int, default=6, help="timed steps per measurement (train)")
         p.add_argument("--json", action="store_true")
         p.set_defaults(fn=cmd_bench_train)
+    p = bench.add_parser("compare", help="batched side-by-side decoding vs sequential model.generate")
+    p.add_argument("--models", nargs="+", default=["v2", "gpt2"], help="preset architectures (random weights)")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--exact", action="store_true", help="time the fp32 output layer instead of bfloat16")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_bench_compare)
     return parser
 
 

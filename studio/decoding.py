@@ -8,6 +8,14 @@ Identity values mean "off" and are skipped: temperature 1, top_k 0, top_p 1,
 repetition_penalty 1. Several settings are generated as ONE batch: one forward per step over
 every live row with a KV cache, each row filtered with its own settings and sampled from its
 own seeded `torch.Generator`, so a column's text depends only on its own settings and seed.
+
+Per step the work is kept to what the columns need: logits of the last position only; every
+rule batched over rows (no Python loop over the vocabulary); top-p sorts only the rows that use
+it, and only the top-k survivors when top-k ran first (or the least likely tokens when they
+hold the whole removed tail); all rows sample at once by inverse CDF,
+each with a uniform drawn from its own generator; finished rows leave the batch and the cache;
+a column's text is decoded incrementally. Exactness: greedy equals `generate(do_sample=False)`
+token for token; sampled text is seeded but not the same draw as `torch.multinomial` would make.
 """
 from __future__ import annotations
 
@@ -18,6 +26,8 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 
 if TYPE_CHECKING:  # models imports presets, which imports this module
+    import pandas as pd
+
     from studio.models import LoadedModel
 
 
@@ -173,6 +183,34 @@ class RowParams:
         return RowParams(self.temperature[rows], self.top_k[rows], self.top_p[rows], self.penalty[rows])
 
 
+def _top_p_in_top(logits: torch.Tensor, p: torch.Tensor, kmax: int) -> torch.Tensor:
+    """top_p when every row it touches already kept at most `kmax` tokens (top-k ran first): the
+    same cut, computed on the `kmax` survivors instead of sorting the whole vocabulary."""
+    vals, idx = logits.topk(kmax, dim=-1)  # (B, kmax), descending
+    cum = vals.flip(-1).softmax(dim=-1).cumsum(dim=-1)  # ascending, as transformers sorts
+    remove = cum <= (1 - p)[:, None].to(cum.dtype)
+    remove[:, -1] = False  # min_tokens_to_keep = 1
+    remove &= (p < 1)[:, None]
+    return logits.scatter(1, idx, vals.masked_fill(remove.flip(-1), float("-inf")))
+
+
+BOTTOM = 8192  # tokens `_top_p_from_bottom` looks at before it falls back to the full sort
+
+
+def _top_p_from_bottom(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """top_p for rows whose removed tail is small: transformers removes the ascending prefix
+    whose cumulative probability is <= 1 - p, so when the `BOTTOM` least likely tokens already
+    hold more than 1 - p, that prefix lies among them and only they need ordering (a partial
+    top-k instead of sorting the vocabulary; flat distributions, high p). Else the full sort."""
+    m = min(BOTTOM, logits.shape[-1])
+    low, idx = logits.softmax(dim=-1).topk(m, dim=-1, largest=False)  # (B, m), ascending
+    cum = low.cumsum(dim=-1)
+    if m == logits.shape[-1] or not bool((cum[:, -1] > 1 - p).all()):
+        return top_p(logits, p)
+    remove = cum <= (1 - p)[:, None].to(cum.dtype)
+    return logits.masked_fill(torch.zeros_like(logits, dtype=torch.bool).scatter(1, idx, remove), float("-inf"))
+
+
 def process(input_ids: torch.Tensor, logits: torch.Tensor, params: RowParams) -> torch.Tensor:
     """All rules in order; a rule whose every row is at identity is skipped."""
     logits = logits.float()
@@ -181,10 +219,22 @@ def process(input_ids: torch.Tensor, logits: torch.Tensor, params: RowParams) ->
     if bool(((params.temperature != 1) & (params.temperature > 0)).any()):
         logits = temperature(logits, params.temperature)
     sampled = params.temperature > 0  # greedy rows take the argmax of the penalised logits
-    if bool(((params.top_k > 0) & sampled).any()):
-        logits = top_k(logits, torch.where(sampled, params.top_k, torch.zeros_like(params.top_k)))
-    if bool(((params.top_p < 1) & sampled).any()):
-        logits = top_p(logits, torch.where(sampled, params.top_p, torch.ones_like(params.top_p)))
+    k = torch.where(sampled, params.top_k, torch.zeros_like(params.top_k))
+    if bool((k > 0).any()):
+        logits = top_k(logits, k)
+    uses_p = (params.top_p < 1) & sampled
+    p = torch.where(sampled, params.top_p, torch.ones_like(params.top_p))
+    # the sort is the costliest rule: rows that ran top-k order only their k survivors, the
+    # others try the least likely tokens first; rows without top-p are not touched
+    after_k = uses_p & (k > 0)
+    if bool(after_k.any()):
+        rows = after_k.nonzero()[:, 0]
+        kmax = min(int(k[rows].max()), logits.shape[-1])
+        logits = logits.index_copy(0, rows, _top_p_in_top(logits[rows], p[rows], kmax))
+    whole = uses_p & (k == 0)
+    if bool(whole.any()):
+        rows = whole.nonzero()[:, 0]
+        logits = logits.index_copy(0, rows, _top_p_from_bottom(logits[rows], p[rows]))
     return logits
 
 
@@ -195,7 +245,8 @@ class TokenInfo:
     id: int
     text: str
     prob: float  # probability of the chosen token under the row's filtered distribution
-    top: list[tuple[str, float]] = field(default_factory=list)  # top-5 alternatives (text, prob)
+    top: list[tuple[str, float]] = field(default_factory=list)  # top-5 alternatives (text, filtered prob)
+    logprob: float = 0.0  # log-probability under the model's own (unfiltered) distribution
 
 
 @dataclass
@@ -208,13 +259,61 @@ class Column:
     finished: bool = False
     finish_reason: str | None = None  # "eos" | "stop" | "length" | "context"
     seconds: float = 0.0
+    _done: int = field(default=0, repr=False)  # tokens whose text is final in `_stable`
+    _stable: str = field(default="", repr=False)
 
     @property
     def token_ids(self) -> list[int]:
         return [t.id for t in self.tokens]
 
+    @property
+    def metrics(self) -> dict:
+        return column_metrics(self)
+
+    def _grow(self, decode) -> str:
+        """Decode only the tokens since the last complete character: O(new tokens) per step,
+        and a UTF-8 character split across tokens shows once it is whole (at most 4 tokens: a
+        character is at most 4 bytes; past that the replacement character is really there)."""
+        tail = decode([t.id for t in self.tokens[self._done:]])
+        if not tail.endswith("\ufffd") or len(self.tokens) - self._done >= 4:
+            self._stable, self._done, tail = self._stable + tail, len(self.tokens), ""
+        return self._stable + tail
+
 
 TOP_ALTERNATIVES = 5
+
+
+def repetition_metrics(ids: Sequence[int]) -> dict:
+    """Distinct n-gram shares and a loop flag.
+
+    >>> repetition_metrics([1, 2, 1, 2, 1, 2, 1, 2])["loop"]
+    True
+    """
+    def grams(n: int) -> list[tuple]:
+        return [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+
+    g1, g2, g3 = grams(1), grams(2), grams(3)
+    repeated3 = len(g3) - len(set(g3))
+    return {"distinct_1": len(set(g1)) / len(g1) if g1 else 1.0,
+            "distinct_2": len(set(g2)) / len(g2) if g2 else 1.0,
+            "repeated_3gram_share": repeated3 / len(g3) if g3 else 0.0,
+            "loop": _tail_loops(list(ids))}
+
+
+def _tail_loops(ids: list[int], max_period: int = 16, repeats: int = 3, min_span: int = 8) -> bool:
+    """True when the text ends in a cycle: the last `repeats` periods of some length are equal."""
+    for period in range(1, max_period + 1):
+        span = max(period * repeats, min_span)
+        if len(ids) >= span and all(ids[-i] == ids[-i - period] for i in range(1, span - period + 1)):
+            return True
+    return False
+
+
+def column_metrics(col: Column) -> dict:
+    n = len(col.tokens)
+    mean_lp = sum(t.logprob for t in col.tokens) / n if n else 0.0
+    return {"new_tokens": n, "mean_logprob": mean_lp, **repetition_metrics(col.token_ids),
+            "tokens_per_s": n / col.seconds if col.seconds > 0 else 0.0, "finish_reason": col.finish_reason}
 
 
 def _encode_prompt(loaded: "LoadedModel", prompt: str, room: int) -> list[int]:
@@ -230,71 +329,126 @@ def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(hits)], True) if hits else (text, False)
 
 
+class _PieceCache(dict):
+    """Token id -> text, so the alternatives of every step cost one decode per new id."""
+
+    def __init__(self, decode) -> None:
+        super().__init__()
+        self.decode = decode
+
+    def __missing__(self, i: int) -> str:
+        self[i] = text = self.decode([i])
+        return text
+
+
+def _sample(probs: torch.Tensor, greedy: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
+    """One token per row: the argmax for greedy rows, else an inverse-CDF draw with a uniform from
+    the row's own generator, so all rows sample at once yet each stays seeded on its own. (B, V) -> (B,)"""
+    argmax = probs.argmax(dim=-1)
+    if bool(greedy.all()):
+        return argmax
+    u = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in gens])  # (B,)
+    cdf = probs.cumsum(dim=-1)  # (B, V)
+    drawn = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]  # first token with mass past u
+    return torch.where(greedy, argmax, drawn.clamp(max=probs.shape[-1] - 1))
+
+
+class _Step:
+    """One model step: (new ids, cache) -> the logits at the last position, float32. (b, t) -> (b, V)
+
+    `fast` runs the output projection, the largest matmul of a small model (n_embd x vocab, e.g.
+    192 x 50257), in bfloat16 from a copy of the weights: on CPUs with bf16 units it is several
+    times faster, and the logits move by about 1e-2, enough to flip near-ties of greedy decoding.
+    Only for GPT-2 models (their head is a plain bias-free linear after the final layer norm).
+    """
+
+    def __init__(self, model: torch.nn.Module, fast: bool) -> None:
+        self.model, self.weight = model, None
+        head = model.get_output_embeddings()
+        device = next(model.parameters()).device
+        if fast and model.config.model_type == "gpt2" and device.type in ("cpu", "cuda") and head.bias is None:
+            self.weight = head.weight.detach().to(torch.bfloat16)  # (V, n_embd)
+
+    def __call__(self, ids: torch.Tensor, cache=None):
+        if self.weight is None:
+            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            return out.logits[:, -1, :].float(), out.past_key_values
+        out = self.model.base_model(input_ids=ids, past_key_values=cache, use_cache=True)
+        hidden = out.last_hidden_state[:, -1, :].to(torch.bfloat16)  # (b, n_embd)
+        return torch.nn.functional.linear(hidden, self.weight).float(), out.past_key_values
+
+
 @torch.inference_mode()
-def stream(loaded: "LoadedModel", prompt: str, settings: Sequence[DecodingSettings]) -> Iterator[list[Column]]:
+def stream(loaded: "LoadedModel", prompt: str, settings: Sequence[DecodingSettings],
+           stop_at_eos: bool = True, fast: bool = False) -> Iterator[list[Column]]:
     """Generate one column per settings in one batch; yield the columns after every step.
 
     The columns are the same objects each time, updated in place; the last yield has every
-    column finished.
+    column finished. `stop_at_eos=False` keeps going past the end-of-text token (benchmarks);
+    `fast` computes the output layer in bfloat16 (see `_Step`: quicker, not bit-exact).
     """
     if not settings:
         raise ValueError("settings must hold at least one decoding setting")
     model, tok = loaded.model, loaded.tokenizer
-    eos = tok.eos_id
+    eos = tok.eos_id if stop_at_eos else -1
     device = next(model.parameters()).device
     block = loaded.block_size
     max_new = max(s.max_new_tokens for s in settings)
     prompt_ids = _encode_prompt(loaded, prompt, room=max(1, block - min(max_new, block // 2)))
     n = len(settings)
     columns = [Column(s) for s in settings]
-    params = RowParams.of(settings, device)
-    gens = [torch.Generator(device=device).manual_seed(s.seed) for s in settings]
-    live = torch.arange(n, device=device)  # column index of each batch row still generating
+    pieces = _PieceCache(tok.decode)
+    all_params = RowParams.of(settings, device)
+    all_gens = [torch.Generator(device=device).manual_seed(s.seed) for s in settings]
+    live = list(range(n))  # column index of each batch row still generating
+    params, gens = all_params, all_gens
     ids = torch.tensor([prompt_ids] * n, device=device)  # (b, T): row j belongs to column live[j]
     t0 = time.perf_counter()
     # every row shares the prompt: run it once and repeat its cache across the rows
-    out = model(input_ids=ids[:1], use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    step = _Step(model, fast)
+    raw, cache = step(ids[:1])
     cache.batch_repeat_interleave(n)
-    last_logits = out.logits[:, -1, :].expand(n, -1)  # (b, V)
+    raw = raw.expand(n, -1)  # (b, V)
     for _ in range(max_new):
-        logits = process(ids, last_logits, params.select(live))  # (b, V)
-        probs = logits.softmax(dim=-1)
-        chosen = [int(probs[j].argmax()) if settings[r].greedy
-                  else int(torch.multinomial(probs[j], 1, generator=gens[r]))
-                  for j, r in enumerate(live.tolist())]
-        chosen_t = torch.tensor(chosen, device=device)
+        probs = process(ids, raw, params).softmax(dim=-1)  # (b, V) the filtered distributions
+        chosen = _sample(probs, params.temperature == 0, gens)  # (b,)
+        chosen_p = probs.gather(1, chosen[:, None])[:, 0]
+        chosen_lp = raw.gather(1, chosen[:, None])[:, 0] - raw.logsumexp(dim=-1)
         top = probs.topk(min(TOP_ALTERNATIVES, probs.shape[-1]), dim=-1)
-        chosen_p = probs.gather(1, chosen_t[:, None])[:, 0].tolist()
-        top_ids, top_p_ = top.indices.tolist(), top.values.tolist()
+        # one trip to Python for everything the columns need from this step
+        chosen_l, p_l, lp_l = chosen.tolist(), chosen_p.tolist(), chosen_lp.tolist()
+        top_ids, top_vals = top.indices.tolist(), top.values.tolist()
         keep = []
-        for j, r in enumerate(live.tolist()):
-            col = columns[r]
-            if chosen[j] == eos:
+        for j, r in enumerate(live):
+            col, s = columns[r], settings[r]
+            if chosen_l[j] == eos:
                 _finish(col, "eos", t0)
                 continue
-            alts = [(tok.decode([i]), p) for i, p in zip(top_ids[j], top_p_[j])]
-            col.tokens.append(TokenInfo(chosen[j], tok.decode([chosen[j]]), chosen_p[j], alts))
-            col.text, stopped = _cut_at_stop(tok.decode(col.token_ids), settings[r].stop)
+            alts = [(pieces[i], v) for i, v in zip(top_ids[j], top_vals[j])]
+            col.tokens.append(TokenInfo(chosen_l[j], pieces[chosen_l[j]], p_l[j], alts, lp_l[j]))
+            col.text, stopped = _cut_at_stop(col._grow(tok.decode), s.stop)
             if stopped:
                 _finish(col, "stop", t0)
-            elif len(col.tokens) >= settings[r].max_new_tokens:
+            elif len(col.tokens) >= s.max_new_tokens:
                 _finish(col, "length", t0)
-            elif ids.shape[1] + 1 >= block:
+            elif ids.shape[1] >= block:  # the next forward would run past the position table
                 _finish(col, "context", t0)
             else:
                 keep.append(j)
-        ids = torch.cat([ids, chosen_t[:, None]], dim=1)
+        ids = torch.cat([ids, chosen[:, None]], dim=1)
         if len(keep) < len(live):  # finished rows stop costing: drop them from batch and cache
+            yield columns
+            if not keep:
+                return
             keep_t = torch.tensor(keep, device=device, dtype=torch.long)
-            ids, live, chosen_t = ids[keep_t], live[keep_t], chosen_t[keep_t]
-            if keep:
-                cache.batch_select_indices(keep_t)
-        yield columns
-        if not keep:
-            return
-        out = model(input_ids=chosen_t[:, None], past_key_values=cache, use_cache=True)
-        last_logits = out.logits[:, -1, :]
+            ids, chosen = ids[keep_t], chosen[keep_t]
+            live = [live[j] for j in keep]
+            params = all_params.select(torch.tensor(live, device=device))
+            gens = [all_gens[r] for r in live]
+            cache.batch_select_indices(keep_t)
+        else:
+            yield columns
+        raw, cache = step(chosen[:, None], cache)
 
 
 def _finish(col: Column, reason: str, t0: float) -> None:
@@ -303,9 +457,54 @@ def _finish(col: Column, reason: str, t0: float) -> None:
         col.seconds = time.perf_counter() - t0
 
 
-def generate(loaded: "LoadedModel", prompt: str, settings: Sequence[DecodingSettings]) -> list[Column]:
+def generate(loaded: "LoadedModel", prompt: str, settings: Sequence[DecodingSettings],
+             stop_at_eos: bool = True, fast: bool = False) -> list[Column]:
     """Run `stream` to the end and return the finished columns."""
     columns: list[Column] = []
-    for columns in stream(loaded, prompt, settings):
+    for columns in stream(loaded, prompt, settings, stop_at_eos, fast):
         pass
     return columns
+
+
+# ---- comparing settings ----
+
+SWEEPABLE = ("temperature", "top_k", "top_p", "repetition_penalty")
+
+
+def sweep(loaded: "LoadedModel", prompt: str, base: DecodingSettings, name: str,
+          values: Sequence[float], fast: bool = False) -> "pd.DataFrame":
+    """Vary one setting over `values` (all in one batch) and return metric vs value, one row each.
+
+    >>> sweep(loaded, "Once", named("balanced"), "temperature", [0.2, 0.8, 1.4])   # doctest: +SKIP
+    """
+    import pandas as pd
+
+    if name not in SWEEPABLE:
+        raise ValueError(f"sweep setting must be one of {list(SWEEPABLE)}, got {name!r}")
+    if not values:
+        raise ValueError("sweep values must hold at least one value")
+    cast = int if name == "top_k" else float
+    settings = [base.with_(**{name: cast(v)}) for v in values]
+    columns = generate(loaded, prompt, settings, fast=fast)
+    return pd.DataFrame([{name: cast(v), **c.metrics, "text": c.text} for v, c in zip(values, columns)])
+
+
+def comparison(columns: Sequence[Column], tokens: bool = False) -> dict:
+    """The comparison as plain JSON-ready data: settings, text and metrics per column (and the
+    tokens with their probabilities and alternatives when `tokens`)."""
+    out = []
+    for c in columns:
+        entry = {"settings": c.settings.to_dict(), "text": c.text, "metrics": c.metrics}
+        if tokens:
+            entry["tokens"] = [asdict(t) for t in c.tokens]
+        out.append(entry)
+    return {"columns": out}
+
+
+def comparison_table(columns: Sequence[Column]) -> "pd.DataFrame":
+    """One row per column: its settings, metrics and text (what the CSV export holds)."""
+    import pandas as pd
+
+    rows = [{"column": i + 1, **{k: v for k, v in c.settings.to_dict().items() if k != "stop"},
+             "stop": "|".join(c.settings.stop), **c.metrics, "text": c.text} for i, c in enumerate(columns)]
+    return pd.DataFrame(rows)

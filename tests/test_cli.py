@@ -40,3 +40,25 @@ def test_bad_input_is_one_line_and_nonzero(flags, needle, tiny_char_checkpoint):
     r = run_cli(*args)
     assert r.returncode == 2
     assert needle in r.stderr and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_compare_json(tiny_char_checkpoint):
+    r = run_cli("compare", "--model", tiny_char_checkpoint, "--prompt", "Human: hi", "--max-new-tokens", "6",
+                "--setting", "temperature=0", "--setting", "temperature=1.2,top_k=5,seed=3", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [c["settings"]["temperature"] for c in out["columns"]] == [0.0, 1.2]
+    assert all(c["settings"]["max_new_tokens"] == 6 and "distinct_1" in c["metrics"] for c in out["columns"])
+
+
+def test_compare_bad_setting_is_one_line(tiny_char_checkpoint):
+    r = run_cli("compare", "--model", tiny_char_checkpoint, "--setting", "top_p=2")
+    assert r.returncode == 2 and "top_p must be in (0, 1], got 2.0" in r.stderr and r.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_bench_compare_json_shape():
+    r = run_cli("bench", "compare", "--models", "v2", "--new-tokens", "8", "--repeats", "1", "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {"batched_s", "sequential_s", "ratio", "single_ratio"} <= set(out["v2"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.ui import chat, models_tab, train
+from studio.ui import chat, models_tab, playground, train
 from studio.ui.common import Pickers
 from studio.workspace import Workspace
 
@@ -16,6 +16,9 @@ TITLE = "the studio"
 
 def build_app(ws: Workspace | None = None) -> gr.Blocks:
     ws = ws or Workspace()
+    # resolve transformers' lazy GPT-2 imports now: page-load events run in parallel worker
+    # threads, and two threads importing them at once raise ImportError
+    from transformers import GPT2Config, GPT2LMHeadModel  # noqa: F401
     pickers = Pickers()
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nTrain and probe small language models on your own machine.")
@@ -24,10 +27,12 @@ def build_app(ws: Workspace | None = None) -> gr.Blocks:
                 models_tab.build(demo, ws, pickers)
             with gr.Tab("Train", id="train") as train_tab:
                 train.build(demo, ws, pickers)
+            with gr.Tab("Playground", id="playground") as playground_tab:
+                playground.build(demo, ws, pickers)
             with gr.Tab("Chat", id="chat") as chat_tab:
                 chat.build(demo, ws, pickers)
         # a checkpoint trained since the page opened shows up in every picker on the next tab switch
-        for tab in (models_tab_, train_tab, chat_tab):
+        for tab in (models_tab_, train_tab, playground_tab, chat_tab):
             tab.select(pickers.refresh, pickers.dropdowns, pickers.dropdowns, api_visibility="private", queue=False)
     demo.workspace = ws
     return demo

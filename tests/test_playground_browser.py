@@ -1,0 +1,40 @@
+"""A real browser on the Playground: fill two columns, Generate, watch both stream, screenshot."""
+import time
+
+import pytest
+from playwright.sync_api import expect
+
+from conftest import ARTIFACTS, needs_gpt2_bpe
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+COUNT_TOKENS = "n => document.querySelectorAll(`#play-out-${n} .tok`).length"
+BOTH_FINISHED = "() => [1, 2].every(n => document.querySelector(`#play-out-${n} em.reason`))"
+
+
+def test_two_columns_stream_side_by_side(page):
+    needs_gpt2_bpe()
+    page.get_by_role("tab", name="Playground", exact=True).click()
+    page.locator("#play-prompt textarea").fill("The little robot")
+    picker = page.get_by_label("Model", exact=True).nth(1)  # the Models tab's picker comes first
+    picker.fill("v2")  # context 128, random init: long enough to watch it grow
+    picker.press("Enter")
+    for column, value in ((1, "0.9"), (2, "1.3")):  # fill both columns' temperature
+        box = page.get_by_label("number input for temperature (0 = greedy)").nth(column - 1)
+        box.fill(value)
+        box.press("Enter")
+    page.locator("#play-generate").click()
+    seen: dict[int, set[int]] = {1: set(), 2: set()}
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        for n in seen:
+            seen[n].add(page.evaluate(COUNT_TOKENS, n))
+        if page.evaluate(BOTH_FINISHED):
+            break
+        time.sleep(0.05)
+    for n, counts in seen.items():  # each column was seen part-way: it streamed, not arrived at once
+        final = max(counts)
+        assert final > 5 and any(0 < c < final for c in counts), (n, sorted(counts))
+    expect(page.locator("#play-metrics-1")).to_contain_text("tok/s")
+    page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
+    assert (ARTIFACTS / "playground.png").stat().st_size > 10_000
