@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         demo.block_thread()
     except KeyboardInterrupt:
         pass
+    finally:
+        # a run started from the app stops with it, after saving its `last` checkpoint
+        demo.workspace.training.close()
     return 0
 
 

@@ -178,7 +178,7 @@ def _measured_step_time(model: str, device: str) -> float | None:
 @dataclass(frozen=True)
 class Progress:
     run: str
-    state: str  # the job's state when it is this app's run, else run.json's status
+    state: str  # running | stopping while this app's job runs it, then run.json's done | stopped | failed
     step: int
     max_steps: int
     seconds_per_step: float | None
@@ -197,7 +197,8 @@ class Progress:
 def progress(job: TrainingJob, run_dir: Path, df) -> Progress:
     run = runs.read_run(run_dir) if (run_dir / runs.RUN_FILE).is_file() else {}
     status = job.status()
-    state = status.state if status.run_dir == run_dir else run.get("status", "starting")
+    live = status.run_dir == run_dir and status.state in ("running", "stopping", "failed")
+    state = status.state if live else run.get("status", "starting")  # run.json: done | stopped | failed
     steps = df[df["type"] == "step"] if len(df) and "type" in df else df
     step = int(df["step"].max()) if len(df) and "step" in df else 0
     max_steps = int(run.get("settings", {}).get("max_steps", 0)) or step

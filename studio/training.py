@@ -508,7 +508,8 @@ class _Run:
         if last_eval != self.step and self.step > 0:
             val, _ = self.do_eval(since_eval)
         self.save("last")
-        accuracy = self.heldout_accuracy()
+        # a stop request is honoured now: scoring 200 held-out questions can wait for a finished run
+        accuracy = self.heldout_accuracy() if reason != "stopped" else None
         summary = {"run_dir": str(self.dir), "steps": self.step, "train_loss": last_loss, "val_loss": val,
                    "val_ppl": math.exp(min(val, 50)) if math.isfinite(val) else None,
                    "best_val_loss": None if math.isinf(self.best) else self.best, "reason": reason,

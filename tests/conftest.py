@@ -88,6 +88,7 @@ def app_url(_scratch_dirs):
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
     yield url
     demo.close()
+    demo.workspace.training.close()  # a run the tests started must not outlive them
 
 
 @pytest.fixture(scope="session")

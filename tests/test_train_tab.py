@@ -42,8 +42,8 @@ def test_client_starts_reads_stops_and_the_checkpoint_loads(client, tiny_checkpo
                        api_name="/train_start")
     client.predict(api_name="/train_stop")
     final = wait_for(lambda: (s := client.predict("tab-run", api_name="/train_status"))["state"]
-                     in ("finished", "failed") and s)
-    assert final["state"] == "finished", final
+                     in ("stopped", "done", "failed") and s)
+    assert final["state"] == "stopped", final
     assert runs.read_run(runs.run_dir("tab-run"))["status"] == "stopped"
     loaded = models.load("tab-run", device="cpu")
     assert loaded.spec.path.parent == runs.run_dir("tab-run")
@@ -55,7 +55,8 @@ def test_browser_starts_a_run_sees_the_loss_chart_and_stops(page, tiny_checkpoin
     page.get_by_role("tab", name="Train", exact=True).click()
     picker = page.get_by_label("Model to train", exact=True)
     picker.fill(tiny_checkpoint)
-    picker.press("Enter")
+    page.get_by_role("option", name=tiny_checkpoint, exact=True).click()
+    expect(picker).to_have_value(tiny_checkpoint)
     page.get_by_label("Run name", exact=True).fill("browser-run")
     max_steps = page.get_by_label("max steps", exact=True)
     max_steps.fill("2000")
@@ -68,5 +69,8 @@ def test_browser_starts_a_run_sees_the_loss_chart_and_stops(page, tiny_checkpoin
     expect(page.get_by_text("browser-run").first).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "train_tab.png"), full_page=True)
     page.get_by_role("button", name="Stop", exact=True).click()
-    expect(page.get_by_text("finished").first).to_be_visible(timeout=60_000)
+    try:
+        expect(page.get_by_text("browser-run · stopped").first).to_be_visible(timeout=60_000)
+    finally:
+        page.screenshot(path=str(ARTIFACTS / "train_tab_stopped.png"), full_page=True)
     assert runs.read_run(runs.run_dir("browser-run"))["status"] == "stopped"

@@ -65,9 +65,11 @@ def samples_markdown(df: pd.DataFrame) -> str:
 
 
 def events_table(df: pd.DataFrame) -> pd.DataFrame:
-    if not len(df) or "type" not in df:
-        return pd.DataFrame(columns=["step", "kind", "message"])
-    return df[df["type"] == "event"][["step", "kind", "message"]].iloc[::-1]
+    """Events (early stop, NaN recovery, OOM shrink, ...) newest first."""
+    cols = ["step", "kind", "message"]
+    if not len(df) or not {"type", *cols} <= set(df.columns):
+        return pd.DataFrame(columns=cols)
+    return df[df["type"] == "event"][cols].iloc[::-1]
 
 
 def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
