@@ -140,6 +140,7 @@ def test_gradient_checkpointing_gives_the_same_losses(tiny_char_checkpoint, smal
         assert b[step] == pytest.approx(a[step], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_train_json(tiny_char_checkpoint, small_data):
     env = {**os.environ}
     out = subprocess.run([sys.executable, "-m", "studio", "train", "--model", tiny_char_checkpoint,
