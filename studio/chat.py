@@ -173,6 +173,13 @@ def chat_file(name: str = DEFAULT_FILE) -> Path:
     return chats_dir() / name
 
 
+def saved_chat_files() -> list[str]:
+    """Names of the conversation files saved so far, newest first: the Train tab's "saved chat" data."""
+    folder = chats_dir()
+    files = sorted(folder.glob("*.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
+    return [p.name for p in files]
+
+
 def exchanges(history: Sequence[dict], ratings: dict[int, int] | None = None, *, model: str = "",
               system: str = "", conversation_id: str = "") -> list[dict]:
     """The JSONL rows of a conversation: {"user", "assistant"} plus "rating" (+1/-1, keyed by the
@@ -228,13 +235,6 @@ def load_conversations(path: Path) -> list[dict]:
             raise ValueError(f"{path}:{n}: each line needs string fields 'user' and 'assistant'")
         rows.append(row)
     return rows
-
-
-def training_documents(rows: Iterable[dict], skip_disliked: bool = True) -> list[str]:
-    """One training document per exchange, in the chat template (system line first when saved);
-    replies rated down are left out, so rating is also curating."""
-    return [format_chat([], r["user"], r.get("system", "")) + " " + r["assistant"]
-            for r in rows if not (skip_disliked and r.get("rating", 0) < 0)]
 
 
 # ---- benchmark ----

@@ -142,6 +142,7 @@ class Documents:
     source: str
     docs: list[str]
     skipped: int = 0  # malformed rows or lines, never fatal
+    rated_down: int = 0  # chat replies rated down, left out on purpose
     heldout: list[Example] = field(default_factory=list)  # built-in only: questions for exact match
 
 
@@ -157,7 +158,9 @@ def row_text(row: dict) -> str | None:
     pairs = [("user", "assistant"), ("human", "assistant"), ("prompt", "response"), ("question", "answer")]
     for q, a in pairs:
         if isinstance(low.get(q), str) and isinstance(low.get(a), str):
-            return format_exchange(low[q].strip(), low[a].strip())
+            # the Chat tab's saved exchanges: a system prompt leads, as it did in the chat
+            system = low.get("system") if isinstance(low.get("system"), str) else ""
+            return (system.strip() + "\n" if system.strip() else "") + format_exchange(low[q].strip(), low[a].strip())
     if isinstance(low.get("instruction"), str) and isinstance(low.get("response", low.get("output")), str):
         question = low["instruction"].strip()
         context = low.get("context", low.get("input")) or ""
@@ -170,9 +173,18 @@ def row_text(row: dict) -> str | None:
     return None
 
 
+def rated_down(row) -> bool:
+    """A reply the user rated down in the Chat tab: left out of training, so rating is curating."""
+    rating = row.get("rating") if isinstance(row, dict) else None
+    return isinstance(rating, (int, float)) and rating < 0
+
+
 def _rows_to_docs(rows: Iterable, source: str) -> Documents:
     out = Documents(source, [])
     for row in rows:
+        if rated_down(row):
+            out.rated_down += 1
+            continue
         text = row_text(row)
         if text is None:
             out.skipped += 1
@@ -293,12 +305,14 @@ class TokenData:
     val: np.ndarray
     n_docs: int
     skipped: int = 0
+    rated_down: int = 0
     heldout: list[Example] = field(default_factory=list)
 
     def report(self, n_params: int) -> dict:
         """Tokens and tokens per parameter, against the ~20 tokens/parameter rule of thumb (Chinchilla)."""
         tokens = int(len(self.train))
-        return {"source": self.source, "docs": self.n_docs, "skipped": self.skipped, "train_tokens": tokens,
+        return {"source": self.source, "docs": self.n_docs, "skipped": self.skipped, "rated_down": self.rated_down,
+                "train_tokens": tokens,
                 "val_tokens": int(len(self.val)), "tokens_per_param": tokens / max(1, n_params),
                 "rule_of_thumb_tokens": 20 * n_params}
 
@@ -332,7 +346,8 @@ def prepare(documents: Documents, tok, cache_dir: Path | None, seed: int = 0,
             progress: Callable[[float, str], None] | None = None) -> TokenData:
     """Tokenize and split documents, reading/writing `cache_dir/<key>.{train,val}.npy` when given."""
     if not documents.docs:
-        raise ValueError(f"{documents.source}: no usable documents ({documents.skipped} malformed rows skipped)")
+        raise ValueError(f"{documents.source}: no usable documents ({documents.skipped} malformed rows skipped, "
+                         f"{documents.rated_down} rated down)")
     key = hashlib.sha256(f"{_source_key(documents.source, seed)}|{tokenizer_fingerprint(tok)}|{seed}"
                          .encode()).hexdigest()[:20]
     paths = [Path(cache_dir) / f"{key}.{part}.npy" for part in ("train", "val")] if cache_dir else None
@@ -349,7 +364,8 @@ def prepare(documents: Documents, tok, cache_dir: Path | None, seed: int = 0,
                 tmp.rename(p)
     if progress:
         progress(1.0, f"{len(train):,} train and {len(val):,} val tokens")
-    return TokenData(documents.source, train, val, len(documents.docs), documents.skipped, documents.heldout)
+    return TokenData(documents.source, train, val, len(documents.docs), documents.skipped, documents.rated_down,
+                     documents.heldout)
 
 
 # ---- tokens -> batches ----

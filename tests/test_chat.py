@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from studio import chat, checkpoints_dir
-from studio.data import format_exchange
+from studio.data import format_exchange, read_file
 from studio.decoding import DecodingSettings, generate
 from conftest import ROOT
 
@@ -121,45 +121,31 @@ def test_nothing_to_save_and_bad_lines_are_clear_errors(tmp_path):
         chat.load_conversations(tmp_path / "bad.jsonl")
 
 
-def test_training_documents_use_the_template_and_skip_disliked():
-    rows = [{"user": "hi", "assistant": "hello", "rating": 1}, {"user": "2+2?", "assistant": "5", "rating": -1},
-            {"user": "x", "assistant": "y", "system": "Be brief."}]
-    assert chat.training_documents(rows) == [format_exchange("hi", "hello"), "Be brief.\n" + format_exchange("x", "y")]
-    assert len(chat.training_documents(rows, skip_disliked=False)) == 3
+def test_saved_jsonl_reads_as_template_documents_without_the_rated_down(tmp_path):
+    h = history_of([("hi", "hello"), ("2+2?", "5"), ("x", "y")])
+    path, _, _ = chat.save_conversation(h, {1: 1, 3: -1}, model="tiny", system="Be brief.", path=tmp_path / "c.jsonl")
+    docs = read_file(path)
+    assert docs.docs == ["Be brief.\n" + format_exchange("hi", "hello"), "Be brief.\n" + format_exchange("x", "y")]
+    assert (docs.skipped, docs.rated_down) == (0, 1)
+    # the document is exactly the prompt the chat built, followed by the reply
+    assert docs.docs[0] == chat.format_chat([], "hi", "Be brief.") + " hello"
 
 
-def test_saved_jsonl_trains_a_tiny_model(tiny, tmp_path):
-    """collect -> fine-tune, with plain torch: the saved file becomes template documents joined by
-    end-of-text, and a few optimizer steps on them lower the loss."""
-    h = history_of([("What is 2 plus 3?", "5"), ("Reverse the word cat.", "tac"), ("Say hi.", "hi")])
-    path, _, _ = chat.save_conversation(h, {1: 1}, model="tiny", path=tmp_path / "c.jsonl")
-    docs = chat.training_documents(chat.load_conversations(path))
-    tok = tiny.tokenizer
-    ids = []
-    for d in docs:
-        ids += tok.encode(d) + [tok.eos_id]
-    x = torch.tensor([ids[: tiny.block_size]])  # (1, T)
-    model = type(tiny.model)(tiny.model.config)  # a fresh copy: the shared fixture stays untouched
-    model.load_state_dict(tiny.model.state_dict())
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0] * 0.9
+def test_saved_jsonl_fine_tunes_through_the_training_engine(tiny_checkpoint, tmp_path):
+    """collect -> fine-tune: the Chat tab's saved file is the Train tab's data file as it is."""
+    from studio import runs
+    from studio.presets import TrainSettings
+    from studio.training import TrainConfig, train
 
-
-def test_saved_jsonl_reads_through_the_training_engine(tmp_path):
-    pytest.importorskip("studio.training", reason="the training engine comes with the Train tab (merged later)")
-    from studio.data import read_file
-
-    h = history_of([("What is 2 plus 3?", "5"), ("Say hi.", "hi")])
-    path, _, _ = chat.save_conversation(h, model="tiny", path=tmp_path / "c.jsonl")
-    assert read_file(path).docs == chat.training_documents(chat.load_conversations(path))
+    pairs = [("What is 2 plus 3?", "5"), ("Reverse the word cat.", "tac"), ("Say hi.", "hi")] * 20
+    path, _, _ = chat.save_conversation(history_of(pairs), model="tiny", path=tmp_path / "collected.jsonl")
+    s = TrainSettings(learning_rate=3e-3, warmup_steps=1, max_steps=12, batch_size=4, grad_accum=1,
+                      eval_interval=6, eval_batches=1, save_interval=12, log_interval=1)
+    summary = train(TrainConfig(model=tiny_checkpoint, data=str(path), out="from-chat", settings=s, block_size=64))
+    assert summary["steps"] == 12
+    assert summary["data"]["docs"] == 60 and runs.read_run("from-chat")["data_report"]["docs"] == 60
+    losses = runs.read_metrics("from-chat").query("type == 'step'").loss.tolist()
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5  # it learns: ~10.6 -> ~9.6 here
 
 
 def test_bench_reports_first_token_and_rate(tiny):
@@ -261,10 +247,15 @@ def test_regenerate_undo_save_and_truncation_note(url, tiny_checkpoint):
     assert seed == 1 and len(regen) == len(history) and texts(regen)[-2] == ("user", "last")
     undone, box = client.predict(history, api_name="/undo")
     assert box == "last" and len(undone) == len(history) - 2
+    client.predict(1, 1, api_name="/rate_reply")  # thumbs up on the first reply, down on the last
+    client.predict(len(history) - 1, -1, api_name="/rate_reply")
+    with pytest.raises(Exception, match="rating must be 1, -1 or 0"):
+        client.predict(1, 5, api_name="/rate_reply")
     saved = client.predict(history, tiny_checkpoint, "", "mine.jsonl", api_name="/save_chat")
     assert "13 exchange(s)" in saved
     rows = chat.load_conversations(checkpoints_dir() / chat.CHATS_DIR / "mine.jsonl")
     assert rows[-1]["user"] == "last" and rows[0]["model"] == tiny_checkpoint
+    assert [r.get("rating") for r in rows] == [1] + [None] * 11 + [-1]
     with pytest.raises(Exception, match="message is empty"):
         client.predict(tiny_checkpoint, " ", [], *SETTINGS, api_name="/chat")
 

@@ -10,7 +10,7 @@ from studio import models, runs
 
 pytestmark = pytest.mark.slow
 
-# model, data kind, file, hub name, run name, device, precision, then the tab's settings in order:
+# model, data kind, file, saved chat, hub name, run name, device, precision, then the tab's settings in order:
 # learning_rate, warmup_steps, max_steps, batch_size, grad_accum, eval_interval, save_interval, patience
 SETTINGS = [1e-3, 2, 2000, 4, 1, 10, 10, 0]
 
@@ -31,14 +31,14 @@ def client(app_url):
 
 
 def test_client_starts_reads_stops_and_the_checkpoint_loads(client, tiny_checkpoint):
-    client.predict(tiny_checkpoint, "built-in corpus", None, "", "tab-run", "cpu", "auto", *SETTINGS,
+    client.predict(tiny_checkpoint, "built-in corpus", None, None, "", "tab-run", "cpu", "auto", *SETTINGS,
                    api_name="/train_start")
     status = wait_for(lambda: (s := client.predict("tab-run", api_name="/train_status")).get("last_eval") and s)
     assert status["state"] == "running" and status["max_steps"] == 2000
     assert status["last_step"]["loss"] > 0 and status["last_eval"]["val_ppl"] > 1
     # a second start while one runs is refused with a clear message
     with pytest.raises(Exception, match="already going"):
-        client.predict(tiny_checkpoint, "built-in corpus", None, "", "tab-run-2", "cpu", "auto", *SETTINGS,
+        client.predict(tiny_checkpoint, "built-in corpus", None, None, "", "tab-run-2", "cpu", "auto", *SETTINGS,
                        api_name="/train_start")
     client.predict(api_name="/train_stop")
     final = wait_for(lambda: (s := client.predict("tab-run", api_name="/train_status"))["state"]
@@ -48,6 +48,21 @@ def test_client_starts_reads_stops_and_the_checkpoint_loads(client, tiny_checkpo
     loaded = models.load("tab-run", device="cpu")
     assert loaded.spec.path.parent == runs.run_dir("tab-run")
     assert "tab-run" in models.list_models()
+
+
+def test_a_saved_chat_is_training_data(client, tiny_checkpoint):
+    """collect -> fine-tune: the Chat tab's file is a data choice of its own in the Train tab."""
+    from studio import chat
+
+    history = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "hi"},
+               {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"}]
+    chat.save_conversation(history, {3: -1}, path=chat.chat_file("collected.jsonl"))
+    assert "collected.jsonl" in chat.saved_chat_files()
+    plan = client.predict(tiny_checkpoint, "saved chat", None, "collected.jsonl", "", "cpu", "auto", *SETTINGS,
+                          api_name="/train_plan")
+    assert "from 1 documents (1 rated-down replies left out)" in plan, plan
+    with pytest.raises(Exception, match="saved chat"):
+        client.predict(tiny_checkpoint, "saved chat", None, None, "", "cpu", "auto", *SETTINGS, api_name="/train_plan")
 
 
 @pytest.mark.browser

@@ -130,12 +130,22 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         return [], "", {}, ""
 
     def rate(ratings_, data: gr.LikeData):
-        ratings_ = dict(ratings_ or {})
         index = data.index if isinstance(data.index, int) else data.index[0]
-        if data.liked is True or data.liked is False:
-            ratings_[index] = 1 if data.liked else -1
-        else:  # a second click takes the rating back
-            ratings_.pop(index, None)
+        # a second click on the same thumb takes the rating back (liked is then neither True nor False)
+        return rate_reply(ratings_, index, {True: 1, False: -1}.get(data.liked, 0))
+
+    @user_errors
+    def rate_reply(ratings_, index, rating):
+        """Rate the assistant message at `index` of the history: 1 (up), -1 (down) or 0 (no rating)."""
+        if rating not in (-1, 0, 1):
+            raise ValueError(f"rating must be 1, -1 or 0, got {rating}")
+        if index is None or int(index) < 0:
+            raise ValueError(f"index must be >= 0 (an assistant message's position in the history), got {index}")
+        ratings_ = dict(ratings_ or {})
+        if rating:
+            ratings_[int(index)] = int(rating)
+        else:
+            ratings_.pop(int(index), None)
         return ratings_
 
     @user_errors
@@ -166,6 +176,10 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     clear_btn.click(clear, None, [chatbot, note, ratings, conversation_id], api_name="clear_chat", queue=False)
     chatbot.clear(clear, None, [chatbot, note, ratings, conversation_id], api_visibility="private", queue=False)
     chatbot.like(rate, ratings, ratings, api_visibility="private", queue=False)
+    with gr.Row(visible=False):  # the thumbs as an API endpoint: a script rates replies too
+        rate_index, rate_value = gr.Number(precision=0), gr.Number(precision=0)
+        rate_btn = gr.Button()
+    rate_btn.click(rate_reply, [ratings, rate_index, rate_value], ratings, api_name="rate_reply", queue=False)
     save_btn.click(save, [chatbot, ratings, model, system, file_name, conversation_id], [saved, conversation_id],
                    api_name="save_chat")
     ask_ev = gr.on([ask_btn.click, arena_msg.submit], arena,

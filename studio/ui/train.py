@@ -11,12 +11,13 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from studio import devices, jobs, runs
+from studio import chat, devices, jobs, runs
 from studio.presets import TrainSettings
 from studio.ui import plots
 from studio.ui.common import Pickers, user_errors
 from studio.workspace import Workspace
 
+DATA_KINDS = ["built-in corpus", "file", "saved chat", "hub dataset"]
 POLL_S = 1.5  # redraw at least every 2 s, as promised in the tab's spec
 SETTING_FIELDS = ("learning_rate", "warmup_steps", "max_steps", "batch_size", "grad_accum",
                   "eval_interval", "save_interval", "early_stop_patience")
@@ -43,7 +44,12 @@ def plan_markdown(p: jobs.Plan) -> str:
         lines.append(f"**Does not fit.** Suggested: micro-batch {p.fit.micro_batch} x {p.fit.grad_accum} "
                      f"accumulation{ckpt} (about {p.fit.total_bytes / gb:.2f} GB); the run applies this itself.")
     d = p.data
-    skipped = f" ({d['skipped']:,} malformed rows skipped)" if d["skipped"] else ""
+    left_out = []
+    if d["skipped"]:
+        left_out.append(f"{d['skipped']:,} malformed rows skipped")
+    if d.get("rated_down"):
+        left_out.append(f"{d['rated_down']:,} rated-down replies left out")
+    skipped = f" ({', '.join(left_out)})" if left_out else ""
     rule = "at or above" if d["tokens_per_param"] >= 20 else "below"
     lines.append(f"**Data:** {d['train_tokens']:,} training tokens from {d['docs']:,} documents{skipped}: "
                  f"{d['tokens_per_param']:.2f} tokens per parameter for {p.params / 1e6:.2f}M parameters, "
@@ -77,9 +83,11 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             model = pickers.model(label="Model to train", value="v1")
-            data_kind = gr.Radio(["built-in corpus", "file", "hub dataset"], value="built-in corpus", label="Data")
+            data_kind = gr.Radio(DATA_KINDS, value="built-in corpus", label="Data")
             data_file = gr.File(label="Data file (.txt .jsonl .json .csv .parquet)", visible=False,
                                 file_types=[".txt", ".jsonl", ".json", ".csv", ".parquet"])
+            data_chat = gr.Dropdown([], label="Saved chat", visible=False, allow_custom_value=True,
+                                    info=f"conversations saved in the Chat tab ({chat.CHATS_DIR}/ of the checkpoints folder)")
             data_hub = gr.Textbox(label="Hub dataset name", placeholder="databricks/databricks-dolly-15k",
                                   visible=False)
             run_name = gr.Textbox(label="Run name", placeholder="left empty: model-date-time")
@@ -116,14 +124,20 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         export_btn = gr.Button("Export metrics as CSV")
         export_file = gr.File(label="CSV", interactive=False)
     watched = gr.State("")  # the run this page shows when no run is going
-    seen = gr.State(None)  # the metrics file signature last drawn, to skip identical redraws
+    seen = gr.State(None)  # (files' signature, job state) last drawn, to skip identical redraws
     timer = gr.Timer(POLL_S)
 
-    def data_spec(kind: str, file, hub: str) -> str:
+    def data_spec(kind: str, file, saved: str, hub: str) -> str:
+        if kind not in DATA_KINDS:
+            raise ValueError(f"data kind must be one of {DATA_KINDS}, got {kind!r}")
         if kind == "file":
             if not file:
                 raise ValueError("data: upload a file, or pick the built-in corpus")
             return str(file if isinstance(file, str) else file.name)
+        if kind == "saved chat":
+            if not saved:
+                raise ValueError("data: no saved chat chosen; save a conversation in the Chat tab first")
+            return str(chat.chat_file(saved))
         if kind == "hub dataset":
             if not (hub or "").strip():
                 raise ValueError("data: name a hub dataset, e.g. databricks/databricks-dolly-15k")
@@ -139,13 +153,13 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         return [getattr(s, name) for name in SETTING_FIELDS]
 
     @user_errors
-    def check(identifier, kind, file, hub, dev, prec, *values):
-        cfg = jobs.make_config(identifier, data_spec(kind, file, hub), settings_of(values), "", dev, prec)
+    def check(identifier, kind, file, saved, hub, dev, prec, *values):
+        cfg = jobs.make_config(identifier, data_spec(kind, file, saved, hub), settings_of(values), "", dev, prec)
         return plan_markdown(jobs.plan(cfg))
 
     @user_errors
-    def start(identifier, kind, file, hub, name, dev, prec, *values):
-        cfg = jobs.make_config(identifier, data_spec(kind, file, hub), settings_of(values), name, dev, prec)
+    def start(identifier, kind, file, saved, hub, name, dev, prec, *values):
+        cfg = jobs.make_config(identifier, data_spec(kind, file, saved, hub), settings_of(values), name, dev, prec)
         run_dir = jobs.start(ws.training, cfg)
         gr.Info(f"training started: {run_dir.name}")
         return run_dir.name, None
@@ -169,15 +183,19 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
 
     def poll(name: str, last):
         run_dir = jobs.shown_run(ws.training, name)
-        signature = runs.signature(run_dir) if run_dir else None
-        if run_dir is None or (signature == last and ws.training.status().state not in ("running", "stopping")):
+        if run_dir is None:
+            return [gr.skip()] * 8 + [last]
+        # what was drawn: the files' signature and the job's state (a process can end without writing)
+        state = ws.training.status().state
+        current = (runs.signature(run_dir), state)
+        if current == last and state not in ("running", "stopping"):
             return [gr.skip()] * 8 + [last]
         df = runs.read_metrics(run_dir)
         prog = jobs.progress(ws.training, run_dir, df)
-        if signature == last:  # nothing new written: only the state line may have changed
-            return [_progress_html(prog)] + [gr.skip()] * 7 + [last]
+        if last is not None and current[0] == last[0]:  # nothing new written: only the state line may change
+            return [_progress_html(prog)] + [gr.skip()] * 7 + [current]
         return [_progress_html(prog), *plots.run_figures(df), samples_markdown(df), events_table(df),
-                jobs.status_dict(ws.training, run_dir, df), signature]
+                jobs.status_dict(ws.training, run_dir, df), current]
 
     def list_all():
         table = runs.list_runs()
@@ -202,11 +220,14 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         return (evt.row_value[0], None) if evt.row_value else (gr.skip(), gr.skip())
 
     def toggle(kind: str):
-        return gr.File(visible=kind == "file"), gr.Textbox(visible=kind == "hub dataset")
+        saved = chat.saved_chat_files() if kind == "saved chat" else []
+        return (gr.File(visible=kind == "file"),
+                gr.Dropdown(choices=saved, value=saved[0] if saved else None, visible=kind == "saved chat"),
+                gr.Textbox(visible=kind == "hub dataset"))
 
     setting_inputs = list(fields.values())
-    data_inputs = [data_kind, data_file, data_hub]
-    data_kind.change(toggle, data_kind, [data_file, data_hub], queue=False, api_visibility="private")
+    data_inputs = [data_kind, data_file, data_chat, data_hub]
+    data_kind.change(toggle, data_kind, [data_file, data_chat, data_hub], queue=False, api_visibility="private")
     model.change(prefill, model, setting_inputs, queue=False, api_name="train_defaults")
     demo.load(prefill, model, setting_inputs, queue=False, api_visibility="private")
     check_btn.click(check, [model, *data_inputs, device, precision, *setting_inputs], plan_md,
