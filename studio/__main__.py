@@ -5,7 +5,7 @@
     python -m studio chat --model M [--system S] [decoding flags]   (one reply line per stdin line)
     python -m studio train --preset v1 --data builtin --max-steps 300 --out checkpoints/demo [--resume] [--json]
     python -m studio train --config run/job.json [--json]   (a TrainConfig as JSON: what the app runs)
-    python -m studio bench train|memory|chat|compare [--json]
+    python -m studio bench train|memory|chat|compare|train-tab [--json]
     python -m studio compare --model M --prompt P --setting "temperature=0.7,top_k=50" --setting ... [--json]
 
 Errors are one line on stderr and a non-zero exit, never a traceback. With --json the last
@@ -187,6 +187,16 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
     return result
 
 
+def cmd_bench_train_tab(args: argparse.Namespace) -> dict:
+    from studio.ui import bench_tab
+
+    result = bench_tab.run(args.model, args.rounds, args.steps, (lambda msg: None) if args.json else print)
+    if not args.json:
+        print(f"{args.model}: CLI {result['cli_tokens_per_s']:,.0f} tokens/s, with the Train tab open "
+              f"{result['tab_tokens_per_s']:,.0f} tokens/s: ratio {result['ratio']:.3f} (goal >= 0.95)")
+    return result
+
+
 def cmd_compare(args: argparse.Namespace) -> dict:
     from studio import decoding, models
 
@@ -281,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--steps", type=int, default=6, help="timed steps per measurement (train)")
         p.add_argument("--json", action="store_true")
         p.set_defaults(fn=cmd_bench_train)
+    p = bench.add_parser("train-tab", help="training tokens/s with the Train tab open in a browser vs the CLI")
+    p.add_argument("--model", default="v1")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of one CLI run and one tab run, order alternating")
+    p.add_argument("--steps", type=int, default=60, help="optimizer steps per run")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_bench_train_tab)
     p = bench.add_parser("compare", help="batched side-by-side decoding vs sequential model.generate")
     p.add_argument("--models", nargs="+", default=["v2", "gpt2"], help="preset architectures (random weights)")
     p.add_argument("--new-tokens", type=int, default=128)

@@ -73,9 +73,7 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "ignore::pandas.errors.Pandas4Warning")
 
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+from studio.ui.bench_tab import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (one place for the browser flags)
 
 
 @pytest.fixture(scope="session")

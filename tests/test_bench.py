@@ -23,3 +23,26 @@ def test_memory_bench_measures_each_case():
     result = bench.memory_bench([("v1", 1, 32, "fp32", False)])
     case = result["cases"][0]
     assert case["measured_mb"] > 0 and case["estimate_mb"] > 0 and "within_20pct" in result
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_train_tab_bench_trains_the_same_run_both_ways():
+    """`bench train-tab` in its own process (it points the checkpoints folder at a temp dir):
+    one CLI run and one run started by clicking Start in a real browser, with the same settings."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import CHROMIUM, ROOT
+
+    needs_gpt2_bpe()
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium")
+    out = subprocess.run([sys.executable, "-m", "studio", "bench", "train-tab", "--rounds", "1", "--steps", "30",
+                          "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(result["cli_runs"]) == len(result["tab_runs"]) == 1
+    assert result["ratio"] == pytest.approx(result["tab_tokens_per_s"] / result["cli_tokens_per_s"])
+    assert 0.3 < result["ratio"] < 3  # both sides trained the same model at a comparable speed

@@ -1,0 +1,113 @@
+"""Benchmark: training tokens/s with the Train tab open and plotting, against the CLI's.
+
+The same run (model, data, settings, seed) is trained twice per round, in a fresh checkpoints
+folder: once with `python -m studio train --config job.json`, alone; once started by clicking
+Start in the Train tab of the app, served here, with a real browser (Debian's chromium through
+playwright) on the tab the whole time, so the timer polls and the four charts redraw as the
+run logs. Rounds alternate the order (CLI first, then tab first) so that drift on a shared
+machine does not favour one side. Each side's figure is the median of the step rows'
+`tokens_per_s` after the first log interval; `ratio` = tab / CLI (goal >= 0.95).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from studio import ROOT, runs
+from studio.jobs import make_config
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+SETTINGS = {"max_steps": 60, "batch_size": 8, "grad_accum": 1, "warmup_steps": 10, "eval_interval": 20,
+            "save_interval": 1000, "learning_rate": 2e-3}
+
+
+def tokens_per_s(run_dir: Path) -> float:
+    df = runs.read_metrics(run_dir)
+    steps = df[df["type"] == "step"]["tokens_per_s"].dropna().tolist()[1:]  # the first interval holds start-up
+    if not steps:
+        raise RuntimeError(f"{run_dir}: no step rows were logged")
+    return statistics.median(steps)
+
+
+def _cli_run(cfg_dict: dict, folder: Path) -> float:
+    out = folder / cfg_dict["out"]
+    out.mkdir(parents=True)
+    (out / "job.json").write_text(json.dumps(cfg_dict))
+    subprocess.run([sys.executable, "-m", "studio", "train", "--config", str(out / "job.json"), "--json"],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return tokens_per_s(out)
+
+
+def _tab_run(page, url: str, model: str, name: str, settings: dict, folder: Path, timeout_s: float) -> float:
+    page.goto(url, wait_until="load")
+    page.get_by_role("tab", name="Train", exact=True).click()
+    picker = page.get_by_label("Model to train", exact=True)
+    picker.fill(model)
+    page.get_by_role("option", name=model, exact=True).click()
+    # choosing a model prefills its defaults; the bench's settings go in after that (and are checked below)
+    page.wait_for_timeout(1500)
+    page.get_by_label("Run name", exact=True).fill(name)
+    for key, value in settings.items():
+        page.get_by_label(key.replace("_", " "), exact=True).fill(str(value))
+    page.get_by_role("button", name="Start", exact=True).click()
+    deadline = time.time() + timeout_s
+    run_file = folder / name / runs.RUN_FILE
+    while time.time() < deadline:
+        page.wait_for_timeout(1000)  # the page stays open and polling meanwhile
+        if run_file.is_file() and runs.read_run(folder / name).get("status") in ("done", "stopped", "failed"):
+            break
+    else:
+        raise RuntimeError(f"the tab's run {name} did not finish within {timeout_s:.0f}s")
+    run = runs.read_run(folder / name)
+    if run["status"] != "done":
+        raise RuntimeError(f"the tab's run {name} ended as {run['status']}")
+    return tokens_per_s(folder / name)
+
+
+def run(model: str = "v1", rounds: int = 2, max_steps: int = 60, log: Callable[[str], None] = print) -> dict:
+    if not CHROMIUM.exists():
+        raise ValueError(f"the tab benchmark drives a real browser: install chromium ({CHROMIUM} is missing)")
+    from playwright.sync_api import sync_playwright
+
+    settings = {**SETTINGS, "max_steps": max_steps}
+    folder = Path(tempfile.mkdtemp(prefix="studio-bench-tab-"))
+    os.environ["STUDIO_CHECKPOINTS"] = str(folder)  # the app, the job and the CLI all write here
+    from studio.ui import build_app
+
+    demo = build_app()
+    demo.queue()
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    cli, tab = [], []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            for r in range(rounds):
+                cfg = make_config(model, "builtin", settings, f"cli-{r}").to_dict()
+                order = ("cli", "tab") if r % 2 == 0 else ("tab", "cli")
+                for side in order:
+                    if side == "cli":
+                        cli.append(_cli_run(cfg, folder))
+                    else:
+                        tab.append(_tab_run(page, url, model, f"tab-{r}", settings, folder, timeout_s=1800))
+                    log(f"round {r + 1}: {side} {(cli if side == 'cli' else tab)[-1]:,.0f} tokens/s")
+                tab_settings = runs.read_run(folder / f"tab-{r}")["settings"]
+                if tab_settings != cfg["settings"]:  # the same run, or the ratio means nothing
+                    raise RuntimeError(f"the tab's settings differ from the CLI's: {tab_settings} vs {cfg['settings']}")
+            browser.close()
+    finally:
+        demo.close()
+        demo.workspace.training.close()
+    result = {"model": model, "steps": max_steps, "rounds": rounds, "cli_tokens_per_s": statistics.median(cli),
+              "tab_tokens_per_s": statistics.median(tab), "cli_runs": cli, "tab_runs": tab}
+    result["ratio"] = result["tab_tokens_per_s"] / result["cli_tokens_per_s"]
+    return result
