@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("train-tab", help="training tokens/s with the Train tab open in a browser vs the CLI")
     p.add_argument("--model", default="v1")
     p.add_argument("--rounds", type=int, default=2, help="rounds of one CLI run and one tab run, order alternating")
-    p.add_argument("--steps", type=int, default=60, help="optimizer steps per run")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps per run")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench_train_tab)
     p = bench.add_parser("compare", help="batched side-by-side decoding vs sequential model.generate")

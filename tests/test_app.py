@@ -4,14 +4,8 @@ from gradio_client import Client
 
 
 @pytest.fixture(scope="module")
-def client(tiny_char_checkpoint):
-    from studio.ui import build_app
-
-    demo = build_app()
-    demo.queue()
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-    yield Client(url, verbose=False)
-    demo.close()
+def client(app_url, tiny_char_checkpoint):
+    return Client(app_url, verbose=False)
 
 
 def test_generate_endpoint_returns_text(client, tiny_char_checkpoint):

@@ -191,14 +191,8 @@ SETTINGS = ["", r"\n|Human:", "cpu", 0.0, 0, 1.0, 1.0, 6, 0]  # system, stop, de
 
 
 @pytest.fixture(scope="module")
-def url(tiny_checkpoint):
-    from studio.ui import build_app
-
-    demo = build_app()
-    demo.queue(default_concurrency_limit=2)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-    yield url
-    demo.close()
+def url(app_url, tiny_checkpoint):
+    return app_url
 
 
 def as_parts(history):

@@ -6,7 +6,8 @@ Start in the Train tab of the app, served here, with a real browser (Debian's ch
 playwright) on the tab the whole time, so the timer polls and the four charts redraw as the
 run logs. Rounds alternate the order (CLI first, then tab first) so that drift on a shared
 machine does not favour one side. Each side's figure is the median of the step rows'
-`tokens_per_s` after the first log interval; `ratio` = tab / CLI (goal >= 0.95).
+`tokens_per_s`, leaving out start-up and intervals that held an evaluation; `ratio` = tab / CLI
+(goal >= 0.95).
 """
 from __future__ import annotations
 
@@ -26,16 +27,21 @@ from studio.jobs import make_config
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-SETTINGS = {"max_steps": 60, "batch_size": 8, "grad_accum": 1, "warmup_steps": 10, "eval_interval": 20,
+SETTINGS = {"max_steps": 100, "batch_size": 8, "grad_accum": 1, "warmup_steps": 10, "eval_interval": 50,
             "save_interval": 1000, "learning_rate": 2e-3}
 
 
 def tokens_per_s(run_dir: Path) -> float:
+    """Median tokens/s of the step rows, leaving out the first (start-up) and those whose interval
+    held an evaluation (an eval pauses training: it would measure the eval, not the loop)."""
     df = runs.read_metrics(run_dir)
-    steps = df[df["type"] == "step"]["tokens_per_s"].dropna().tolist()[1:]  # the first interval holds start-up
-    if not steps:
-        raise RuntimeError(f"{run_dir}: no step rows were logged")
-    return statistics.median(steps)
+    steps = df[df["type"] == "step"].reset_index(drop=True)
+    evals = set(df[df["type"] == "eval"]["step"])
+    rates = [row.tokens_per_s for i, row in steps.iterrows()
+             if i > 0 and not any(steps.step[i - 1] <= e < row.step for e in evals)]
+    if not rates:
+        raise RuntimeError(f"{run_dir}: no step rows without an evaluation were logged")
+    return statistics.median(rates)
 
 
 def _cli_run(cfg_dict: dict, folder: Path) -> float:
@@ -73,7 +79,7 @@ def _tab_run(page, url: str, model: str, name: str, settings: dict, folder: Path
     return tokens_per_s(folder / name)
 
 
-def run(model: str = "v1", rounds: int = 2, max_steps: int = 60, log: Callable[[str], None] = print) -> dict:
+def run(model: str = "v1", rounds: int = 2, max_steps: int = 100, log: Callable[[str], None] = print) -> dict:
     if not CHROMIUM.exists():
         raise ValueError(f"the tab benchmark drives a real browser: install chromium ({CHROMIUM} is missing)")
     from playwright.sync_api import sync_playwright

@@ -188,7 +188,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         # what was drawn: the files' signature and the job's state (a process can end without writing)
         state = ws.training.status().state
         current = (runs.signature(run_dir), state)
-        if current == last and state not in ("running", "stopping"):
+        if current == last:  # the progress line is a function of the files and the state: nothing to redraw
             return [gr.skip()] * 8 + [last]
         df = runs.read_metrics(run_dir)
         prog = jobs.progress(ws.training, run_dir, df)
@@ -237,7 +237,8 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     stop_btn.click(stop, None, plan_md, api_name="train_stop", queue=False)
     resume_btn.click(resume, watched, [watched, seen], api_name="train_resume")
     timer.tick(poll, [watched, seen], [progress, loss_plot, ppl_plot, lr_plot, speed_plot, samples_md,
-                                       events_df, status_json, seen], api_visibility="private", queue=False)
+                                       events_df, status_json, seen], api_visibility="private", queue=False,
+               show_progress="hidden")  # a loading overlay on nine components every tick costs the browser CPU
     gr.Button("Refresh status", size="sm").click(status, watched, status_json, api_name="train_status",
                                                  queue=False)
     demo.load(list_all, None, [runs_df, compare], api_name="train_runs")
