@@ -37,33 +37,44 @@ def needs_gpt2_bpe():
 TINY = dict(name="tiny", n_layer=2, n_embd=32, n_head=2, block_size=64)
 
 
+def _save_scratch(preset, tok) -> str:
+    """A seeded scratch model saved as run `<preset name>` in the checkpoints folder; returns its identifier."""
+    from studio import checkpoints_dir, models
+
+    model = models.build_scratch(preset, tok, seed=0)
+    models.save_model(model, tok, checkpoints_dir() / preset.name / "last", {"preset": preset.to_dict(), "step": 0})
+    return preset.name
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(_scratch_dirs) -> str:
-    """A 2-layer GPT-2-BPE model saved as run `tiny` in the checkpoints folder; returns its identifier."""
+    """A 2-layer GPT-2-BPE model: run `tiny`."""
     needs_gpt2_bpe()
-    from studio import checkpoints_dir, models
     from studio.presets import Preset
     from studio.tokenizer import GPT2BPE
 
-    preset = Preset(**TINY)
-    tok = GPT2BPE()
-    model = models.build_scratch(preset, tok, seed=0)
-    models.save_model(model, tok, checkpoints_dir() / "tiny" / "last", {"preset": preset.to_dict(), "step": 0})
-    return "tiny"
+    return _save_scratch(Preset(**TINY), GPT2BPE())
 
 
 @pytest.fixture(scope="session")
 def tiny_char_checkpoint(_scratch_dirs) -> str:
-    """The same tiny model with a character tokenizer (no GPT-2 files needed)."""
-    from studio import checkpoints_dir, models
+    """The same tiny model with a character tokenizer (no GPT-2 files needed): run `tiny-char`."""
     from studio.presets import Preset
     from studio.tokenizer import CharTokenizer
 
     preset = Preset(**{**TINY, "name": "tiny-char", "tokenizer": "char", "vocab_size": 64})
     tok = CharTokenizer.from_texts(["Human: What is 2 plus 3?\nAssistant: 5 abcdefghijklmnopqrstuvwxyz"])
-    model = models.build_scratch(preset, tok, seed=0)
-    models.save_model(model, tok, checkpoints_dir() / "tiny-char" / "last", {"preset": preset.to_dict(), "step": 0})
-    return "tiny-char"
+    return _save_scratch(preset, tok)
+
+
+@pytest.fixture(scope="session")
+def long_checkpoint(_scratch_dirs) -> str:
+    """A model slow enough to stop mid-reply: 1,024-token context (so 512 new tokens), ~9 ms a token here."""
+    needs_gpt2_bpe()
+    from studio.presets import Preset
+    from studio.tokenizer import GPT2BPE
+
+    return _save_scratch(Preset(name="long", n_layer=4, n_embd=256, n_head=8, block_size=1024), GPT2BPE())
 
 
 def pytest_configure(config):

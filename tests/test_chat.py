@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -262,3 +263,28 @@ def test_arena_answers_with_two_models(url, tiny_checkpoint, tiny_char_checkpoin
                                      *SETTINGS, api_name="/arena")
     assert box == "" and note.startswith("A: ") and "B: " in note
     assert texts(a)[0] == texts(b)[0] == ("user", "What is 2 plus 3?") and len(a) == len(b) == 2
+
+
+def test_stop_ends_only_its_own_sessions_reply(app_url, long_checkpoint):
+    from gradio_client import Client
+
+    talker, other = Client(app_url, verbose=False), Client(app_url, verbose=False)
+    settings = ["", "", "cpu", 0.7, 50, 0.9, 1.0, 512, 0]  # no stop strings: 512 tokens unless stopped
+    job = talker.submit(long_checkpoint, "Tell me a long story.", [], *settings, api_name="/chat")
+
+    def tokens_so_far() -> int:
+        notes = [out[2] for out in job.outputs() if out[2][:1].isdigit()]
+        return int(notes[-1].split()[0]) if notes else 0
+
+    deadline = time.time() + 60
+    while tokens_so_far() == 0 and time.time() < deadline:
+        time.sleep(0.05)
+    other.predict(api_name="/stop_chat")  # another browser's Stop
+    before = tokens_so_far()
+    time.sleep(0.5)
+    assert not job.done() and tokens_so_far() > before, "a Stop in another session ended this reply"
+    talker.predict(api_name="/stop_chat")
+    history, _, note = job.result(timeout=60)
+    assert note.endswith("stopped by you"), note
+    assert 0 < int(note.split()[0]) < 512
+    assert texts(history)[-1][1]  # the reply keeps what it had

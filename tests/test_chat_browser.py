@@ -50,3 +50,34 @@ def test_arena_streams_two_models_side_by_side(page, tiny_checkpoint, tiny_char_
     status = page.get_by_label("Arena status", exact=True)
     expect(status).to_have_value(re.compile(r"^A: \d+ tokens, ended by .*B: \d+ tokens, ended by"), timeout=30000)
     page.screenshot(path=str(ARTIFACTS / "chat_arena.png"), full_page=True)
+
+
+def test_stop_ends_a_streaming_reply_and_the_chat_goes_on(page, long_checkpoint):
+    page.get_by_role("tab", name="Chat", exact=True).click()
+    picker = page.get_by_label("Model", exact=True).filter(visible=True).first
+    picker.fill(long_checkpoint)
+    page.get_by_role("option", name=long_checkpoint, exact=True).click()
+    page.get_by_label("number input for max new tokens").filter(visible=True).first.fill("512")
+    page.get_by_role("textbox", name=re.compile("^Stop strings")).fill("")  # only end-of-text or Stop ends it
+    box = page.get_by_role("textbox", name="Message", exact=True)
+    status = page.get_by_label("Status", exact=True).filter(visible=True)
+    stop = page.get_by_role("button", name="Stop", exact=True).filter(visible=True).first
+
+    def send_and_stop(text: str) -> int:
+        box.fill(text)
+        box.press("Enter")
+        expect(status).to_have_value(re.compile(r"^\d+ tokens$"), timeout=30000)  # streaming
+        stop.click()
+        expect(status).to_have_value(re.compile(r"^\d+ tokens, stopped by you$"), timeout=10000)
+        shown = status.input_value()
+        page.wait_for_timeout(1500)  # nothing streams after Stop
+        assert status.input_value() == shown
+        return int(shown.split()[0])
+
+    first = send_and_stop("Tell me a long story.")
+    assert 0 < first < 512
+    # the model is free again: the next message streams (and can be stopped too)
+    second = send_and_stop("Another one, please.")
+    assert 0 < second < 512
+    expect(page.get_by_text("Another one, please.").first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "chat_stopped.png"), full_page=True)

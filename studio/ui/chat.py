@@ -6,6 +6,9 @@ gr.State), never module state, so two sessions never see each other's history.
 """
 from __future__ import annotations
 
+import threading
+import weakref
+
 import gradio as gr
 
 from studio import chat, devices, models
@@ -34,12 +37,38 @@ def status(reply: chat.Reply, block_size: int) -> str:
     return f"{text}; {dropped}" if dropped else text
 
 
-def _stream(loaded, history: list[dict], message: str, settings, system: str):
+class StopRequests:
+    """A Stop button, per browser session: the streaming reply ends between two tokens, keeps what
+    it has and its status says it was stopped. (Gradio's `cancels` kills the event instead, racing
+    the status line against the last streamed update.) The chat and the arena have one each."""
+
+    def __init__(self) -> None:
+        self._flags: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # a flag lives while its reply streams
+
+    @staticmethod
+    def _key(request: gr.Request | None) -> str:
+        return getattr(request, "session_hash", None) or ""
+
+    def begin(self, request: gr.Request = None) -> threading.Event:
+        flag = threading.Event()
+        self._flags[self._key(request)] = flag
+        return flag
+
+    def stop(self, request: gr.Request = None) -> None:
+        flag = self._flags.get(self._key(request))
+        if flag is not None:
+            flag.set()
+
+
+def _stream(loaded, history: list[dict], message: str, settings, system: str, stopped: threading.Event):
     """Yield (shown history, status) while the reply grows: the user's message shows at once."""
     shown = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
     yield shown, "generating..."
     for reply in chat.reply_stream(loaded, history, message, settings, system):
         shown[-1]["content"] = reply.text
+        if stopped.is_set() and reply.finish_reason is None:
+            yield shown, f"{status(reply, loaded.block_size)}, stopped by you"
+            return
         yield shown, status(reply, loaded.block_size)
 
 
@@ -50,6 +79,7 @@ def _prune(ratings: dict, n_messages: int) -> dict:
 
 def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     ratings = gr.State({})  # assistant message index -> +1 / -1
+    chat_stops, arena_stops = StopRequests(), StopRequests()
     conversation_id = gr.State("")
     with gr.Row():
         with gr.Column(scale=3):
@@ -92,18 +122,19 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     # handlers name every parameter: the names are what `gradio_client` users see in the API page
     @user_errors
     def respond(model, message, history, system, stop, device, temperature, top_k, top_p,
-                repetition_penalty, max_new_tokens, seed):
+                repetition_penalty, max_new_tokens, seed, request: gr.Request = None):
         settings = DecodingControls.settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed,
                                              stop=chat.parse_stop_list(stop))  # fails before the model loads
         if not (message or "").strip():
             raise ValueError("message is empty: type something to send")
+        stopped = chat_stops.begin(request)
         loaded = ws.model(model, device=device)
-        for shown, info in _stream(loaded, plain(history), message, settings, system):
+        for shown, info in _stream(loaded, plain(history), message, settings, system, stopped):
             yield shown, "", info
 
     @user_errors
     def regenerate(model, history, ratings_, system, stop, device, temperature, top_k, top_p,
-                   repetition_penalty, max_new_tokens, seed):
+                   repetition_penalty, max_new_tokens, seed, request: gr.Request = None):
         """Answer the last message again with the next seed (the seed box shows it)."""
         history = plain(history)
         while history and history[-1]["role"] == "assistant":
@@ -113,9 +144,10 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         message = history.pop()["content"]
         settings = DecodingControls.settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens,
                                              int(seed or 0) + 1, stop=chat.parse_stop_list(stop))
+        stopped = chat_stops.begin(request)
         loaded = ws.model(model, device=device)
         ratings_ = _prune(ratings_, len(history))
-        for shown, info in _stream(loaded, history, message, settings, system):
+        for shown, info in _stream(loaded, history, message, settings, system, stopped):
             yield shown, info, settings.seed, ratings_
 
     def undo(history, ratings_):
@@ -156,22 +188,24 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
 
     @user_errors
     def arena(model_a, model_b, message, history_a, history_b, system, stop, device, temperature, top_k, top_p,
-              repetition_penalty, max_new_tokens, seed):
+              repetition_penalty, max_new_tokens, seed, request: gr.Request = None):
         settings = DecodingControls.settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed,
                                              stop=chat.parse_stop_list(stop))
         if not (message or "").strip():
             raise ValueError("message is empty: type something to send")
+        stopped = arena_stops.begin(request)
         a, b = ws.model(model_a, device=device), ws.model(model_b, device=device)
-        streams = [_stream(m, plain(h), message, settings, system) for m, h in ((a, history_a), (b, history_b))]
+        streams = [_stream(m, plain(h), message, settings, system, stopped)
+                   for m, h in ((a, history_a), (b, history_b))]
         for (shown_a, info_a), (shown_b, info_b) in chat.interleave(*streams):
             yield shown_a, shown_b, "", f"A: {info_a}  |  B: {info_b}"
 
     decoding_inputs = [system, stop_text, device, *dec.inputs]
-    send_ev = gr.on([send_btn.click, message.submit], respond, [model, message, chatbot, *decoding_inputs],
-                    [chatbot, message, note], api_name="chat", concurrency_id=MODEL_QUEUE)
-    regen_ev = regen_btn.click(regenerate, [model, chatbot, ratings, *decoding_inputs],
-                               [chatbot, note, dec.seed, ratings], api_name="regenerate", concurrency_id=MODEL_QUEUE)
-    stop_btn.click(None, None, None, cancels=[send_ev, regen_ev])
+    gr.on([send_btn.click, message.submit], respond, [model, message, chatbot, *decoding_inputs],
+          [chatbot, message, note], api_name="chat", concurrency_id=MODEL_QUEUE)
+    regen_btn.click(regenerate, [model, chatbot, ratings, *decoding_inputs],
+                    [chatbot, note, dec.seed, ratings], api_name="regenerate", concurrency_id=MODEL_QUEUE)
+    stop_btn.click(chat_stops.stop, None, None, api_name="stop_chat", queue=False)
     undo_btn.click(undo, [chatbot, ratings], [chatbot, message, ratings], api_name="undo", queue=False)
     clear_btn.click(clear, None, [chatbot, note, ratings, conversation_id], api_name="clear_chat", queue=False)
     chatbot.clear(clear, None, [chatbot, note, ratings, conversation_id], api_visibility="private", queue=False)
@@ -182,8 +216,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     rate_btn.click(rate_reply, [ratings, rate_index, rate_value], ratings, api_name="rate_reply", queue=False)
     save_btn.click(save, [chatbot, ratings, model, system, file_name, conversation_id], [saved, conversation_id],
                    api_name="save_chat")
-    ask_ev = gr.on([ask_btn.click, arena_msg.submit], arena,
-                   [model_a, model_b, arena_msg, chat_a, chat_b, *decoding_inputs],
-                   [chat_a, chat_b, arena_msg, arena_note], api_name="arena", concurrency_id=MODEL_QUEUE)
-    arena_stop.click(None, None, None, cancels=[ask_ev])
+    gr.on([ask_btn.click, arena_msg.submit], arena, [model_a, model_b, arena_msg, chat_a, chat_b, *decoding_inputs],
+          [chat_a, chat_b, arena_msg, arena_note], api_name="arena", concurrency_id=MODEL_QUEUE)
+    arena_stop.click(arena_stops.stop, None, None, api_name="stop_arena", queue=False)
     arena_clear.click(lambda: ([], [], ""), None, [chat_a, chat_b, arena_note], api_name="clear_arena", queue=False)
