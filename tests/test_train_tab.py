@@ -1,4 +1,5 @@
 """The Train tab over HTTP and in a browser: start, watch, stop, load the checkpoint."""
+import re
 import time
 
 import pytest
@@ -66,7 +67,7 @@ def test_a_saved_chat_is_training_data(client, tiny_checkpoint):
 
 
 @pytest.mark.browser
-def test_browser_starts_a_run_sees_the_loss_chart_and_stops(page, tiny_checkpoint):
+def test_browser_starts_a_run_sees_the_loss_chart_and_stops(page, browser, app_url, tiny_checkpoint):
     page.get_by_role("tab", name="Train", exact=True).click()
     picker = page.get_by_label("Model to train", exact=True)
     picker.fill(tiny_checkpoint)
@@ -83,6 +84,22 @@ def test_browser_starts_a_run_sees_the_loss_chart_and_stops(page, tiny_checkpoin
     expect(loss_line.first).to_be_visible(timeout=90_000)
     expect(page.get_by_text("browser-run").first).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "train_tab.png"), full_page=True)
+    # a second tab and a reloaded page show the same run, live; neither stops nor duplicates it
+    step_of = re.compile(r"browser-run · running · step (\d+)/2000")
+    second = browser.new_page()
+    try:
+        second.goto(app_url, wait_until="load")
+        second.get_by_role("tab", name="Train", exact=True).click()
+        expect(second.get_by_text(step_of).first).to_be_visible(timeout=30_000)
+    finally:
+        second.close()
+    page.reload(wait_until="load")
+    page.get_by_role("tab", name="Train", exact=True).click()
+    shown = page.get_by_text(step_of).first
+    expect(shown).to_be_visible(timeout=30_000)
+    first_step = int(step_of.search(shown.inner_text()).group(1))
+    expect(shown).not_to_have_text(re.compile(rf"step {first_step}/"), timeout=30_000)  # still training
+    assert [r for r in runs.list_runs()["name"] if r.startswith("browser-run")] == ["browser-run"]
     page.get_by_role("button", name="Stop", exact=True).click()
     try:
         expect(page.get_by_text("browser-run · stopped").first).to_be_visible(timeout=60_000)
