@@ -24,7 +24,7 @@ import torch
 
 from studio import checkpoints_dir
 from studio.devices import pick_device
-from studio.presets import Preset, get_preset, load_presets
+from studio.presets import Preset, load_presets
 from studio.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 
 MODEL_META = "studio.json"

@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 from studio import chat, checkpoints_dir
 from studio.data import format_exchange, read_file

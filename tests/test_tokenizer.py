@@ -1,8 +1,6 @@
-import os
-
 import pytest
 
-from conftest import GPT2_RANKS, needs_gpt2_bpe
+from conftest import needs_gpt2_bpe
 from studio.tokenizer import (EOT, GPT2BPE, CharTokenizer, TrainedBPE, build_tokenizer, load_tokenizer)
 
 TEXT = "Hello, world! Ünïcode — and numbers 1234.\nHuman: hi<|endoftext|>Assistant: yo"
