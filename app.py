@@ -1,9 +1,32 @@
-"""Launch the studio: `python app.py [--host 127.0.0.1] [--port 7860] [--share] [--auth user:pass]`."""
+"""Launch the studio: `python app.py [--host 127.0.0.1] [--port 7860] [--share] [--auth user:pass]`.
+
+Reachable means authenticated: with `--share`, or a `--host` that is not a loopback address, and no
+`--auth`, the app makes up a password, prints the login once (as Jupyter prints its token) and
+requires it. `--public-without-login` opts out, and says the risk in its name.
+"""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import secrets
 import sys
+
+LOGIN_USER = "studio"
+
+
+def is_loopback(host: str) -> bool:
+    """True when only this machine can reach `host` ("localhost", 127.0.0.0/8, ::1).
+
+    >>> [is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "192.168.1.5", "example.org")]
+    [True, True, True, False, False, False]
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost may resolve anywhere
+        return False
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -11,7 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 = first free from 7860)")
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link")
-    p.add_argument("--auth", help="require a login, as user:pass")
+    p.add_argument("--auth", help="require a login, as user:pass (made up and printed when the app is reachable)")
+    p.add_argument("--public-without-login", action="store_true",
+                   help="serve a reachable app with no login: anyone who can reach it can train on this machine")
     args = p.parse_args(argv)
     if args.auth is not None:
         user, sep, password = args.auth.partition(":")
@@ -20,6 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.auth = (user, password)
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be in [0, 65535], got {args.port}")
+    args.reachable = args.share or not is_loopback(args.host)
+    args.generated_login = False
+    if args.reachable and args.auth is None and not args.public_without_login:
+        args.auth = (LOGIN_USER, secrets.token_urlsafe(12))
+        args.generated_login = True
     return args
 
 
@@ -33,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     _, local_url, share_url = demo.launch(
         server_name=args.host, server_port=args.port or None, share=args.share, auth=args.auth,
         prevent_thread_lock=True, quiet=False)
+    if args.generated_login:
+        print(f"This app can be reached from other machines, so it asks for a login:\n"
+              f"    user: {args.auth[0]}\n    password: {args.auth[1]}\n"
+              f"(choose your own with --auth user:pass)", flush=True)
+    elif args.reachable and args.auth is None:
+        print("WARNING: --public-without-login: anyone who can reach this app can use it", flush=True)
     if args.share and not share_url:
         print(f"share link unavailable (no network to Gradio's share server); serving locally at {local_url}",
               flush=True)
