@@ -1,8 +1,9 @@
 """Tokenizers behind one interface: encode, decode, vocab_size, eos_id, save.
 
 - `GPT2BPE`: GPT-2's byte-level BPE through tiktoken (50,257 ids, `<|endoftext|>` = 50256).
-  Offline it reads a tiktoken ranks file named by `$STUDIO_GPT2_BPE`; online tiktoken
-  downloads and caches its own copy.
+  The ranks ship with the package (`studio/assets/gpt2.tiktoken`, OpenAI's MIT licence beside
+  it), so it works offline from the first minute; a ranks file named by `$STUDIO_GPT2_BPE`, or
+  tiktoken's own cached copy, wins when present. Nothing is downloaded.
 - `CharTokenizer`: one id per character seen in the data, plus end-of-text.
 - `TrainedBPE`: a byte-level BPE trained on the data with the `tokenizers` library.
 - `HFTokenizer`: whatever tokenizer a local Hugging Face model folder brings.
@@ -13,8 +14,11 @@ The file name is not `tokenizers.py` so that it never shadows the `tokenizers` l
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Iterable
@@ -23,6 +27,10 @@ EOT = "<|endoftext|>"
 GPT2_ENV = "STUDIO_GPT2_BPE"
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 META_FILE = "studio_tokenizer.json"
+SHIPPED_GPT2_RANKS = Path(__file__).resolve().parent / "assets" / "gpt2.tiktoken"
+# the two files tiktoken.get_encoding("gpt2") reads, cached under sha1(url) in its cache folder
+_TIKTOKEN_GPT2_URLS = ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+                       "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json")
 
 
 class Tokenizer(ABC):
@@ -74,26 +82,43 @@ class GPT2BPE(Tokenizer):
         return self.enc.eot_token
 
 
+def _tiktoken_has_gpt2_cached() -> bool:
+    """Whether tiktoken's cache folder already holds GPT-2's files (then get_encoding needs no network)."""
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get(
+        "DATA_GYM_CACHE_DIR", os.path.join(tempfile.gettempdir(), "data-gym-cache")))
+    return bool(cache) and all(
+        (Path(cache) / hashlib.sha1(url.encode()).hexdigest()).is_file() for url in _TIKTOKEN_GPT2_URLS)
+
+
+def read_gpt2_ranks(path: Path) -> dict[bytes, int]:
+    """A tiktoken ranks file, checked against GPT-2's sha256. Read here rather than with
+    tiktoken's loader, which drops a copy of every file it reads into its cache folder."""
+    raw = Path(path).read_bytes()
+    if hashlib.sha256(raw).hexdigest() != GPT2_RANKS_SHA256:
+        raise ValueError(f"{path} is not GPT-2's BPE ranks file (its sha256 differs from {GPT2_RANKS_SHA256[:12]}...)")
+    return {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in raw.splitlines() if line)}
+
+
+def gpt2_ranks_source() -> str:
+    """Where GPT-2's BPE comes from: $STUDIO_GPT2_BPE, tiktoken's cache, or the shipped copy."""
+    if os.environ.get(GPT2_ENV):
+        return GPT2_ENV
+    return "tiktoken cache" if _tiktoken_has_gpt2_cached() else "shipped"
+
+
 def _load_gpt2_encoding():
     import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
     from tiktoken_ext.openai_public import r50k_pat_str
 
-    path = os.environ.get(GPT2_ENV)
-    if path:
-        if not Path(path).is_file():
-            raise ValueError(f"{GPT2_ENV}={path} is not a file; point it at a gpt2.tiktoken ranks file")
-        ranks = load_tiktoken_bpe(path, expected_hash=GPT2_RANKS_SHA256)
-        return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                                 special_tokens={EOT: 50256}, explicit_n_vocab=50257)
-    try:
+    source = gpt2_ranks_source()
+    if source == "tiktoken cache":
         return tiktoken.get_encoding("gpt2")
-    except Exception as e:  # requests' ConnectionError and friends: any failure means "not available"
-        raise ValueError(
-            f"The GPT-2 BPE could not be loaded: tiktoken has no cached copy and could not download it "
-            f"({type(e).__name__}). Set {GPT2_ENV} to a gpt2.tiktoken ranks file (the openai-whisper "
-            f"package ships one as whisper/assets/gpt2.tiktoken), or connect once to let tiktoken cache it."
-        ) from None
+    path = Path(os.environ[GPT2_ENV]) if source == GPT2_ENV else SHIPPED_GPT2_RANKS
+    if not path.is_file():
+        raise ValueError(f"{GPT2_ENV}={path} is not a file; point it at a gpt2.tiktoken ranks file"
+                         if source == GPT2_ENV else f"the package's GPT-2 ranks file {path} is missing: reinstall")
+    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=read_gpt2_ranks(path),
+                             special_tokens={EOT: 50256}, explicit_n_vocab=50257)
 
 
 class CharTokenizer(Tokenizer):

@@ -1,7 +1,8 @@
 import pytest
 
 from conftest import needs_gpt2_bpe
-from studio.tokenizer import (EOT, GPT2BPE, CharTokenizer, TrainedBPE, build_tokenizer, load_tokenizer)
+from studio.tokenizer import (EOT, GPT2BPE, CharTokenizer, TrainedBPE, build_tokenizer, gpt2_ranks_source,
+                              load_tokenizer)
 
 TEXT = "Hello, world! Ünïcode — and numbers 1234.\nHuman: hi<|endoftext|>Assistant: yo"
 
@@ -15,15 +16,38 @@ def test_gpt2_bpe_from_ranks_file_matches_tiktoken_reference():
     assert tok.decode(tok.encode(TEXT)) == TEXT
 
 
-def test_gpt2_bpe_missing_names_the_variable(monkeypatch):
+def test_gpt2_bpe_works_offline_from_the_shipped_ranks(monkeypatch, tmp_path):
+    monkeypatch.setattr(GPT2BPE, "_shared", None)
+    monkeypatch.delenv("STUDIO_GPT2_BPE", raising=False)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # an empty cache: no download happens
+    assert gpt2_ranks_source() == "shipped"
+    assert GPT2BPE().encode("Hello, world!") == [15496, 11, 995, 0]
+    assert list(tmp_path.iterdir()) == []  # nothing written into tiktoken's cache
+
+
+def test_gpt2_bpe_variable_wins_and_a_bad_one_is_named(monkeypatch, tmp_path):
     monkeypatch.setattr(GPT2BPE, "_shared", None)
     monkeypatch.setenv("STUDIO_GPT2_BPE", "/nonexistent/gpt2.tiktoken")
+    assert gpt2_ranks_source() == "STUDIO_GPT2_BPE"
     with pytest.raises(ValueError, match="STUDIO_GPT2_BPE"):
         GPT2BPE()
-    monkeypatch.delenv("STUDIO_GPT2_BPE")
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # no cached copy: offline tiktoken must fail
-    with pytest.raises(ValueError, match="Set STUDIO_GPT2_BPE"):
+    wrong = tmp_path / "wrong.tiktoken"
+    wrong.write_text("aGk= 0\n")
+    monkeypatch.setenv("STUDIO_GPT2_BPE", str(wrong))
+    with pytest.raises(ValueError, match="sha256"):
         GPT2BPE()
+
+
+def test_tiktoken_cache_wins_when_it_holds_gpt2(monkeypatch, tmp_path):
+    import hashlib
+
+    from studio import tokenizer
+
+    monkeypatch.delenv("STUDIO_GPT2_BPE", raising=False)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    for url in tokenizer._TIKTOKEN_GPT2_URLS:
+        (tmp_path / hashlib.sha1(url.encode()).hexdigest()).write_text("x")
+    assert gpt2_ranks_source() == "tiktoken cache"
 
 
 @pytest.mark.parametrize("kind", ["char", "bpe"])
