@@ -50,7 +50,7 @@ def _loss_and_grads(model, x: torch.Tensor, device: torch.device, prec: str) -> 
         logits = model(input_ids=x.to(device), use_cache=False).logits  # (B, T, vocab)
     loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), x[:, 1:].to(device).reshape(-1))
     loss.backward()
-    return float(loss), [p.grad.detach().float().cpu() for p in model.parameters()]
+    return float(loss.detach()), [p.grad.detach().float().cpu() for p in model.parameters()]
 
 
 def check_device(device: torch.device, prec: str = "fp32", reference: torch.device = torch.device("cpu"),
