@@ -1,0 +1,94 @@
+"""Evaluate: score models on the same text (loss, perplexity, bits per byte).
+
+Windows of the model's context slide over the text `stride` tokens at a time (default half the
+context), as in transformers' perplexity guide: every token is scored exactly once, with the
+most context its window allows. The text's first token is scored too, after end-of-text, so
+each tokenizer's tokens cover exactly the bytes of the text. Bits per byte (total nats / ln 2 /
+UTF-8 bytes) is what makes a character model, a trained BPE and GPT-2's BPE comparable: their
+losses per token are not, since a token is a different amount of text in each.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from studio.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class Score:
+    model: str
+    loss: float  # mean nats per token
+    ppl: float
+    bits_per_byte: float
+    tokens: int
+    bytes: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, scored) windows over a sequence of `n_tokens` inputs (stride < context): each
+    scores its last `scored` positions, none twice, and together every position but the first.
+
+    >>> windows(10, 4, 2)
+    [(0, 4, 3), (2, 6, 2), (4, 8, 2), (6, 10, 2)]
+    """
+    out, prev_end = [], 1  # position 0 (end-of-text) is context only
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + context, n_tokens)
+        if end > prev_end:
+            out.append((begin, end, end - prev_end))
+            prev_end = end
+        if end == n_tokens:
+            break
+    return out
+
+
+def text_ids(loaded: LoadedModel, text: str) -> list[int]:
+    """The text's token ids; a ValueError when the tokenizer cannot represent every byte of it
+    (a character vocabulary drops characters it never saw: bits per byte would not compare)."""
+    ids = loaded.tokenizer.encode(text)
+    covered = loaded.tokenizer.decode(ids)
+    if covered != text:
+        missing = sorted(set(text) - set(covered))[:10]
+        raise ValueError(f"model {loaded.name}: its tokenizer cannot encode all of the text "
+                         f"(characters it does not know: {missing!r}); score it on text it can read")
+    return ids
+
+
+@torch.no_grad()
+def score(loaded: LoadedModel, text: str, stride: int = 0, batch_size: int = 8) -> Score:
+    """Loss, perplexity and bits per byte of `loaded` on `text`."""
+    if not text:
+        raise ValueError("the text to score is empty")
+    context = loaded.block_size
+    stride = stride or max(1, context // 2)
+    if not 1 <= stride < context:  # a window's first token has no context within it: stride < context
+        raise ValueError(f"stride must be in [1, {context - 1}] (below the model's context), got {stride}")
+    ids = torch.tensor([loaded.tokenizer.eos_id] + text_ids(loaded, text))  # (N,)
+    model = loaded.model
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    spans = windows(len(ids), context, stride)
+    for i in range(0, len(spans), batch_size):
+        group = spans[i:i + batch_size]
+        width = max(end - begin for begin, end, _ in group)
+        x = torch.full((len(group), width), loaded.tokenizer.eos_id, dtype=torch.long)
+        y = torch.full((len(group), width), -100, dtype=torch.long)
+        for row, (begin, end, scored) in enumerate(group):
+            x[row, :end - begin] = ids[begin:end]
+            # position t predicts token t+1: the window's last `scored` tokens are the targets
+            y[row, end - begin - scored - 1:end - begin - 1] = ids[end - scored:end]
+        logits = model(input_ids=x.to(loaded.device), use_cache=False).logits.float()  # (B, T, vocab)
+        total += float(F.cross_entropy(logits.view(-1, logits.size(-1)), y.to(loaded.device).view(-1),
+                                       ignore_index=-100, reduction="sum"))
+    model.train(was_training)
+    n_tokens, n_bytes = len(ids) - 1, len(text.encode("utf-8"))
+    loss = total / n_tokens
+    return Score(loaded.name, loss, math.exp(min(loss, 50)), total / math.log(2) / n_bytes, n_tokens, n_bytes)
