@@ -112,8 +112,8 @@ def cmd_bench_chat(args: argparse.Namespace) -> dict:
     from studio import models
     from studio.bench import chat as chat_bench
 
-    result = chat_bench.run(models.load(args.model, device=args.device), n_tokens=args.tokens, repeats=args.repeats,
-                        threads=args.threads)
+    result = chat_bench.run(models.load(args.model, device=args.device), n_tokens=args.tokens,
+                            repeats=args.repeats, threads=args.threads)
     if not args.json:
         print(f"{result['model']} on {result['device']} ({result['threads']} threads): "
               f"prompt {result['prompt_tokens']} tokens, "
