@@ -109,10 +109,11 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_chat(args: argparse.Namespace) -> dict:
-    from studio import chat, models
+    from studio import models
+    from studio.bench import chat as chat_bench
 
-    result = chat.bench(models.load(args.model, device=args.device), n_tokens=args.tokens, repeats=args.repeats,
-                        threads=args.threads)
+    result = chat_bench.run(models.load(args.model, device=args.device), n_tokens=args.tokens,
+                            repeats=args.repeats, threads=args.threads)
     if not args.json:
         print(f"{result['model']} on {result['device']} ({result['threads']} threads): "
               f"prompt {result['prompt_tokens']} tokens, "
@@ -179,18 +180,18 @@ def cmd_train(args: argparse.Namespace) -> dict:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> dict:
-    from studio import bench
+    from studio.bench import memory as memory_bench, train as train_bench
 
-    result = bench.train_bench(steps=args.steps) if args.bench == "train" else bench.memory_bench()
+    result = train_bench.run(steps=args.steps) if args.bench == "train" else memory_bench.run()
     if not args.json:
         print(json.dumps(result, indent=1))
     return result
 
 
 def cmd_bench_train_tab(args: argparse.Namespace) -> dict:
-    from studio.ui import bench_tab
+    from studio.bench import train_tab
 
-    result = bench_tab.run(args.model, args.rounds, args.steps, (lambda msg: None) if args.json else print)
+    result = train_tab.run(args.model, args.rounds, args.steps, (lambda msg: None) if args.json else print)
     if not args.json:
         print(f"{args.model}: CLI {result['cli_tokens_per_s']:,.0f} tokens/s, with the Train tab open "
               f"{result['tab_tokens_per_s']:,.0f} tokens/s: ratio {result['ratio']:.3f} (goal >= 0.95)")
@@ -215,12 +216,12 @@ def cmd_compare(args: argparse.Namespace) -> dict:
 def cmd_bench_compare(args: argparse.Namespace) -> dict:
     import torch
 
-    from studio import bench_compare
+    from studio.bench import compare as compare_bench
 
     if args.threads:
         torch.set_num_threads(args.threads)
     log = (lambda msg: None) if args.json else print
-    return bench_compare.run(args.models, args.new_tokens, args.repeats, args.device, not args.exact, log)
+    return compare_bench.run(args.models, args.new_tokens, args.repeats, args.device, not args.exact, log)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from studio.bench.browser import CHROMIUM, CHROMIUM_ARGS  # the one list, shared with `bench train-tab`
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 GPT2_RANKS = SHARED_DATA / "gpt2.tiktoken"
@@ -82,9 +84,6 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "browser: drives Debian's chromium through playwright")
     # gradio 6.31's queue trips pandas 3 deprecations on every event: noise, not ours to fix
     config.addinivalue_line("filterwarnings", "ignore::pandas.errors.Pandas4Warning")
-
-
-from studio.ui.bench_tab import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (one place for the browser flags)
 
 
 @pytest.fixture(scope="session")

@@ -148,12 +148,6 @@ def test_saved_jsonl_fine_tunes_through_the_training_engine(tiny_checkpoint, tmp
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5  # it learns: ~10.6 -> ~9.6 here
 
 
-def test_bench_reports_first_token_and_rate(tiny):
-    out = chat.bench(tiny, n_tokens=4, repeats=1, threads=1)
-    assert out["time_to_first_token_s"] > 0 and out["dropped_turns"] > 0 and out["threads"] == 1
-    assert out["prompt_tokens"] <= tiny.block_size - 4
-
-
 # ---- the CLI ----
 
 def run_cli(*args, input=""):

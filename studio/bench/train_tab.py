@@ -8,6 +8,9 @@ run logs. Rounds alternate the order (CLI first, then tab first) so that drift o
 machine does not favour one side. Each side's figure is the median of the step rows'
 `tokens_per_s`, leaving out start-up and intervals that held an evaluation; `ratio` = tab / CLI
 (goal >= 0.95).
+
+The result: `model`, `steps`, `rounds`, `cli_tokens_per_s`, `tab_tokens_per_s` (medians),
+`cli_runs`, `tab_runs` (one figure per round) and `ratio`.
 """
 from __future__ import annotations
 
@@ -22,11 +25,9 @@ from pathlib import Path
 from typing import Callable
 
 from studio import ROOT, runs
+from studio.bench.browser import CHROMIUM, CHROMIUM_ARGS
 from studio.jobs import make_config
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 SETTINGS = {"max_steps": 100, "batch_size": 8, "grad_accum": 1, "warmup_steps": 10, "eval_interval": 50,
             "save_interval": 1000, "learning_rate": 2e-3}
 

@@ -1,6 +1,6 @@
-"""Benchmarks: the training loop's own cost and speed, and memory estimates against measurement.
+"""Benchmark: the training loop's own cost, and the speed of the device's fast path.
 
-`train_bench` times, on v2 and the GPT-2 (124M) architecture, in one process and one run:
+`run` times, on v2 and the GPT-2 (124M) architecture, in one process and one run:
 (a) `ratio`: a bare PyTorch loop / the studio loop, same model, batch and precision (fp32) --
     what the loop's bookkeeping costs (1.0 = nothing);
 (b) `speedup`: transformers' GPT-2 in fp32 with its defaults (gelu_new) in a bare loop / the
@@ -8,30 +8,32 @@
     and the fused gelu_pytorch_tanh, the same function as gelu_new).
 The loss curves of the fast path and fp32 are compared step by step. Timings on a shared
 machine are noisy, so every figure is a ratio of runs made here, each the best of two.
-`memory_bench` compares `memory.estimate` with the measured peak (RSS on CPU,
-`torch.cuda.max_memory_allocated` on CUDA), each configuration in a fresh process.
+
+The result: `device`, `threads`, `ratio` and `speedup` (the worst over the architectures) and
+`archs`, one row each: `arch`, `params`, `batch`, `seq`, `steps`, `lr`, seconds per step
+(`studio_fp32_s`, `bare_fp32_s`, `studio_fast_s`, `hf_default_fp32_s`), `ratio`, `speedup`, the
+loss curves (`loss_fp32`, `loss_fast`, `loss_hf_default`, warmup steps included) and their
+largest step-wise differences (`loss_max_abs_diff_fast_vs_fp32`,
+`loss_max_abs_diff_hf_vs_studio_fp32`).
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import GPT2LMHeadModel
 
 from studio import data, models, runs
 from studio.presets import Preset, TrainSettings, get_preset
 from studio.tokenizer import GPT2BPE
+from studio.training import TrainConfig, lr_at, make_optimizer, resolve_precision, train
 
 WARMUP = 2
-ARCHS = {  # name -> (preset, micro-batch, sequence, peak learning rate)
+TRAIN_ARCHS = {  # name -> (preset, micro-batch, sequence, peak learning rate)
     "v2": (lambda: get_preset("v2"), 8, 128, 1e-3),
     # GPT-2 small's own peak LR; 1e-3 on batches this small diverges, and chaos hides rounding
     "gpt2": (lambda: Preset(name="gpt2-arch", n_layer=12, n_embd=768, n_head=12, block_size=1024), 8, 128, 3e-4),
@@ -41,8 +43,6 @@ ARCHS = {  # name -> (preset, micro-batch, sequence, peak learning rate)
 def _bare_loop(model, tokens, batch: int, seq: int, steps: int, lr: float, autocast) -> tuple[float, list[float]]:
     """The reference: plain PyTorch, nothing but forward, loss, backward, clip, AdamW. Returns
     (seconds per step after warmup, losses)."""
-    from studio.training import lr_at, make_optimizer
-
     s = TrainSettings(learning_rate=lr, warmup_steps=WARMUP, max_steps=WARMUP + steps)
     opt = make_optimizer(model, s, torch.device("cpu"))
     model.train()
@@ -67,8 +67,6 @@ def _bare_loop(model, tokens, batch: int, seq: int, steps: int, lr: float, autoc
 def _studio_loop(folder: Path, out: Path, batch: int, seq: int, steps: int, lr: float,
                  precision: str) -> tuple[float, list[float]]:
     """The studio loop (train()) on a saved model; seconds per step from its own step rows."""
-    from studio.training import TrainConfig, train
-
     s = TrainSettings(learning_rate=lr, warmup_steps=WARMUP, max_steps=WARMUP + steps, batch_size=batch,
                       eval_interval=10**6, eval_batches=1, save_interval=10**6, log_interval=1)
     train(TrainConfig(model=str(folder), out=str(out), settings=s, precision=precision, device="cpu",
@@ -80,11 +78,7 @@ def _studio_loop(folder: Path, out: Path, batch: int, seq: int, steps: int, lr: 
 
 
 def _arch_bench(name: str, steps: int, work: Path) -> dict:
-    from transformers import GPT2LMHeadModel
-
-    from studio.training import resolve_precision
-
-    make, batch, seq, lr = ARCHS[name]
+    make, batch, seq, lr = TRAIN_ARCHS[name]
     preset = make()
     tok = GPT2BPE()
     folder = models.save_model(models.build_scratch(preset, tok, 0), tok, work / f"{name}-init" / "last",
@@ -123,71 +117,11 @@ def _arch_bench(name: str, steps: int, work: Path) -> dict:
             "loss_max_abs_diff_hf_vs_studio_fp32": max(abs(a - b) for a, b in zip(hf_default[0][1], studio_fp32[0][1]))}
 
 
-def train_bench(steps: int = 6, archs: tuple[str, ...] = ("v2", "gpt2")) -> dict:
-    """Per-architecture figures, plus the overall `ratio` and `speedup` (their worst case)."""
+def run(steps: int = 6, archs: tuple[str, ...] | None = None) -> dict:
+    """Per-architecture figures (every one in TRAIN_ARCHS by default), plus the overall `ratio`
+    and `speedup` (their worst case)."""
+    archs = tuple(TRAIN_ARCHS) if archs is None else archs
     with tempfile.TemporaryDirectory() as tmp:
         results = [_arch_bench(name, steps, Path(tmp)) for name in archs]
     return {"device": "cpu", "threads": torch.get_num_threads(), "archs": results,
             "ratio": min(r["ratio"] for r in results), "speedup": min(r["speedup"] for r in results)}
-
-
-# ---- memory ----
-
-MEMORY_CASES = [("v1", 8, 128, "fp32", False), ("v1", 8, 128, "bf16", False), ("v2", 8, 128, "fp32", False),
-                ("v2", 8, 128, "fp32", True), ("tiny-tale", 4, 256, "fp32", False)]
-
-_MEASURE = """
-import json, resource, sys, torch, torch.nn.functional as F
-from studio import models
-from studio.presets import get_preset
-from studio.training import make_optimizer, resolve_precision
-name, batch, seq, prec, ckpt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1"
-dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096
-preset = get_preset(name)
-cfg = models.gpt2_config(preset)
-x = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=dev)
-base = torch.cuda.memory_allocated() if dev.type == "cuda" else rss()
-from transformers import GPT2LMHeadModel
-model = GPT2LMHeadModel(cfg).to(dev).train()
-if ckpt:
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-opt = make_optimizer(model, preset.train, dev)
-ctx = resolve_precision(dev, prec)
-for _ in range(3):
-    with ctx.context():
-        logits = model(input_ids=x[:, :-1], use_cache=False).logits
-    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), x[:, 1:].reshape(-1))
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    del logits, loss
-if dev.type == "cuda":
-    peak = torch.cuda.max_memory_allocated() - base
-else:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-print(json.dumps({"measured": peak, "device": dev.type}))
-"""
-
-
-def memory_bench(cases=MEMORY_CASES) -> dict:
-    """memory.estimate() against the measured peak, one fresh process per case."""
-    from studio.memory import estimate
-
-    rows = []
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    for name, batch, seq, prec, ckpt in cases:
-        out = subprocess.run([sys.executable, "-c", _MEASURE, name, str(batch), str(seq), prec, str(int(ckpt))],
-                             capture_output=True, text=True, env=env, timeout=600)
-        if out.returncode:
-            raise ValueError(f"memory measurement of {name} failed: {out.stderr.strip().splitlines()[-1:]}")
-        measured = json.loads(out.stdout.strip().splitlines()[-1])
-        est = estimate(get_preset(name), batch, seq, prec, ckpt, measured["device"])
-        rows.append({"preset": name, "batch": batch, "seq": seq, "precision": prec, "checkpointing": ckpt,
-                     "device": measured["device"], "estimate_mb": est.total / 2**20,
-                     "measured_mb": measured["measured"] / 2**20,
-                     "error": est.total / measured["measured"] - 1,
-                     "breakdown_mb": {k: v / 2**20 for k, v in est.as_dict().items()}})
-    worst = max(abs(r["error"]) for r in rows)
-    return {"cases": rows, "max_abs_error": worst, "within_20pct": bool(worst <= 0.2 and not math.isnan(worst))}

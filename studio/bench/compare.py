@@ -1,9 +1,13 @@
-"""Benchmark of side-by-side decoding: one batch of N settings against N `model.generate` calls.
+"""Benchmark: side-by-side decoding, one batch of N settings against N `model.generate` calls.
 
 Both sides use random-weight models built from presets (no download), the same settings, the
 same prompt and the same number of new tokens (neither stops at end-of-text). The batched side
 uses the bfloat16 output layer unless `fast=False` (`generate` runs fp32 throughout). Timings are
 medians of interleaved repeats, so other load on the machine hits both sides alike.
+
+`run` returns, per architecture: `batched_s`, `sequential_s`, `ratio` (batched / sequential),
+`single_ratio` (`generate` / one setting streamed: > 1 is faster than `generate`),
+`single_tokens_per_s`, `generate_tokens_per_s`.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from studio import decoding, models
 from studio.decoding import DecodingSettings
 from studio.presets import get_preset
 
-ARCHS = ("v2", "gpt2")
+COMPARE_ARCHS = ("v2", "gpt2")
 
 
 def hf_generate_kwargs(s: DecodingSettings) -> dict:
@@ -82,7 +86,7 @@ def bench_model(loaded: models.LoadedModel, settings: list[DecodingSettings], re
             "generate_tokens_per_s": round(n_new / med["single_generate"], 1)}
 
 
-def run(archs=ARCHS, new_tokens: int = 128, repeats: int = 3, device: str = "cpu", fast: bool = True,
+def run(archs=COMPARE_ARCHS, new_tokens: int = 128, repeats: int = 3, device: str = "cpu", fast: bool = True,
         log=print) -> dict:
     results = {}
     for arch in archs:

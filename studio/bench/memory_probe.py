@@ -1,0 +1,71 @@
+"""The measuring side of `bench memory`: train a preset three steps, print the peak as JSON.
+
+    python -m studio.bench.memory_probe PRESET BATCH SEQ PRECISION CHECKPOINTING(0|1)
+
+prints {"measured": bytes, "device": "cpu" | "cuda"} on its last line. It must run in a fresh
+process: peak RSS (`ru_maxrss`) covers the process's whole life, so anything run before it in
+the same process would count.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+
+import torch
+import torch.nn.functional as F
+
+from studio import models
+from studio.presets import get_preset
+from studio.training import make_optimizer, resolve_precision
+
+
+def rss() -> int:
+    """Resident bytes now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool) -> dict:
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    preset = get_preset(name)
+    cfg = models.gpt2_config(preset)
+    x = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=dev)
+    base = torch.cuda.memory_allocated() if dev.type == "cuda" else rss()
+    # Imported after the baseline on purpose: memory.estimate() is calibrated against peaks that
+    # include transformers' model code (~90 MB RSS), which every training process loads.
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(cfg).to(dev).train()
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    opt = make_optimizer(model, preset.train, dev)
+    ctx = resolve_precision(dev, precision)
+    for _ in range(3):
+        with ctx.context():
+            logits = model(input_ids=x[:, :-1], use_cache=False).logits
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), x[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        del logits, loss
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"measured": peak, "device": dev.type}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m studio.bench.memory_probe", description=__doc__.splitlines()[0])
+    p.add_argument("preset")
+    p.add_argument("batch", type=int)
+    p.add_argument("seq", type=int)
+    p.add_argument("precision")
+    p.add_argument("checkpointing", type=int, choices=(0, 1))
+    a = p.parse_args(argv)
+    print(json.dumps(measure(a.preset, a.batch, a.seq, a.precision, bool(a.checkpointing))))
+
+
+if __name__ == "__main__":
+    main()
