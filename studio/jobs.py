@@ -135,7 +135,7 @@ class Plan:
     device: str
     available_bytes: int | None
     estimate: memory.Estimate
-    fit: memory.Plan | None  # the suggestion when the estimate does not fit; None when it does
+    fit: memory.MemoryFit | None  # the suggestion when the estimate does not fit; None when it does
     data: dict  # tokens, tokens per parameter, the ~20 rule of thumb (data.TokenData.report)
     seconds_per_step: float | None  # measured on the latest run of this model and device, if any
 
@@ -144,7 +144,7 @@ class Plan:
         return self.available_bytes is None or self.estimate.total <= self.available_bytes
 
 
-def plan(cfg: TrainConfig, progress: models.Progress | None = None) -> Plan:
+def plan(cfg: TrainConfig, progress: models.LoadProgress | None = None) -> Plan:
     spec = models.resolve(cfg.model)
     config = models.model_config(spec)
     documents = data.read_source(cfg.data, cfg.seed)
