@@ -43,7 +43,7 @@ def decoding_from_args(args: argparse.Namespace, base):
 
 def default_decoding(spec):
     """A model's own decoding defaults: its preset's, else the plain defaults."""
-    from studio.decoding import DecodingSettings
+    from studio.sampling import DecodingSettings
 
     return spec.preset.decode if spec.preset else DecodingSettings()
 
@@ -199,12 +199,12 @@ def cmd_bench_train_tab(args: argparse.Namespace) -> dict:
 
 
 def cmd_compare(args: argparse.Namespace) -> dict:
-    from studio import decoding, models
+    from studio import decoding, models, sampling
 
     base = default_decoding(models.resolve(args.model))
     if args.max_new_tokens is not None:
         base = base.with_(max_new_tokens=args.max_new_tokens)
-    settings = [decoding.parse_setting_string(text, base) for text in args.setting or [""]]
+    settings = [sampling.parse_setting_string(text, base) for text in args.setting or [""]]
     loaded = models.load(args.model, device=args.device)
     columns = decoding.generate(loaded, args.prompt, settings, fast=not args.exact)
     if not args.json:

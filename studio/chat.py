@@ -1,6 +1,6 @@
 """Chat: the template, turn-aware truncation, streamed replies, saved conversations.
 
-The template is the built-in corpus's (`studio.data.format_exchange`), one exchange per turn,
+The template is the built-in corpus's (`studio.corpus.format_exchange`), one exchange per turn,
 with an optional system prompt as the first line:
 
     You are terse.                      <- system prompt (optional)
@@ -19,19 +19,18 @@ message and the assistant reply that follows it.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from studio import checkpoints_dir
-from studio.data import format_exchange
-from studio.decoding import DecodingSettings, stream
-
-if TYPE_CHECKING:
-    from studio.models import LoadedModel
+from studio.atomic import write_text
+from studio.corpus import format_exchange
+from studio.decoding import stream
+from studio.models import LoadedModel
+from studio.sampling import DecodingSettings
 
 DEFAULT_STOP: tuple[str, ...] = ("\n", "Human:")  # end-of-text always stops (the decoder's eos)
 CHATS_DIR = "_chats"  # under checkpoints_dir(); the runs listing skips names starting with "_"
@@ -73,7 +72,7 @@ def reply_budget(settings: DecodingSettings, block_size: int) -> int:
     return min(settings.max_new_tokens, block_size // 2)
 
 
-def fit_prompt(loaded: "LoadedModel", history: Sequence[dict], message: str,
+def fit_prompt(loaded: LoadedModel, history: Sequence[dict], message: str,
                settings: DecodingSettings, system: str = "") -> tuple[str, int]:
     """(prompt, n_dropped): the oldest turns are dropped until the prompt plus the reply budget
     fits the context window; the newest turns always survive. ValueError when even the message
@@ -103,7 +102,7 @@ class Reply:
     finish_reason: str | None = None
 
 
-def reply_stream(loaded: "LoadedModel", history: Sequence[dict], message: str,
+def reply_stream(loaded: LoadedModel, history: Sequence[dict], message: str,
                  settings: DecodingSettings, system: str = "") -> Iterator[Reply]:
     """Stream the reply to `message` after `history`: one `Reply` (the same object) per token."""
     if not message.strip():
@@ -212,9 +211,7 @@ def save_conversation(history: Sequence[dict], ratings: dict[int, int] | None = 
     with _save_lock:
         kept = [r for r in load_conversations(path) if r.get("conversation_id") != conversation_id] \
             if path.exists() else []
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept + rows), encoding="utf-8")
-        tmp.replace(path)
+        write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept + rows))
     return path, conversation_id, len(rows)
 
 

@@ -1,241 +1,25 @@
-"""Decoding: sampling settings, the logit rules, batched side-by-side generation, streaming.
+"""Decoding: batched side-by-side generation, streaming, and the metrics that compare settings.
 
-Rules run in transformers' `generate` order, each a pure function of (input_ids, logits):
+Several settings are generated as ONE batch: one forward per step over every live row with a
+KV cache, each row filtered by `studio.sampling`'s rules with its own settings and sampled from
+its own seeded `torch.Generator`, so a column's text depends only on its own settings and seed.
 
-    repetition penalty -> temperature -> top-k -> top-p -> sample (or argmax when temperature == 0)
-
-Identity values mean "off" and are skipped: temperature 1, top_k 0, top_p 1,
-repetition_penalty 1. Several settings are generated as ONE batch: one forward per step over
-every live row with a KV cache, each row filtered with its own settings and sampled from its
-own seeded `torch.Generator`, so a column's text depends only on its own settings and seed.
-
-Per step the work is kept to what the columns need: logits of the last position only; every
-rule batched over rows (no Python loop over the vocabulary); top-p sorts only the rows that use
-it, and only the top-k survivors when top-k ran first (or the least likely tokens when they
-hold the whole removed tail); all rows sample at once by inverse CDF,
-each with a uniform drawn from its own generator; finished rows leave the batch and the cache;
-a column's text is decoded incrementally. Exactness: greedy equals `generate(do_sample=False)`
-token for token; sampled text is seeded but not the same draw as `torch.multinomial` would make.
+Per step the work is kept to what the columns need: logits of the last position only; the
+rules batched over rows; finished rows leave the batch and the cache; a column's text is decoded
+incrementally. Exactness: greedy equals `generate(do_sample=False)` token for token; sampled
+text is seeded but not the same draw as `torch.multinomial` would make.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Sequence
 
+import pandas as pd
 import torch
 
-if TYPE_CHECKING:  # models imports presets, which imports this module
-    import pandas as pd
-
-    from studio.models import LoadedModel
-
-
-@dataclass(frozen=True)
-class DecodingSettings:
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    repetition_penalty: float = 1.0  # 1 = off
-    max_new_tokens: int = 64
-    seed: int = 0
-    stop: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stop", tuple(self.stop))
-        if not 0 <= self.temperature <= 100:
-            raise ValueError(f"temperature must be in [0, 100] (0 = greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0 < self.repetition_penalty <= 10:
-            raise ValueError(f"repetition_penalty must be in (0, 10] (1 = off), got {self.repetition_penalty}")
-        if not 1 <= self.max_new_tokens <= 4096:
-            raise ValueError(f"max_new_tokens must be in [1, 4096], got {self.max_new_tokens}")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValueError(f"stop must be a list of non-empty strings, got {list(self.stop)}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "DecodingSettings":
-        """Build from a dict, rejecting unknown keys with the list of valid ones."""
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown decoding setting(s) {unknown}; valid: {valid}")
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["stop"] = list(self.stop)
-        return d
-
-    def with_(self, **changes) -> "DecodingSettings":
-        return replace(self, **changes)
-
-
-# Named starting points. "focused" is what stopped GPT-2's looping in hand-rolled scripts: a cooler
-# temperature, a short top-k/top-p tail, a repetition penalty and fewer tokens.
-NAMED: dict[str, DecodingSettings] = {
-    "greedy": DecodingSettings(temperature=0.0),
-    "focused": DecodingSettings(temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.3, max_new_tokens=48),
-    "balanced": DecodingSettings(temperature=0.8, top_k=200),
-    "creative": DecodingSettings(temperature=1.1, top_p=0.95, repetition_penalty=1.1, max_new_tokens=96),
-}
-
-
-def named(name: str) -> DecodingSettings:
-    if name not in NAMED:
-        raise ValueError(f"named setting must be one of {list(NAMED)}, got {name!r}")
-    return NAMED[name]
-
-
-def parse_setting_string(text: str, base: DecodingSettings | None = None) -> DecodingSettings:
-    """Parse "temperature=0.7,top_k=50" over `base` (defaults when None).
-
-    >>> parse_setting_string("temperature=0,top_k=5").top_k
-    5
-    """
-    base = base or DecodingSettings()
-    types = {f.name: f.type for f in fields(DecodingSettings)}
-    changes: dict = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, raw = part.partition("=")
-        key = key.strip()
-        if not sep or key not in types:
-            raise ValueError(f"setting {part!r} must be key=value with key one of {list(types)}")
-        try:
-            if key == "stop":
-                changes[key] = tuple(s for s in raw.split("|") if s)
-            elif types[key] in ("int", int):
-                changes[key] = int(raw)
-            else:
-                changes[key] = float(raw)
-        except ValueError:
-            raise ValueError(f"setting {key} needs a number, got {raw!r}") from None
-    return replace(base, **changes)
-
-
-# ---- the rules: pure functions, batched; a per-row tensor of parameters, identity rows untouched ----
-
-def repetition_penalty(input_ids: torch.Tensor, logits: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
-    """transformers' RepetitionPenaltyLogitsProcessor, one penalty per row. (B, T), (B, V), (B,) -> (B, V)."""
-    seen = torch.gather(logits, 1, input_ids)  # (B, T)
-    p = penalty[:, None].to(logits.dtype)
-    seen = torch.where(seen < 0, seen * p, seen / p)
-    return logits.scatter(1, input_ids, seen)
-
-
-def temperature(logits: torch.Tensor, temp: torch.Tensor) -> torch.Tensor:
-    """transformers' TemperatureLogitsWarper, one temperature per row (rows at 0 are left as they are)."""
-    t = torch.where(temp > 0, temp, torch.ones_like(temp))
-    return logits / t[:, None].to(logits.dtype)
-
-
-def top_k(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """transformers' TopKLogitsWarper, one k per row; k == 0 keeps the row whole."""
-    vocab = logits.shape[-1]
-    k = k.clamp(max=vocab)
-    kmax = int(k.max())
-    if kmax == 0:
-        return logits
-    top = torch.topk(logits, kmax, dim=-1).values  # (B, kmax), descending
-    kth = top.gather(1, (k.clamp(min=1) - 1)[:, None])  # (B, 1)
-    remove = (logits < kth) & (k > 0)[:, None]
-    return logits.masked_fill(remove, float("-inf"))
-
-
-def top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """transformers' TopPLogitsWarper (nucleus), one p per row; p == 1 keeps the row whole."""
-    sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
-    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove_sorted = cum <= (1 - p)[:, None].to(cum.dtype)
-    remove_sorted[:, -1] = False  # min_tokens_to_keep = 1
-    remove_sorted &= (p < 1)[:, None]
-    remove = remove_sorted.scatter(1, order, remove_sorted)
-    return logits.masked_fill(remove, float("-inf"))
-
-
-@dataclass
-class RowParams:
-    """The settings of a batch as per-row tensors, built once per generation."""
-
-    temperature: torch.Tensor
-    top_k: torch.Tensor
-    top_p: torch.Tensor
-    penalty: torch.Tensor
-
-    @classmethod
-    def of(cls, settings: Sequence[DecodingSettings], device: torch.device | str = "cpu") -> "RowParams":
-        def col(name: str, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor([getattr(s, name) for s in settings], dtype=dtype, device=device)
-
-        return cls(col("temperature", torch.float32), col("top_k", torch.long),
-                   col("top_p", torch.float32), col("repetition_penalty", torch.float32))
-
-    def select(self, rows: torch.Tensor) -> "RowParams":
-        return RowParams(self.temperature[rows], self.top_k[rows], self.top_p[rows], self.penalty[rows])
-
-
-def _top_p_in_top(logits: torch.Tensor, p: torch.Tensor, kmax: int) -> torch.Tensor:
-    """top_p when every row it touches already kept at most `kmax` tokens (top-k ran first): the
-    same cut, computed on the `kmax` survivors instead of sorting the whole vocabulary."""
-    vals, idx = logits.topk(kmax, dim=-1)  # (B, kmax), descending
-    cum = vals.flip(-1).softmax(dim=-1).cumsum(dim=-1)  # ascending, as transformers sorts
-    remove = cum <= (1 - p)[:, None].to(cum.dtype)
-    remove[:, -1] = False  # min_tokens_to_keep = 1
-    remove &= (p < 1)[:, None]
-    return logits.scatter(1, idx, vals.masked_fill(remove.flip(-1), float("-inf")))
-
-
-BOTTOM = 8192  # tokens `_top_p_from_bottom` looks at before it falls back to the full sort
-
-
-def _top_p_from_bottom(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """top_p for rows whose removed tail is small: transformers removes the ascending prefix
-    whose cumulative probability is <= 1 - p, so when the `BOTTOM` least likely tokens already
-    hold more than 1 - p, that prefix lies among them and only they need ordering (a partial
-    top-k instead of sorting the vocabulary; flat distributions, high p). Else the full sort."""
-    m = min(BOTTOM, logits.shape[-1])
-    low, idx = logits.softmax(dim=-1).topk(m, dim=-1, largest=False)  # (B, m), ascending
-    cum = low.cumsum(dim=-1)
-    if m == logits.shape[-1] or not bool((cum[:, -1] > 1 - p).all()):
-        return top_p(logits, p)
-    remove = cum <= (1 - p)[:, None].to(cum.dtype)
-    return logits.masked_fill(torch.zeros_like(logits, dtype=torch.bool).scatter(1, idx, remove), float("-inf"))
-
-
-def process(input_ids: torch.Tensor, logits: torch.Tensor, params: RowParams) -> torch.Tensor:
-    """All rules in order; a rule whose every row is at identity is skipped."""
-    logits = logits.float()
-    if bool((params.penalty != 1).any()):
-        logits = repetition_penalty(input_ids, logits, params.penalty)
-    if bool(((params.temperature != 1) & (params.temperature > 0)).any()):
-        logits = temperature(logits, params.temperature)
-    sampled = params.temperature > 0  # greedy rows take the argmax of the penalised logits
-    k = torch.where(sampled, params.top_k, torch.zeros_like(params.top_k))
-    if bool((k > 0).any()):
-        logits = top_k(logits, k)
-    uses_p = (params.top_p < 1) & sampled
-    p = torch.where(sampled, params.top_p, torch.ones_like(params.top_p))
-    # the sort is the costliest rule: rows that ran top-k order only their k survivors, the
-    # others try the least likely tokens first; rows without top-p are not touched
-    after_k = uses_p & (k > 0)
-    if bool(after_k.any()):
-        rows = after_k.nonzero()[:, 0]
-        kmax = min(int(k[rows].max()), logits.shape[-1])
-        logits = logits.index_copy(0, rows, _top_p_in_top(logits[rows], p[rows], kmax))
-    whole = uses_p & (k == 0)
-    if bool(whole.any()):
-        rows = whole.nonzero()[:, 0]
-        logits = logits.index_copy(0, rows, _top_p_from_bottom(logits[rows], p[rows]))
-    return logits
+from studio.models import LoadedModel
+from studio.sampling import DecodingSettings, RowParams, process, sample
 
 
 # ---- generation ----
@@ -316,7 +100,7 @@ def column_metrics(col: Column) -> dict:
             "tokens_per_s": n / col.seconds if col.seconds > 0 else 0.0, "finish_reason": col.finish_reason}
 
 
-def _encode_prompt(loaded: "LoadedModel", prompt: str, room: int) -> list[int]:
+def _encode_prompt(loaded: LoadedModel, prompt: str, room: int) -> list[int]:
     tok = loaded.tokenizer
     ids = tok.encode(prompt) if prompt else []
     if not ids:
@@ -339,18 +123,6 @@ class _PieceCache(dict):
     def __missing__(self, i: int) -> str:
         self[i] = text = self.decode([i])
         return text
-
-
-def _sample(probs: torch.Tensor, greedy: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
-    """One token per row: the argmax for greedy rows, else an inverse-CDF draw with a uniform from
-    the row's own generator, so all rows sample at once yet each stays seeded on its own. (B, V) -> (B,)"""
-    argmax = probs.argmax(dim=-1)
-    if bool(greedy.all()):
-        return argmax
-    u = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in gens])  # (B,)
-    cdf = probs.cumsum(dim=-1)  # (B, V)
-    drawn = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]  # first token with mass past u
-    return torch.where(greedy, argmax, drawn.clamp(max=probs.shape[-1] - 1))
 
 
 class _Step:
@@ -379,7 +151,7 @@ class _Step:
 
 
 @torch.inference_mode()
-def stream(loaded: "LoadedModel", prompt: str, settings: Sequence[DecodingSettings],
+def stream(loaded: LoadedModel, prompt: str, settings: Sequence[DecodingSettings],
            stop_at_eos: bool = True, fast: bool = False) -> Iterator[list[Column]]:
     """Generate one column per settings in one batch; yield the columns after every step.
 
@@ -411,7 +183,7 @@ def stream(loaded: "LoadedModel", prompt: str, settings: Sequence[DecodingSettin
     raw = raw.expand(n, -1)  # (b, V)
     for _ in range(max_new):
         probs = process(ids, raw, params).softmax(dim=-1)  # (b, V) the filtered distributions
-        chosen = _sample(probs, params.temperature == 0, gens)  # (b,)
+        chosen = sample(probs, params.temperature == 0, gens)  # (b,)
         chosen_p = probs.gather(1, chosen[:, None])[:, 0]
         chosen_lp = raw.gather(1, chosen[:, None])[:, 0] - raw.logsumexp(dim=-1)
         top = probs.topk(min(TOP_ALTERNATIVES, probs.shape[-1]), dim=-1)
@@ -457,7 +229,7 @@ def _finish(col: Column, reason: str, t0: float) -> None:
         col.seconds = time.perf_counter() - t0
 
 
-def generate(loaded: "LoadedModel", prompt: str, settings: Sequence[DecodingSettings],
+def generate(loaded: LoadedModel, prompt: str, settings: Sequence[DecodingSettings],
              stop_at_eos: bool = True, fast: bool = False) -> list[Column]:
     """Run `stream` to the end and return the finished columns."""
     columns: list[Column] = []
@@ -471,14 +243,12 @@ def generate(loaded: "LoadedModel", prompt: str, settings: Sequence[DecodingSett
 SWEEPABLE = ("temperature", "top_k", "top_p", "repetition_penalty")
 
 
-def sweep(loaded: "LoadedModel", prompt: str, base: DecodingSettings, name: str,
-          values: Sequence[float], fast: bool = False) -> "pd.DataFrame":
+def sweep(loaded: LoadedModel, prompt: str, base: DecodingSettings, name: str,
+          values: Sequence[float], fast: bool = False) -> pd.DataFrame:
     """Vary one setting over `values` (all in one batch) and return metric vs value, one row each.
 
     >>> sweep(loaded, "Once", named("balanced"), "temperature", [0.2, 0.8, 1.4])   # doctest: +SKIP
     """
-    import pandas as pd
-
     if name not in SWEEPABLE:
         raise ValueError(f"sweep setting must be one of {list(SWEEPABLE)}, got {name!r}")
     if not values:
@@ -501,10 +271,8 @@ def comparison(columns: Sequence[Column], tokens: bool = False) -> dict:
     return {"columns": out}
 
 
-def comparison_table(columns: Sequence[Column]) -> "pd.DataFrame":
+def comparison_table(columns: Sequence[Column]) -> pd.DataFrame:
     """One row per column: its settings, metrics and text (what the CSV export holds)."""
-    import pandas as pd
-
     rows = [{"column": i + 1, **{k: v for k, v in c.settings.to_dict().items() if k != "stop"},
              "stop": "|".join(c.settings.stop), **c.metrics, "text": c.text} for i, c in enumerate(columns)]
     return pd.DataFrame(rows)

@@ -5,6 +5,9 @@ Dtype policy, by device:
   seeds got NaN losses).
 - mps: fp32 unless the user asks otherwise: fp16 on MPS gave the seeds NaN losses.
 - cpu: fp32 by default; bf16 autocast is the opt-in fast path on CPUs with bf16 support.
+
+Precision names: "auto" is that policy; "fast" is the device's fast path (bf16 autocast on CPU
+and on CUDA with bf16, else fp32); "fp32", "bf16", "fp16" ask for one explicitly.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fast", "fp32", "bf16", "fp16")
 
 
 def mps_available() -> bool:
@@ -58,9 +61,11 @@ class Precision:
 def precision(device: torch.device, name: str = "auto") -> Precision:
     if name not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {name!r}")
+    bf16_cuda = device.type == "cuda" and torch.cuda.is_bf16_supported()
     if name == "auto":
-        bf16_cuda = device.type == "cuda" and torch.cuda.is_bf16_supported()
         name = "bf16" if bf16_cuda else "fp32"
+    elif name == "fast":
+        name = "bf16" if bf16_cuda or device.type == "cpu" else "fp32"
     if name == "fp16" and device.type == "cpu":
         raise ValueError("precision fp16 is not supported on cpu; use fp32 or bf16")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from studio import ROOT, data, devices, memory, models, runs, training
+from studio.arch import count_parameters
 from studio.devices import pick_device
 from studio.presets import TrainSettings
 from studio.training import TrainConfig
@@ -135,7 +136,7 @@ class Plan:
     device: str
     available_bytes: int | None
     estimate: memory.Estimate
-    fit: memory.Plan | None  # the suggestion when the estimate does not fit; None when it does
+    fit: memory.MemoryFit | None  # the suggestion when the estimate does not fit; None when it does
     data: dict  # tokens, tokens per parameter, the ~20 rule of thumb (data.TokenData.report)
     seconds_per_step: float | None  # measured on the latest run of this model and device, if any
 
@@ -144,7 +145,7 @@ class Plan:
         return self.available_bytes is None or self.estimate.total <= self.available_bytes
 
 
-def plan(cfg: TrainConfig, progress: models.Progress | None = None) -> Plan:
+def plan(cfg: TrainConfig, progress: models.LoadProgress | None = None) -> Plan:
     spec = models.resolve(cfg.model)
     config = models.model_config(spec)
     documents = data.read_source(cfg.data, cfg.seed)
@@ -159,7 +160,7 @@ def plan(cfg: TrainConfig, progress: models.Progress | None = None) -> Plan:
     if available is not None and est.total > available:
         suggestion = memory.fit(config, cfg.settings.batch_size * cfg.settings.grad_accum, block,
                                 int(available * 0.9), prec.name)
-    n_params = models.count_parameters(config)
+    n_params = count_parameters(config)
     return Plan(cfg, n_params, str(device), available, est, suggestion, tokens.report(n_params),
                 _measured_step_time(cfg.model, str(device)))
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from studio.models import count_parameters, gpt2_config
+from studio.arch import count_parameters, gpt2_config
 from studio.presets import Preset
 
 GB = 1024**3
@@ -127,7 +127,9 @@ def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing
 
 
 @dataclass(frozen=True)
-class Plan:
+class MemoryFit:
+    """The micro-batch and checkpointing that `fit` found to fit a memory budget."""
+
     micro_batch: int
     grad_accum: int
     checkpointing: bool
@@ -135,7 +137,7 @@ class Plan:
 
 
 def fit(model, batch: int, seq: int, budget_bytes: int, precision: str = "fp32",
-        max_micro: int | None = None, device: str = "cpu") -> Plan:
+        max_micro: int | None = None, device: str = "cpu") -> MemoryFit:
     """The largest micro-batch (then with checkpointing) whose estimate fits `budget_bytes`,
     with accumulation keeping the effective batch `batch` (micro-batches may be uneven)."""
     top = min(batch, max_micro or batch)
@@ -144,7 +146,7 @@ def fit(model, batch: int, seq: int, budget_bytes: int, precision: str = "fp32",
         while micro >= 1:
             e = estimate(model, micro, seq, precision, checkpointing, device)
             if e.total <= budget_bytes:
-                return Plan(micro, -(-batch // micro), checkpointing, e.total)
+                return MemoryFit(micro, -(-batch // micro), checkpointing, e.total)
             micro //= 2
     need = estimate(model, 1, seq, precision, True, device).total
     raise ValueError(f"training needs about {need / GB:.2f} GB even with a micro-batch of 1 and gradient "

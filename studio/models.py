@@ -13,23 +13,26 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
-from urllib.parse import urlparse
 
 import torch
 
 from studio import checkpoints_dir
+from studio.arch import context_length, count_parameters, gpt2_config
+from studio.atomic import recover, replace_folder
+from studio.corpus import builtin_texts
 from studio.devices import pick_device
+from studio.hub import hub_reachable
+from studio.memory import ParamMemory
 from studio.presets import Preset, load_presets
-from studio.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
+from studio.tokenizer import GPT2BPE, HFTokenizer, Tokenizer, build_tokenizer, load_tokenizer
 
 MODEL_META = "studio.json"
 MODEL_FORMAT = "studio-model/1"
-Progress = Callable[[float, str], None]
+LoadProgress = Callable[[float, str], None]  # (fraction done, what is happening now)
 
 
 @dataclass(frozen=True)
@@ -41,14 +44,11 @@ class ModelSpec:
     preset: Preset | None = None  # for checkpoints: the preset they were trained from, if known
     path: Path | None = None  # the model folder, for checkpoints
 
-    @property
-    def label(self) -> str:
-        return self.identifier
-
 
 def _model_folder(path: Path) -> Path | None:
     """`path` if it is a model folder, else its `best`, else its `last` model folder."""
     for candidate in (path, path / "best", path / "last"):
+        recover(candidate)  # a save that crashed midway left the last complete copy aside
         if (candidate / "config.json").is_file():
             return candidate
     return None
@@ -95,29 +95,6 @@ def list_models() -> list[str]:
     return list(load_presets()) + list_checkpoints()
 
 
-def gpt2_config(preset: Preset, vocab_size: int | None = None):
-    from transformers import GPT2Config
-
-    return GPT2Config(
-        vocab_size=vocab_size or preset.vocab_size, n_positions=preset.block_size, n_embd=preset.n_embd,
-        n_layer=preset.n_layer, n_head=preset.n_head, n_inner=preset.n_inner or None,
-        resid_pdrop=preset.dropout, embd_pdrop=preset.dropout, attn_pdrop=preset.dropout,
-        # the same function as GPT-2's gelu_new, through PyTorch's fused kernel
-        activation_function="gelu_pytorch_tanh",
-        bos_token_id=(vocab_size or preset.vocab_size) - 1, eos_token_id=(vocab_size or preset.vocab_size) - 1,
-    )
-
-
-def count_parameters(config) -> int:
-    """Exact parameter count of an HF config (tied embeddings once), built on the meta device:
-    no memory, no download."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return model.num_parameters()
-
-
 def model_config(spec: ModelSpec):
     """The HF config of a resolved model, without loading weights."""
     if spec.source == "checkpoint":
@@ -129,8 +106,6 @@ def model_config(spec: ModelSpec):
 
 def describe(identifier: str) -> dict:
     """Architecture, size and memory need of a model, without loading or downloading it."""
-    from studio.memory import ParamMemory
-
     spec = resolve(identifier)
     cfg = model_config(spec)
     n_params = count_parameters(cfg)
@@ -142,7 +117,7 @@ def describe(identifier: str) -> dict:
         (f"trained from preset {preset.name}" if preset else "a local Hugging Face model"),
         "architecture": cfg.model_type, "layers": cfg.num_hidden_layers, "d_model": cfg.hidden_size,
         "heads": cfg.num_attention_heads, "d_ff": getattr(cfg, "n_inner", None) or 4 * cfg.hidden_size,
-        "context": cfg.max_position_embeddings, "vocab": cfg.vocab_size,
+        "context": context_length(cfg), "vocab": cfg.vocab_size,
         "tokenizer": preset.tokenizer if preset else "from the folder",
         "params": n_params, **ParamMemory(n_params).as_dict(),
         "source_note": preset.source if preset else "",
@@ -163,37 +138,23 @@ class LoadedModel:
 
     @property
     def block_size(self) -> int:
-        return int(self.model.config.n_positions if hasattr(self.model.config, "n_positions")
-                   else self.model.config.max_position_embeddings)
+        return context_length(self.model.config)
 
     @property
     def n_params(self) -> int:
         return self.model.num_parameters()
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _load_pretrained(preset: Preset):
     """Hub weights from the local cache, or downloaded; offline without a cache fails fast and clearly."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from studio.tokenizer import HFTokenizer
 
     try:
         return (AutoModelForCausalLM.from_pretrained(preset.hf_id, local_files_only=True),
                 HFTokenizer(AutoTokenizer.from_pretrained(preset.hf_id, local_files_only=True)))
     except OSError:
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise ValueError(
             f"{preset.name}: the weights of {preset.hf_id} are not in the local Hugging Face cache "
             f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and the hub cannot be reached. "
@@ -216,8 +177,6 @@ def scratch_tokenizer(preset: Preset, texts: Iterable[str] | None = None) -> Tok
     """The tokenizer a scratch preset trains with: GPT-2's, or one built from `texts`
     (the built-in corpus when none are given)."""
     if preset.tokenizer != "gpt2" and texts is None:
-        from studio.data import builtin_texts
-
         texts = builtin_texts()
     return build_tokenizer(preset.tokenizer, texts, preset.vocab_size)
 
@@ -225,8 +184,6 @@ def scratch_tokenizer(preset: Preset, texts: Iterable[str] | None = None) -> Tok
 def tokenizer_for(spec: ModelSpec, texts: Iterable[str] | None = None) -> Tokenizer:
     """The tokenizer a model trains with, without loading its weights (scratch char/BPE
     tokenizers are built from `texts`, the training documents)."""
-    from studio.tokenizer import GPT2BPE
-
     if spec.source == "checkpoint":
         return load_tokenizer(spec.path)
     if spec.preset.kind == "pretrained":
@@ -234,7 +191,7 @@ def tokenizer_for(spec: ModelSpec, texts: Iterable[str] | None = None) -> Tokeni
     return scratch_tokenizer(spec.preset, texts if spec.preset.tokenizer != "gpt2" else None)
 
 
-def load(identifier: str, device: str = "auto", seed: int = 0, progress: Progress | None = None) -> LoadedModel:
+def load(identifier: str, device: str = "auto", seed: int = 0, progress: LoadProgress | None = None) -> LoadedModel:
     """Load a model by identifier onto a device, in eval mode; `progress(fraction, message)` is told each stage."""
     def tell(frac: float, msg: str) -> None:
         if progress:
@@ -265,28 +222,13 @@ def load(identifier: str, device: str = "auto", seed: int = 0, progress: Progres
 
 
 def save_model(model: torch.nn.Module, tokenizer: Tokenizer, folder: Path, meta: dict | None = None) -> Path:
-    """Write a self-describing HF model folder atomically: a temp folder, then a rename.
+    """Write a self-describing HF model folder atomically (see `studio.atomic.replace_folder`).
 
     `meta` lands in `studio.json` next to the format tag (preset, step, run, ...).
     """
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    old = folder.with_name(f".{folder.name}.old")
-    for stale in (tmp, old):
-        if stale.exists():
-            _rmtree(stale)
-    model.save_pretrained(str(tmp))
-    tokenizer.save(tmp)
-    (tmp / MODEL_META).write_text(json.dumps({"format": MODEL_FORMAT, **(meta or {})}, indent=1))
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    if old.exists():
-        _rmtree(old)
-    return folder
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(str(tmp))
+        tokenizer.save(tmp)
+        (tmp / MODEL_META).write_text(json.dumps({"format": MODEL_FORMAT, **(meta or {})}, indent=1))
 
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path)
+    return replace_folder(folder, fill)

@@ -9,22 +9,16 @@ settings, with a one-line note of where they come from.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from studio import PRESETS_DIR
-from studio.decoding import DecodingSettings
+from studio.config import check_keys
+from studio.sampling import DecodingSettings
 
 TOKENIZERS = ("gpt2", "char", "bpe")
 KINDS = ("pretrained", "scratch")
-
-
-def _check_unknown(cls: type, values: dict, where: str) -> None:
-    valid = [f.name for f in fields(cls)]
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {valid}")
 
 
 @dataclass(frozen=True)
@@ -67,7 +61,7 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "train") -> "TrainSettings":
-        _check_unknown(cls, values, where)
+        check_keys(cls, values, where)
         return cls(**values)
 
 
@@ -118,15 +112,12 @@ class Preset:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "preset") -> "Preset":
-        _check_unknown(cls, values, where)
+        check_keys(cls, values, where)
         values = dict(values)
         if "train" in values:
             values["train"] = TrainSettings.from_dict(values["train"], f"{where}.train")
         if "decode" in values:
-            try:
-                values["decode"] = DecodingSettings.from_dict(values["decode"])
-            except ValueError as e:
-                raise ValueError(f"{where}.decode: {e}") from None
+            values["decode"] = DecodingSettings.from_dict(values["decode"], f"{where}.decode")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

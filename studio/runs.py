@@ -11,13 +11,13 @@ Readers here never lock: the training job writes, the UI and CLI read on their o
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from studio import checkpoints_dir
+from studio.atomic import write_json  # noqa: F401  (run.json's writer: runs.write_json)
 
 RUN_FILE, METRICS_FILE = "run.json", "metrics.jsonl"
 REPLAYED = ("step", "eval", "sample")  # rows a resume writes again for the steps it repeats
@@ -29,13 +29,6 @@ def run_dir(name: str | Path) -> Path:
     if path.is_absolute() or len(path.parts) > 1:
         return path
     return checkpoints_dir() / str(name)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: a temp file, then a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 def read_run(folder: str | Path) -> dict:

@@ -20,7 +20,6 @@ import contextlib
 import gc
 import json
 import math
-import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
@@ -30,11 +29,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from studio import data, models, runs
-from studio.devices import pick_device, precision as device_precision
+from studio import corpus, data, models, runs
+from studio.arch import context_length
+from studio.atomic import recover, replace_folder
+from studio.config import check_keys
+from studio.devices import PRECISIONS, pick_device, precision as device_precision
 from studio.presets import TrainSettings
 
-PRECISIONS = ("auto", "fast", "fp32", "bf16", "fp16")
 Event = dict
 Fault = Callable[[int], "str | None"]  # step -> "nan" | "oom" | None: test hook to inject faults
 
@@ -83,10 +84,9 @@ class TrainConfig:
     def from_dict(cls, values: dict, strict: bool = True) -> "TrainConfig":
         """The inverse of to_dict. Strict rejects unknown keys (a config file with a typo);
         lenient takes the config out of a run.json, which also holds status and reports."""
+        if strict:
+            check_keys(cls, values, "train config")
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if strict and unknown:
-            raise ValueError(f"train config: unknown key(s) {unknown}; valid keys: {sorted(names)}")
         values = {k: v for k, v in values.items() if k in names}
         if isinstance(values.get("settings"), dict):
             values["settings"] = TrainSettings.from_dict(values["settings"], "train config settings")
@@ -147,15 +147,15 @@ def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast) 
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
 
 
-def heldout_exact_match(loaded: "models.LoadedModel", examples: list[data.Example], max_new_tokens: int = 16) -> dict:
+def heldout_exact_match(loaded: "models.LoadedModel", examples: list[corpus.Example], max_new_tokens: int = 16) -> dict:
     """Greedy answers to `examples`' questions: exact-match accuracy and the first few answers."""
     from studio.decoding import DecodingSettings, generate
 
     settings = DecodingSettings(temperature=0.0, max_new_tokens=max_new_tokens, stop=("\n",))
-    answers = [generate(loaded, data.format_exchange(e.question), [settings])[0].text for e in examples]
-    shown = [{"question": e.question, "expected": e.answer, "answer": data.answer_of(a)}
+    answers = [generate(loaded, corpus.format_exchange(e.question), [settings])[0].text for e in examples]
+    shown = [{"question": e.question, "expected": e.answer, "answer": corpus.answer_of(a)}
              for e, a in zip(examples[:3], answers)]
-    return {"exact_match": data.exact_match(answers, examples), "heldout": len(examples), "answers": shown}
+    return {"exact_match": corpus.exact_match(answers, examples), "heldout": len(examples), "answers": shown}
 
 
 # ---- resume state: safetensors for tensors, JSON for the rest (nothing pickled) ----
@@ -163,29 +163,24 @@ def heldout_exact_match(loaded: "models.LoadedModel", examples: list[data.Exampl
 def save_state(folder: Path, optimizer: torch.optim.Optimizer, trainer: dict) -> None:
     from safetensors.torch import save_file
 
-    tmp, final = folder.with_name(".state.tmp"), folder
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    sd = optimizer.state_dict()
-    tensors = {f"{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
-               for i, st in sd["state"].items() for k, v in st.items()}
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(rng, str(tmp / "rng.safetensors"))
-    runs.write_json(tmp / "trainer.json", {**trainer, "param_groups": sd["param_groups"]})
-    old = final.with_name(".state.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    def fill(tmp: Path) -> None:
+        sd = optimizer.state_dict()
+        tensors = {f"{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+                   for i, st in sd["state"].items() for k, v in st.items()}
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        save_file(rng, str(tmp / "rng.safetensors"))
+        runs.write_json(tmp / "trainer.json", {**trainer, "param_groups": sd["param_groups"]})
+
+    replace_folder(folder, fill)
 
 
 def load_state(folder: Path, optimizer: torch.optim.Optimizer, restore_rng: bool = True) -> dict:
     from safetensors.torch import load_file
 
+    recover(folder)  # a save that crashed between its renames left the last complete state aside
     trainer = json.loads((folder / "trainer.json").read_text())
     state: dict[int, dict] = {}
     for key, value in load_file(str(folder / "optimizer.safetensors")).items():
@@ -263,8 +258,7 @@ class _Run:
             model, tok = loaded.model, loaded.tokenizer
         torch.manual_seed(cfg.seed)
         self.tok = tok
-        context = int(model.config.n_positions if hasattr(model.config, "n_positions")
-                      else model.config.max_position_embeddings)
+        context = context_length(model.config)
         if cfg.block_size > context:
             raise ValueError(f"block_size ({cfg.block_size}) exceeds the model's context ({context})")
         self.block = cfg.block_size or context
@@ -396,7 +390,7 @@ class _Run:
         from studio.decoding import DecodingSettings, generate
 
         if self.heldout:
-            prompts = [data.format_exchange(e.question) for e in self.heldout[:2]]
+            prompts = [corpus.format_exchange(e.question) for e in self.heldout[:2]]
         else:
             prompts = [self.tok.decode(self.tokens.val[:16].tolist())]
         loaded = models.LoadedModel(models.ModelSpec(self.dir.name, "checkpoint"), self.raw, self.tok, self.device)
@@ -517,7 +511,7 @@ class _Run:
         if accuracy:  # the shown answers as sample rows; the score in the done row
             summary["heldout_exact_match"] = accuracy["exact_match"]
             for a in accuracy["answers"]:
-                self.emit("sample", prompt=data.format_exchange(a["question"]), text=a["answer"],
+                self.emit("sample", prompt=corpus.format_exchange(a["question"]), text=a["answer"],
                           expected=a["expected"], heldout=True)
         self.emit("done", **summary)
         self.set_status("stopped" if reason == "stopped" else "done")

@@ -33,7 +33,7 @@ class Workspace:
         return spec.identifier, device, seed if spec.source == "preset" else None, str(spec.path), stamp
 
     def model(self, identifier: str, device: str = "auto", seed: int = 0,
-              progress: models.Progress | None = None) -> models.LoadedModel:
+              progress: models.LoadProgress | None = None) -> models.LoadedModel:
         """The loaded model for an identifier, from the cache when it is still current."""
         key = self._key(identifier, device, seed)
         with self._lock:
@@ -45,6 +45,3 @@ class Workspace:
             while len(self._models) > self.max_loaded:
                 self._models.popitem(last=False)
             return loaded
-
-    def loaded(self) -> list[str]:
-        return [k[0] for k in self._models]

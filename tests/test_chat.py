@@ -10,8 +10,10 @@ import time
 import pytest
 
 from studio import chat, checkpoints_dir
-from studio.data import format_exchange, read_file
-from studio.decoding import DecodingSettings, generate
+from studio.corpus import format_exchange
+from studio.data import read_file
+from studio.decoding import generate
+from studio.sampling import DecodingSettings
 from conftest import ROOT
 
 

@@ -8,6 +8,7 @@ import torch
 
 from conftest import GPT2_TOKENIZER_DIR, ROOT
 from studio import checkpoints_dir, decoding, models
+from studio.sampling import DecodingSettings
 from studio.workspace import Workspace
 
 
@@ -89,7 +90,7 @@ def test_pretrained_weights_offline_fail_fast_and_clearly(tmp_path):
 
 def test_generate_streams_and_stops_at_max_tokens(tiny_char_checkpoint):
     loaded = models.load(tiny_char_checkpoint)
-    s = decoding.DecodingSettings(temperature=0, max_new_tokens=7)
+    s = DecodingSettings(temperature=0, max_new_tokens=7)
     snapshots = [c[0].text for c in decoding.stream(loaded, "Human: hi", [s])]
     col = decoding.generate(loaded, "Human: hi", [s])[0]
     assert snapshots[-1] == col.text

@@ -6,7 +6,7 @@ import pytest
 from gradio_client import Client
 
 from studio import decoding
-from studio.decoding import DecodingSettings
+from studio.sampling import DecodingSettings
 from studio.ui import playground
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT
 from studio import checkpoints_dir, models, runs
-from studio.data import builtin_examples
+from studio.corpus import builtin_examples
 from studio.presets import TrainSettings
 from studio.training import TrainConfig, lr_at, train
 

@@ -11,7 +11,7 @@ import time
 import torch
 
 from studio.chat import fit_prompt, reply_stream
-from studio.decoding import DecodingSettings
+from studio.sampling import DecodingSettings
 from studio.models import LoadedModel
 
 

@@ -15,7 +15,7 @@ import resource
 import torch
 import torch.nn.functional as F
 
-from studio import models
+from studio.arch import gpt2_config
 from studio.presets import get_preset
 from studio.training import make_optimizer, resolve_precision
 
@@ -29,7 +29,7 @@ def rss() -> int:
 def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool) -> dict:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     preset = get_preset(name)
-    cfg = models.gpt2_config(preset)
+    cfg = gpt2_config(preset)
     x = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=dev)
     base = torch.cuda.memory_allocated() if dev.type == "cuda" else rss()
     # Imported after the baseline on purpose: memory.estimate() is calibrated against peaks that

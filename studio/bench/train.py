@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
 from studio import data, models, runs
+from studio.arch import count_parameters, gpt2_config
 from studio.presets import Preset, TrainSettings, get_preset
 from studio.tokenizer import GPT2BPE
 from studio.training import TrainConfig, lr_at, make_optimizer, resolve_precision, train
@@ -108,7 +109,7 @@ def _arch_bench(name: str, steps: int, work: Path) -> dict:
     hf_default[1] = bare("gelu_new")
     best = lambda pair: min(t for t, _ in pair)  # noqa: E731
     diffs = [abs(a - b) for a, b in zip(fast[0][1], studio_fp32[0][1])]
-    return {"arch": name, "params": models.count_parameters(models.gpt2_config(preset)), "batch": batch, "seq": seq,
+    return {"arch": name, "params": count_parameters(gpt2_config(preset)), "batch": batch, "seq": seq,
             "steps": steps, "lr": lr, "studio_fp32_s": best(studio_fp32), "bare_fp32_s": best(bare_fp32),
             "studio_fast_s": best(fast), "hf_default_fp32_s": best(hf_default),
             "ratio": best(bare_fp32) / best(studio_fp32), "speedup": best(hf_default) / best(fast),

@@ -12,7 +12,7 @@ import weakref
 import gradio as gr
 
 from studio import chat, devices, models
-from studio.decoding import NAMED
+from studio.sampling import NAMED
 from studio.ui.common import MODEL_QUEUE, DecodingControls, Pickers, user_errors
 from studio.workspace import DEFAULT_MODEL, Workspace
 

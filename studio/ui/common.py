@@ -7,7 +7,7 @@ from typing import Callable
 import gradio as gr
 
 from studio import models
-from studio.decoding import NAMED, DecodingSettings
+from studio.sampling import NAMED, DecodingSettings
 from studio.workspace import DEFAULT_MODEL
 
 MODEL_QUEUE = "model"  # every event that runs a model shares this queue (concurrency_id)

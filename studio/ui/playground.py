@@ -16,7 +16,8 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from studio import decoding
-from studio.decoding import NAMED, Column
+from studio.decoding import Column
+from studio.sampling import NAMED
 from studio.ui.common import MODEL_QUEUE, DecodingControls, Pickers, user_errors
 from studio.workspace import Workspace
 

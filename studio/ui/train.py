@@ -12,6 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from studio import chat, devices, jobs, runs
+from studio.data import FILE_TYPES
 from studio.presets import TrainSettings
 from studio.ui import plots
 from studio.ui.common import Pickers, user_errors
@@ -84,8 +85,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         with gr.Column(scale=2):
             model = pickers.model(label="Model to train", value="v1")
             data_kind = gr.Radio(DATA_KINDS, value="built-in corpus", label="Data")
-            data_file = gr.File(label="Data file (.txt .jsonl .json .csv .parquet)", visible=False,
-                                file_types=[".txt", ".jsonl", ".json", ".csv", ".parquet"])
+            data_file = gr.File(label=f"Data file ({' '.join(FILE_TYPES)})", visible=False, file_types=list(FILE_TYPES))
             data_chat = gr.Dropdown([], label="Saved chat", visible=False, allow_custom_value=True,
                                     info=f"conversations saved in the Chat tab ({chat.CHATS_DIR}/ of the checkpoints folder)")
             data_hub = gr.Textbox(label="Hub dataset name", placeholder="databricks/databricks-dolly-15k",
