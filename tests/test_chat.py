@@ -82,6 +82,21 @@ def test_reply_stream_grows_and_reports_dropped_turns(tiny):
         next(chat.reply_stream(tiny, [], "  ", settings))
 
 
+def test_a_set_stop_event_ends_only_its_own_reply_between_two_tokens(tiny):
+    settings = DecodingSettings(temperature=0, max_new_tokens=16, stop=())
+    free = [(r.text, r.n_tokens, r.finish_reason) for r in chat.reply_stream(tiny, [], "hello", settings)]
+    assert len(free) >= 6 and free[-1][2] != "stopped"
+    mine, theirs = threading.Event(), threading.Event()
+    streams = [chat.reply_stream(tiny, [], "hello", settings, stop=event) for event in (mine, theirs)]
+    for stopped, running in chat.interleave(*streams):
+        if stopped.n_tokens == 3:
+            mine.set()  # as a Stop button does, between two tokens the consumer sees
+    # the stopped reply keeps its text so far, one token past the moment Stop was pressed
+    assert (stopped.text, stopped.n_tokens, stopped.finish_reason) == (free[3][0], 4, "stopped")
+    assert stopped.finished and not theirs.is_set()
+    assert (running.text, running.n_tokens, running.finish_reason) == free[-1]  # the other Event: ran to its end
+
+
 def test_interleave_advances_streams_in_turn():
     assert list(chat.interleave(iter([1, 2, 3]), iter("ab"))) == [(1, "a"), (2, "b"), (3, "b"), (3, "b")]
 
