@@ -57,6 +57,20 @@ def turns(history: Sequence[dict]) -> list[tuple[str, str]]:
     return pairs
 
 
+def take_back(history: Sequence[dict]) -> tuple[list[dict], str]:
+    """(the history before its last user message, that message): what Regenerate answers again
+    and Undo hands back for editing; the message is "" when the history has none.
+
+    >>> take_back([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+    ([], 'hi')
+    """
+    kept = list(history)
+    while kept and kept[-1]["role"] != "user":
+        kept.pop()
+    message = kept.pop()["content"] if kept else ""
+    return kept, message
+
+
 def format_chat(pairs: Sequence[tuple[str, str]], message: str, system: str = "") -> str:
     """The prompt for `message` after the `pairs` already exchanged.
 

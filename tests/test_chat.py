@@ -40,6 +40,14 @@ def test_turns_pairs_messages_and_tolerates_odd_histories():
     assert chat.turns(h) == [("a", "b"), ("c", "")]
 
 
+def test_take_back_removes_the_last_exchange_and_returns_its_message():
+    h = history_of([("a", "b"), ("c", "d")])
+    assert chat.take_back(h) == (history_of([("a", "b")]), "c") and len(h) == 4  # the input is left alone
+    unanswered = history_of([("a", "b")]) + [{"role": "user", "content": "c"}]
+    assert chat.take_back(unanswered) == (history_of([("a", "b")]), "c")
+    assert chat.take_back([]) == ([], "") and chat.take_back([{"role": "assistant", "content": "x"}]) == ([], "")
+
+
 @pytest.mark.parametrize("max_new_tokens", [4, 16, 200])
 def test_truncation_keeps_the_newest_turns_within_the_context(tiny, max_new_tokens):
     pairs = [(f"question number {i}", f"answer number {i}") for i in range(12)]

@@ -133,12 +133,9 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     def regenerate(model, history, ratings_, system, stop, device, temperature, top_k, top_p,
                    repetition_penalty, max_new_tokens, seed, request: gr.Request = None):
         """Answer the last message again with the next seed (the seed box shows it)."""
-        history = plain(history)
-        while history and history[-1]["role"] == "assistant":
-            history.pop()
-        if not history:
+        history, message = chat.take_back(plain(history))
+        if not message:
             raise ValueError("nothing to regenerate yet: send a message first")
-        message = history.pop()["content"]
         settings = DecodingControls.settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens,
                                              int(seed or 0) + 1, stop=chat.parse_stop_list(stop))
         stopped = chat_stops.begin(request)
@@ -149,10 +146,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
 
     def undo(history, ratings_):
         """Take back the last exchange; its message returns to the box for editing."""
-        history = plain(history)
-        while history and history[-1]["role"] == "assistant":
-            history.pop()
-        text = history.pop()["content"] if history else ""
+        history, text = chat.take_back(plain(history))
         return history, text, _prune(ratings_, len(history))
 
     def clear():
