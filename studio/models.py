@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import torch
 
 from studio import checkpoints_dir
+from studio.decoding import DecodingSettings
 from studio.devices import pick_device
 from studio.presets import Preset, load_presets
 from studio.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
@@ -78,6 +79,13 @@ def resolve(identifier: str) -> ModelSpec:
     raise ValueError(f"model {identifier!r} not found: expected a preset ({', '.join(presets)}), "
                      f"a run in {checkpoints_dir()} ({', '.join(list_checkpoints()) or 'none yet'}), "
                      f"or a folder with a Hugging Face model")
+
+
+def default_decoding(identifier: str) -> DecodingSettings:
+    """A model's own decoding defaults: its preset's (for a checkpoint, the preset it was trained
+    from), else the plain defaults."""
+    spec = resolve(identifier)
+    return spec.preset.decode if spec.preset else DecodingSettings()
 
 
 def list_checkpoints() -> list[str]:
