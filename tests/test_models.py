@@ -102,10 +102,10 @@ def test_default_decoding_is_the_models_preset_else_the_plain_defaults(tiny_char
     from studio.decoding import DecodingSettings
     from studio.presets import load_presets
 
-    assert models.default_decoding("gpt2") == load_presets()["gpt2"].decode != DecodingSettings()
+    presets = load_presets()
+    assert models.default_decoding("gpt2") == presets["gpt2"].decode != DecodingSettings()
     loaded = models.load(tiny_char_checkpoint, device="cpu")
-    tuned = replace(models.resolve(tiny_char_checkpoint).preset,
-                    decode=DecodingSettings(temperature=0.3, top_k=7, max_new_tokens=9))
+    tuned = replace(presets["char"], decode=DecodingSettings(temperature=0.3, top_k=7, max_new_tokens=9))
     models.save_model(loaded.model, loaded.tokenizer, tmp_path / "tuned" / "last", {"preset": tuned.to_dict()})
     assert models.default_decoding(str(tmp_path / "tuned")) == tuned.decode  # the preset it was trained from
     shutil.copytree(tmp_path / "tuned" / "last", tmp_path / "bare")
