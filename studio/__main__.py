@@ -41,13 +41,6 @@ def decoding_from_args(args: argparse.Namespace, base):
     return base.with_(**changes)
 
 
-def default_decoding(spec):
-    """A model's own decoding defaults: its preset's, else the plain defaults."""
-    from studio.sampling import DecodingSettings
-
-    return spec.preset.decode if spec.preset else DecodingSettings()
-
-
 def cmd_presets(args: argparse.Namespace) -> dict:
     from studio.memory import preset_table
     from studio.presets import load_presets
@@ -69,7 +62,7 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     from studio import decoding, models
 
     # settings are checked before the (slow) load, so a bad flag fails at once
-    settings = decoding_from_args(args, default_decoding(models.resolve(args.model)))
+    settings = decoding_from_args(args, models.default_decoding(args.model))
     loaded = models.load(args.model, device=args.device)
     t0 = time.perf_counter()
     column = decoding.generate(loaded, args.prompt, [settings])[0]
@@ -83,7 +76,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     """Read messages from stdin, one per line; print one reply line each (streamed when a terminal)."""
     from studio import chat, models
 
-    base = default_decoding(models.resolve(args.model)).with_(stop=chat.DEFAULT_STOP)
+    base = models.default_decoding(args.model).with_(stop=chat.DEFAULT_STOP)
     settings = decoding_from_args(args, base)
     loaded = models.load(args.model, device=args.device)
     history: list[dict] = []
@@ -201,7 +194,7 @@ def cmd_bench_train_tab(args: argparse.Namespace) -> dict:
 def cmd_compare(args: argparse.Namespace) -> dict:
     from studio import decoding, models, sampling
 
-    base = default_decoding(models.resolve(args.model))
+    base = models.default_decoding(args.model)
     if args.max_new_tokens is not None:
         base = base.with_(max_new_tokens=args.max_new_tokens)
     settings = [sampling.parse_setting_string(text, base) for text in args.setting or [""]]

@@ -54,6 +54,20 @@ def turns(history: Sequence[dict]) -> list[tuple[str, str]]:
     return pairs
 
 
+def take_back(history: Sequence[dict]) -> tuple[list[dict], str]:
+    """(the history before its last user message, that message): what Regenerate answers again
+    and Undo hands back for editing; the message is "" when the history has none.
+
+    >>> take_back([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+    ([], 'hi')
+    """
+    kept = list(history)
+    while kept and kept[-1]["role"] != "user":
+        kept.pop()
+    message = kept.pop()["content"] if kept else ""
+    return kept, message
+
+
 def format_chat(pairs: Sequence[tuple[str, str]], message: str, system: str = "") -> str:
     """The prompt for `message` after the `pairs` already exchanged.
 
@@ -99,12 +113,16 @@ class Reply:
     dropped: int = 0
     n_tokens: int = 0
     finished: bool = False
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # the decoder's ("eos" | "stop" | "length" | "context") or "stopped"
 
 
-def reply_stream(loaded: LoadedModel, history: Sequence[dict], message: str,
-                 settings: DecodingSettings, system: str = "") -> Iterator[Reply]:
-    """Stream the reply to `message` after `history`: one `Reply` (the same object) per token."""
+def reply_stream(loaded: LoadedModel, history: Sequence[dict], message: str, settings: DecodingSettings,
+                 system: str = "", stop: threading.Event | None = None) -> Iterator[Reply]:
+    """Stream the reply to `message` after `history`: one `Reply` (the same object) per token.
+
+    Setting `stop` (from any thread) ends the reply between two tokens: it keeps the text so far
+    and finishes with finish_reason "stopped".
+    """
     if not message.strip():
         raise ValueError("message is empty: type something to send")
     prompt, dropped = fit_prompt(loaded, history, message, settings, system)
@@ -113,6 +131,10 @@ def reply_stream(loaded: LoadedModel, history: Sequence[dict], message: str,
         # the template ends at "Assistant:"; the space the model puts after it is not the reply's
         reply.text, reply.n_tokens = col.text.strip(), len(col.tokens)
         reply.finished, reply.finish_reason = col.finished, col.finish_reason
+        if stop is not None and stop.is_set() and not reply.finished:
+            reply.finished, reply.finish_reason = True, "stopped"
+            yield reply
+            return
         yield reply
 
 

@@ -28,6 +28,7 @@ from studio.devices import pick_device
 from studio.hub import hub_reachable
 from studio.memory import ParamMemory
 from studio.presets import Preset, load_presets
+from studio.sampling import DecodingSettings
 from studio.tokenizer import GPT2BPE, HFTokenizer, Tokenizer, build_tokenizer, load_tokenizer
 
 MODEL_META = "studio.json"
@@ -78,6 +79,13 @@ def resolve(identifier: str) -> ModelSpec:
     raise ValueError(f"model {identifier!r} not found: expected a preset ({', '.join(presets)}), "
                      f"a run in {checkpoints_dir()} ({', '.join(list_checkpoints()) or 'none yet'}), "
                      f"or a folder with a Hugging Face model")
+
+
+def default_decoding(identifier: str) -> DecodingSettings:
+    """A model's own decoding defaults: its preset's (for a checkpoint, the preset it was trained
+    from), else the plain defaults."""
+    spec = resolve(identifier)
+    return spec.preset.decode if spec.preset else DecodingSettings()
 
 
 def list_checkpoints() -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -62,6 +63,22 @@ def metric_rows(folder: str | Path) -> list[dict]:
 
 def read_metrics(folder: str | Path) -> pd.DataFrame:
     return pd.DataFrame(metric_rows(folder))
+
+
+def metrics_table(names: Sequence[str | Path]) -> pd.DataFrame:
+    """Several runs' metrics in one table, a `run` column naming each row's run."""
+    if not names:
+        raise ValueError("runs: pick at least one run, got none")
+    return pd.concat([read_metrics(n).assign(run=run_dir(n).name) for n in names], ignore_index=True)
+
+
+def export_metrics(names: Sequence[str | Path], folder: Path) -> Path:
+    """Write the runs' `metrics_table` as CSV into `folder`, named after the runs; returns its path."""
+    table = metrics_table(names)
+    path = Path(folder) / f"{'-'.join(run_dir(n).name for n in names)[:80]}-metrics.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return path
 
 
 def run_summary(folder: Path) -> dict:

@@ -2,6 +2,8 @@
 import pytest
 from gradio_client import Client
 
+from studio import decoding, models
+
 
 @pytest.fixture(scope="module")
 def client(app_url, tiny_char_checkpoint):
@@ -9,8 +11,12 @@ def client(app_url, tiny_char_checkpoint):
 
 
 def test_generate_endpoint_returns_text(client, tiny_char_checkpoint):
-    text = client.predict(tiny_char_checkpoint, "Human: What is 2 plus 3?", 8, "cpu", 0, api_name="/generate")
-    assert isinstance(text, str) and len(text) > 0
+    prompt = "Human: What is 2 plus 3?"
+    text = client.predict(tiny_char_checkpoint, prompt, 8, "cpu", 0, api_name="/generate")
+    # the model's own decoding defaults with 8 new tokens, seeded: exactly what the engine generates
+    settings = models.default_decoding(tiny_char_checkpoint).with_(max_new_tokens=8)
+    expected = decoding.generate(models.load(tiny_char_checkpoint, device="cpu"), prompt, [settings])[0]
+    assert len(expected.tokens) == 8 and text == expected.text
 
 
 def test_load_and_describe_endpoints(client, tiny_char_checkpoint):

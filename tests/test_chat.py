@@ -42,6 +42,14 @@ def test_turns_pairs_messages_and_tolerates_odd_histories():
     assert chat.turns(h) == [("a", "b"), ("c", "")]
 
 
+def test_take_back_removes_the_last_exchange_and_returns_its_message():
+    h = history_of([("a", "b"), ("c", "d")])
+    assert chat.take_back(h) == (history_of([("a", "b")]), "c") and len(h) == 4  # the input is left alone
+    unanswered = history_of([("a", "b")]) + [{"role": "user", "content": "c"}]
+    assert chat.take_back(unanswered) == (history_of([("a", "b")]), "c")
+    assert chat.take_back([]) == ([], "") and chat.take_back([{"role": "assistant", "content": "x"}]) == ([], "")
+
+
 @pytest.mark.parametrize("max_new_tokens", [4, 16, 200])
 def test_truncation_keeps_the_newest_turns_within_the_context(tiny, max_new_tokens):
     pairs = [(f"question number {i}", f"answer number {i}") for i in range(12)]
@@ -82,6 +90,21 @@ def test_reply_stream_grows_and_reports_dropped_turns(tiny):
     assert all("\n" not in t and "Human:" not in t for t, _ in texts)
     with pytest.raises(ValueError, match="message is empty"):
         next(chat.reply_stream(tiny, [], "  ", settings))
+
+
+def test_a_set_stop_event_ends_only_its_own_reply_between_two_tokens(tiny):
+    settings = DecodingSettings(temperature=0, max_new_tokens=16, stop=())
+    free = [(r.text, r.n_tokens, r.finish_reason) for r in chat.reply_stream(tiny, [], "hello", settings)]
+    assert len(free) >= 6 and free[-1][2] != "stopped"
+    mine, theirs = threading.Event(), threading.Event()
+    streams = [chat.reply_stream(tiny, [], "hello", settings, stop=event) for event in (mine, theirs)]
+    for stopped, running in chat.interleave(*streams):
+        if stopped.n_tokens == 3:
+            mine.set()  # as a Stop button does, between two tokens the consumer sees
+    # the stopped reply keeps its text so far, one token past the moment Stop was pressed
+    assert (stopped.text, stopped.n_tokens, stopped.finish_reason) == (free[3][0], 4, "stopped")
+    assert stopped.finished and not theirs.is_set()
+    assert (running.text, running.n_tokens, running.finish_reason) == free[-1]  # the other Event: ran to its end
 
 
 def test_interleave_advances_streams_in_turn():

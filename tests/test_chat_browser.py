@@ -24,8 +24,12 @@ def test_chat_tab_streams_a_reply(page, tiny_checkpoint):
     expect(status).to_have_value(re.compile(r"\d+ tokens, ended by"), timeout=30000)
     expect(page.get_by_text("Hello, who are you?").first).to_be_visible()
     expect(box).to_have_value("")
+    shown = page.locator(".message-row").filter(visible=True)  # the message, then the reply beside it
+    expect(shown).to_have_count(2)
+    expect(shown.nth(0)).to_have_class(re.compile(r"\buser-row\b"))
+    expect(shown.nth(0)).to_contain_text("Hello, who are you?")
+    expect(shown.nth(1)).to_have_class(re.compile(r"\bbot-row\b"))
     page.screenshot(path=str(ARTIFACTS / "chat.png"), full_page=True)
-    assert (ARTIFACTS / "chat.png").stat().st_size > 10_000
     # rate the reply, save: the thumb lands in the JSONL
     page.get_by_role("button", name="Like", exact=True).first.click()
     page.get_by_role("textbox", name=re.compile("^File")).fill("browser.jsonl")

@@ -95,3 +95,20 @@ def test_generate_streams_and_stops_at_max_tokens(tiny_char_checkpoint):
     col = decoding.generate(loaded, "Human: hi", [s])[0]
     assert snapshots[-1] == col.text
     assert len(col.tokens) <= 7 and col.finish_reason in ("length", "eos")
+
+
+def test_default_decoding_is_the_models_preset_else_the_plain_defaults(tiny_char_checkpoint, tmp_path):
+    from dataclasses import replace
+
+    from studio.decoding import DecodingSettings
+    from studio.presets import load_presets
+
+    presets = load_presets()
+    assert models.default_decoding("gpt2") == presets["gpt2"].decode != DecodingSettings()
+    loaded = models.load(tiny_char_checkpoint, device="cpu")
+    tuned = replace(presets["char"], decode=DecodingSettings(temperature=0.3, top_k=7, max_new_tokens=9))
+    models.save_model(loaded.model, loaded.tokenizer, tmp_path / "tuned" / "last", {"preset": tuned.to_dict()})
+    assert models.default_decoding(str(tmp_path / "tuned")) == tuned.decode  # the preset it was trained from
+    shutil.copytree(tmp_path / "tuned" / "last", tmp_path / "bare")
+    (tmp_path / "bare" / models.MODEL_META).unlink()  # a plain Hugging Face folder: no preset known
+    assert models.default_decoding(str(tmp_path / "bare")) == DecodingSettings()

@@ -1,4 +1,5 @@
 """A real browser on the Playground: fill two columns, Generate, watch both stream, screenshot."""
+import re
 import time
 
 import pytest
@@ -35,6 +36,7 @@ def test_two_columns_stream_side_by_side(page):
     for n, counts in seen.items():  # each column was seen part-way: it streamed, not arrived at once
         final = max(counts)
         assert final > 5 and any(0 < c < final for c in counts), (n, sorted(counts))
-    expect(page.locator("#play-metrics-1")).to_contain_text("tok/s")
+    for n in seen:  # each column shows why it ended and its speed
+        expect(page.locator(f"#play-out-{n} em.reason")).to_have_text(re.compile(r"^\((eos|stop|length|context)\)$"))
+        expect(page.locator(f"#play-metrics-{n}")).to_contain_text("tok/s")
     page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
-    assert (ARTIFACTS / "playground.png").stat().st_size > 10_000

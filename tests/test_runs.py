@@ -1,5 +1,8 @@
 import json
 
+import pandas as pd
+import pytest
+
 from studio import checkpoints_dir, runs
 
 
@@ -35,3 +38,17 @@ def test_list_runs_and_run_dir(tmp_path):
     assert runs.run_dir("listed") == checkpoints_dir() / "listed"
     assert runs.run_dir(str(tmp_path / "x")) == tmp_path / "x"
     assert runs.read_run("listed")["status"] == "running"
+
+
+def test_metrics_of_several_runs_export_as_one_csv(tmp_path):
+    write_run("first", [{"type": "step", "step": 1, "time": 1, "loss": 3.0}])
+    write_run("second", [{"type": "step", "step": 1, "time": 1, "loss": 2.5},
+                         {"type": "eval", "step": 1, "time": 2, "val_loss": 2.7}])
+    table = runs.metrics_table(["first", checkpoints_dir() / "second"])  # a name or a folder
+    assert list(table.run) == ["first", "second", "second"] and list(table.loss[:2]) == [3.0, 2.5]
+    path = runs.export_metrics(["first", "second"], tmp_path / "out")
+    assert path == tmp_path / "out" / "first-second-metrics.csv"
+    back = pd.read_csv(path)
+    assert list(back.run) == ["first", "second", "second"] and back.val_loss.iloc[2] == 2.7
+    with pytest.raises(ValueError, match="at least one run"):
+        runs.export_metrics([], tmp_path)

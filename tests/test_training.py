@@ -202,6 +202,8 @@ def test_memory_fit_shrinks_the_micro_batch_to_the_device(tiny_char_checkpoint, 
 
 
 def test_heldout_exact_match_scores_greedy_answers(tiny_char_checkpoint):
+    from dataclasses import replace
+
     from studio.training import heldout_exact_match
 
     loaded = models.load(tiny_char_checkpoint, device="cpu")
@@ -209,3 +211,7 @@ def test_heldout_exact_match_scores_greedy_answers(tiny_char_checkpoint):
     result = heldout_exact_match(loaded, heldout, max_new_tokens=4)
     assert result["heldout"] == 4 and result["exact_match"] == 0.0  # an untrained model
     assert [a["question"] for a in result["answers"]] == [e.question for e in heldout[:3]]
+    # held-out answers set to the model's own greedy ones score; one changed answer does not
+    own = [replace(e, answer=a["answer"]) for e, a in zip(heldout, result["answers"])]
+    own[2] = replace(own[2], answer=own[2].answer + " 7")
+    assert heldout_exact_match(loaded, own, max_new_tokens=4)["exact_match"] == 2 / 3

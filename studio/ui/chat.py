@@ -30,17 +30,17 @@ def plain(history) -> list[dict]:
 
 
 def status(reply: chat.Reply, block_size: int) -> str:
-    ended = {"eos": "end-of-text", "stop": "a stop string", "length": "max new tokens",
-             "context": "the context window"}.get(reply.finish_reason or "", "")
-    text = f"{reply.n_tokens} tokens" + (f", ended by {ended}" if ended else "")
+    ended = {"eos": "ended by end-of-text", "stop": "ended by a stop string", "length": "ended by max new tokens",
+             "context": "ended by the context window", "stopped": "stopped by you"}.get(reply.finish_reason or "")
+    text = f"{reply.n_tokens} tokens" + (f", {ended}" if ended else "")
     dropped = chat.dropped_note(reply.dropped, block_size)
     return f"{text}; {dropped}" if dropped else text
 
 
 class StopRequests:
-    """A Stop button, per browser session: the streaming reply ends between two tokens, keeps what
-    it has and its status says it was stopped. (Gradio's `cancels` kills the event instead, racing
-    the status line against the last streamed update.) The chat and the arena have one each."""
+    """A Stop button, per browser session: each session's streaming reply gets its own Event, which
+    the engine checks between two tokens (`chat.reply_stream`). (Gradio's `cancels` kills the event
+    instead, racing the status line against the last streamed update.) The chat and the arena have one each."""
 
     def __init__(self) -> None:
         self._flags: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # a flag lives while its reply streams
@@ -64,11 +64,8 @@ def _stream(loaded, history: list[dict], message: str, settings, system: str, st
     """Yield (shown history, status) while the reply grows: the user's message shows at once."""
     shown = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
     yield shown, "generating..."
-    for reply in chat.reply_stream(loaded, history, message, settings, system):
+    for reply in chat.reply_stream(loaded, history, message, settings, system, stop=stopped):
         shown[-1]["content"] = reply.text
-        if stopped.is_set() and reply.finish_reason is None:
-            yield shown, f"{status(reply, loaded.block_size)}, stopped by you"
-            return
         yield shown, status(reply, loaded.block_size)
 
 
@@ -136,12 +133,9 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     def regenerate(model, history, ratings_, system, stop, device, temperature, top_k, top_p,
                    repetition_penalty, max_new_tokens, seed, request: gr.Request = None):
         """Answer the last message again with the next seed (the seed box shows it)."""
-        history = plain(history)
-        while history and history[-1]["role"] == "assistant":
-            history.pop()
-        if not history:
+        history, message = chat.take_back(plain(history))
+        if not message:
             raise ValueError("nothing to regenerate yet: send a message first")
-        message = history.pop()["content"]
         settings = DecodingControls.settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens,
                                              int(seed or 0) + 1, stop=chat.parse_stop_list(stop))
         stopped = chat_stops.begin(request)
@@ -152,10 +146,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
 
     def undo(history, ratings_):
         """Take back the last exchange; its message returns to the box for editing."""
-        history = plain(history)
-        while history and history[-1]["role"] == "assistant":
-            history.pop()
-        text = history.pop()["content"] if history else ""
+        history, text = chat.take_back(plain(history))
         return history, text, _prune(ratings_, len(history))
 
     def clear():

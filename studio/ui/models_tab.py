@@ -78,9 +78,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     @user_errors
     def generate(identifier: str, text: str, n_tokens: float, dev: str, init_seed: float):
         # settings first: a bad value fails before the model loads
-        spec = models.resolve(identifier)
-        base = spec.preset.decode if spec.preset else decoding.DecodingSettings()
-        settings = base.with_(max_new_tokens=int(n_tokens))
+        settings = models.default_decoding(identifier).with_(max_new_tokens=int(n_tokens))
         loaded = ws.model(identifier, device=dev, seed=int(init_seed or 0))
         for columns in decoding.stream(loaded, text, [settings]):
             yield columns[0].text

@@ -209,12 +209,8 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     @user_errors
     def export(names: list[str], current: str):
         chosen = names or ([current] if current else [])
-        if not chosen:
-            raise ValueError("runs: pick at least one run to export")
-        df = pd.concat([runs.read_metrics(runs.run_dir(n)).assign(run=n) for n in chosen], ignore_index=True)
-        path = Path(tempfile.mkdtemp(prefix="studio-export-")) / f"{'-'.join(chosen)[:80]}-metrics.csv"
-        df.to_csv(path, index=False)
-        return str(path)
+        # Gradio serves downloads from the temp folder (or the working directory), not the checkpoints folder
+        return str(runs.export_metrics(chosen, Path(tempfile.mkdtemp(prefix="studio-export-"))))
 
     def pick_row(evt: gr.SelectData):
         return (evt.row_value[0], None) if evt.row_value else (gr.skip(), gr.skip())
