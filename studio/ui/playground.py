@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 
 from studio import decoding
 from studio.decoding import Column
-from studio.sampling import NAMED
+from studio.sampling import NAMED, DecodingSettings
 from studio.ui.common import MODEL_QUEUE, DecodingControls, Pickers, user_errors
 from studio.workspace import Workspace
 
@@ -69,7 +69,7 @@ def sweep_figure(df, name: str) -> go.Figure:
     return fig
 
 
-def _settings(count: float, values: tuple, width: int) -> list[decoding.DecodingSettings]:
+def _settings(count: float, values: tuple, width: int) -> list[DecodingSettings]:
     """The first `count` panels' values (`width` each, in `DecodingControls.inputs` order) as settings."""
     return [DecodingControls.settings(*values[i * width:(i + 1) * width]) for i in range(int(count))]
 
