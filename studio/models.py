@@ -155,13 +155,16 @@ class LoadedModel:
 
 def _load_pretrained(preset: Preset):
     """Hub weights from the local cache, or downloaded; offline without a cache fails fast and clearly."""
+    from huggingface_hub import try_to_load_from_cache
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        return (AutoModelForCausalLM.from_pretrained(preset.hf_id, local_files_only=True),
-                HFTokenizer(AutoTokenizer.from_pretrained(preset.hf_id, local_files_only=True)))
-    except OSError:
-        pass
+    # asked of the cache folder itself: a local-only from_pretrained still sends requests here
+    if isinstance(try_to_load_from_cache(preset.hf_id, "config.json"), str):
+        try:
+            return (AutoModelForCausalLM.from_pretrained(preset.hf_id, local_files_only=True),
+                    HFTokenizer(AutoTokenizer.from_pretrained(preset.hf_id, local_files_only=True)))
+        except OSError:  # a partial cache: download the rest below
+            pass
     if not hub_reachable():
         raise ValueError(
             f"{preset.name}: the weights of {preset.hf_id} are not in the local Hugging Face cache "
