@@ -13,7 +13,7 @@ import time
 import torch
 
 from studio import decoding, models
-from studio.decoding import DecodingSettings
+from studio.sampling import NAMED, DecodingSettings
 from studio.presets import get_preset
 
 ARCHS = ("v2", "gpt2")
@@ -29,7 +29,7 @@ def hf_generate_kwargs(s: DecodingSettings) -> dict:
 
 
 def bench_settings(new_tokens: int) -> list[DecodingSettings]:
-    return [s.with_(max_new_tokens=new_tokens) for s in decoding.NAMED.values()]
+    return [s.with_(max_new_tokens=new_tokens) for s in NAMED.values()]
 
 
 def random_model(arch: str, device: str = "cpu") -> models.LoadedModel:
