@@ -45,6 +45,3 @@ class Workspace:
             while len(self._models) > self.max_loaded:
                 self._models.popitem(last=False)
             return loaded
-
-    def loaded(self) -> list[str]:
-        return [k[0] for k in self._models]

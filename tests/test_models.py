@@ -8,7 +8,6 @@ import torch
 
 from conftest import GPT2_TOKENIZER_DIR, ROOT
 from studio import checkpoints_dir, decoding, models
-from studio.workspace import Workspace
 
 
 @pytest.fixture
@@ -63,16 +62,6 @@ def test_checkpoint_saved_atomically_reloads_with_transformers(tiny_char_checkpo
     models.save_model(loaded.model, loaded.tokenizer, spec.path, {"step": 5})
     assert sorted(p.name for p in spec.path.parent.iterdir()) == ["last"]
     assert tiny_char_checkpoint in models.list_models()
-
-
-def test_workspace_caches_and_reloads_a_resaved_checkpoint(tiny_char_checkpoint):
-    ws = Workspace()
-    a = ws.model(tiny_char_checkpoint)
-    assert ws.model(tiny_char_checkpoint) is a
-    spec = models.resolve(tiny_char_checkpoint)
-    time.sleep(0.01)
-    models.save_model(a.model, a.tokenizer, spec.path, {"step": 6})
-    assert ws.model(tiny_char_checkpoint) is not a
 
 
 def test_pretrained_weights_offline_fail_fast_and_clearly(tmp_path):
