@@ -55,7 +55,7 @@ def row_text(row: dict) -> str | None:
     """One record as a document, by schema: chat pairs, instructions (Dolly), or a text field.
 
     >>> row_text({"instruction": "Name a fruit.", "context": "", "response": "Apple"})
-    'Human: Name a fruit.\nAssistant: Apple'
+    'Human: Name a fruit.\\nAssistant: Apple'
     """
     if not isinstance(row, dict):
         return None

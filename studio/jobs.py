@@ -91,14 +91,6 @@ class TrainingJob:
         lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip() and "\r" not in ln]
         return "\n".join(lines[-n:])
 
-    def wait(self, timeout: float | None = None) -> JobStatus:
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        return self.status()
-
     def close(self, grace_s: float = 10.0) -> None:
         """Stop a running job and wait for it (app shutdown)."""
         if self.running():
@@ -128,7 +120,7 @@ def make_config(identifier: str, data_spec: str, settings: dict, name: str = "",
 
 
 @dataclass(frozen=True)
-class Plan:
+class RunPlan:
     """What a run will need, before it starts."""
 
     config: TrainConfig
@@ -145,24 +137,25 @@ class Plan:
         return self.available_bytes is None or self.estimate.total <= self.available_bytes
 
 
-def plan(cfg: TrainConfig, progress: models.LoadProgress | None = None) -> Plan:
+def plan(cfg: TrainConfig, progress: models.LoadProgress | None = None) -> RunPlan:
+    """Memory, data and time of a run on the config's device, as training will see them."""
     spec = models.resolve(cfg.model)
     config = models.model_config(spec)
     documents = data.read_source(cfg.data, cfg.seed)
     tok = models.tokenizer_for(spec, documents.docs)
     tokens = data.prepare(documents, tok, data.token_cache_dir(), cfg.seed, progress)
-    device = pick_device(cfg.device)
+    device = devices.pick_device(cfg.device)
     prec = training.resolve_precision(device, cfg.precision)
-    block = config.max_position_embeddings
-    est = memory.estimate(config, cfg.settings.batch_size, block, prec.name, cfg.grad_checkpointing)
+    block = cfg.block_size or config.max_position_embeddings
+    est = memory.estimate(config, cfg.settings.batch_size, block, prec.name, cfg.grad_checkpointing, device.type)
     available = devices.memory(device).available_bytes
     suggestion = None
     if available is not None and est.total > available:
         suggestion = memory.fit(config, cfg.settings.batch_size * cfg.settings.grad_accum, block,
-                                int(available * 0.9), prec.name)
+                                int(available * 0.9), prec.name, device=device.type)
     n_params = count_parameters(config)
-    return Plan(cfg, n_params, str(device), available, est, suggestion, tokens.report(n_params),
-                _measured_step_time(cfg.model, str(device)))
+    return RunPlan(cfg, n_params, str(device), available, est, suggestion, tokens.report(n_params),
+                   _measured_step_time(cfg.model, str(device)))
 
 
 def _measured_step_time(model: str, device: str) -> float | None:
@@ -177,7 +170,7 @@ def _measured_step_time(model: str, device: str) -> float | None:
 
 
 @dataclass(frozen=True)
-class Progress:
+class RunProgress:
     run: str
     state: str  # running | stopping while this app's job runs it, then run.json's done | stopped | failed
     step: int
@@ -195,7 +188,8 @@ class Progress:
         return self.seconds_per_step * max(0, self.max_steps - self.step)
 
 
-def progress(job: TrainingJob, run_dir: Path, df) -> Progress:
+def run_progress(job: TrainingJob, run_dir: Path, df) -> RunProgress:
+    """Where a run stands: its state, step of max_steps, measured seconds per step (so the ETA)."""
     run = runs.read_run(run_dir) if (run_dir / runs.RUN_FILE).is_file() else {}
     status = job.status()
     live = status.run_dir == run_dir and status.state in ("running", "stopping", "failed")
@@ -203,7 +197,7 @@ def progress(job: TrainingJob, run_dir: Path, df) -> Progress:
     steps = df[df["type"] == "step"] if len(df) and "type" in df else df
     step = int(df["step"].max()) if len(df) and "step" in df else 0
     max_steps = int(run.get("settings", {}).get("max_steps", 0)) or step
-    return Progress(run_dir.name, state, step, max_steps, runs.step_rate(steps) if len(steps) else None)
+    return RunProgress(run_dir.name, state, step, max_steps, runs.step_rate(steps) if len(steps) else None)
 
 
 def shown_run(job: TrainingJob, watched: str) -> Path | None:
@@ -233,7 +227,7 @@ def resume(job: TrainingJob, name: str) -> Path:
 
 def status_dict(job: TrainingJob, run_dir: Path, df) -> dict:
     """A run's state for scripts: progress plus the latest step and eval rows."""
-    p = progress(job, run_dir, df)
+    p = run_progress(job, run_dir, df)
     out = {"run": p.run, "state": p.state, "step": p.step, "max_steps": p.max_steps,
            "seconds_per_step": p.seconds_per_step, "eta_s": p.eta_s}
     for kind in ("step", "eval"):

@@ -9,7 +9,6 @@ import torch
 from conftest import GPT2_TOKENIZER_DIR, ROOT
 from studio import checkpoints_dir, decoding, models
 from studio.sampling import DecodingSettings
-from studio.workspace import Workspace
 
 
 @pytest.fixture
@@ -66,16 +65,6 @@ def test_checkpoint_saved_atomically_reloads_with_transformers(tiny_char_checkpo
     assert tiny_char_checkpoint in models.list_models()
 
 
-def test_workspace_caches_and_reloads_a_resaved_checkpoint(tiny_char_checkpoint):
-    ws = Workspace()
-    a = ws.model(tiny_char_checkpoint)
-    assert ws.model(tiny_char_checkpoint) is a
-    spec = models.resolve(tiny_char_checkpoint)
-    time.sleep(0.01)
-    models.save_model(a.model, a.tokenizer, spec.path, {"step": 6})
-    assert ws.model(tiny_char_checkpoint) is not a
-
-
 def test_pretrained_weights_offline_fail_fast_and_clearly(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf"), "STUDIO_CHECKPOINTS": str(tmp_path)}
     t0 = time.perf_counter()
@@ -100,7 +89,6 @@ def test_generate_streams_and_stops_at_max_tokens(tiny_char_checkpoint):
 def test_default_decoding_is_the_models_preset_else_the_plain_defaults(tiny_char_checkpoint, tmp_path):
     from dataclasses import replace
 
-    from studio.decoding import DecodingSettings
     from studio.presets import load_presets
 
     presets = load_presets()

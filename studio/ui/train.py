@@ -11,20 +11,20 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from studio import chat, devices, jobs, runs
-from studio.data import FILE_TYPES
+from studio import chat, data, devices, jobs, runs
 from studio.presets import TrainSettings
 from studio.ui import plots
 from studio.ui.common import Pickers, user_errors
 from studio.workspace import Workspace
 
 DATA_KINDS = ["built-in corpus", "file", "saved chat", "hub dataset"]
+HUB_EXAMPLE = "databricks-dolly-15k"  # the data module takes the short names of data.HUB, not dataset ids
 POLL_S = 1.5  # redraw at least every 2 s, as promised in the tab's spec
 SETTING_FIELDS = ("learning_rate", "warmup_steps", "max_steps", "batch_size", "grad_accum",
                   "eval_interval", "save_interval", "early_stop_patience")
 
 
-def _progress_html(p: jobs.Progress) -> str:
+def _progress_html(p: jobs.RunProgress) -> str:
     pct = 100 * p.fraction
     eta = f" · ETA {p.eta_s / 60:.1f} min" if p.eta_s is not None else ""
     rate = f" · {p.seconds_per_step:.2f} s/step" if p.seconds_per_step else ""
@@ -33,7 +33,7 @@ def _progress_html(p: jobs.Progress) -> str:
             f"<div style='background:#f97316;width:{pct:.1f}%;height:12px;border-radius:4px'></div></div>")
 
 
-def plan_markdown(p: jobs.Plan) -> str:
+def plan_markdown(p: jobs.RunPlan) -> str:
     gb = 1024**3
     e = p.estimate
     have = f"{p.available_bytes / gb:.1f} GB available on {p.device}" if p.available_bytes else p.device
@@ -85,11 +85,11 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         with gr.Column(scale=2):
             model = pickers.model(label="Model to train", value="v1")
             data_kind = gr.Radio(DATA_KINDS, value="built-in corpus", label="Data")
-            data_file = gr.File(label=f"Data file ({' '.join(FILE_TYPES)})", visible=False, file_types=list(FILE_TYPES))
+            data_file = gr.File(label=f"Data file ({' '.join(data.FILE_TYPES)})", visible=False, file_types=list(data.FILE_TYPES))
             data_chat = gr.Dropdown([], label="Saved chat", visible=False, allow_custom_value=True,
                                     info=f"conversations saved in the Chat tab ({chat.CHATS_DIR}/ of the checkpoints folder)")
-            data_hub = gr.Textbox(label="Hub dataset name", placeholder="databricks/databricks-dolly-15k",
-                                  visible=False)
+            data_hub = gr.Textbox(label="Hub dataset name", placeholder=HUB_EXAMPLE, visible=False,
+                                  info=f"one of: {', '.join(data.HUB)}")
             run_name = gr.Textbox(label="Run name", placeholder="left empty: model-date-time")
             with gr.Row():
                 device = gr.Dropdown(list(devices.DEVICES), value="auto", label="Device")
@@ -140,7 +140,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
             return str(chat.chat_file(saved))
         if kind == "hub dataset":
             if not (hub or "").strip():
-                raise ValueError("data: name a hub dataset, e.g. databricks/databricks-dolly-15k")
+                raise ValueError(f"data: name a hub dataset, e.g. {HUB_EXAMPLE}")
             return f"hub:{hub.strip()}"
         return "builtin"
 
@@ -191,7 +191,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         if current == last:  # the progress line is a function of the files and the state: nothing to redraw
             return [gr.skip()] * 8 + [last]
         df = runs.read_metrics(run_dir)
-        prog = jobs.progress(ws.training, run_dir, df)
+        prog = jobs.run_progress(ws.training, run_dir, df)
         if last is not None and current[0] == last[0]:  # nothing new written: only the state line may change
             return [_progress_html(prog)] + [gr.skip()] * 7 + [current]
         return [_progress_html(prog), *plots.run_figures(df), samples_markdown(df), events_table(df),
