@@ -39,7 +39,7 @@ def test_plan_on_cpu_says_memory_data_and_whether_it_fits(tiny_char_checkpoint, 
     p = jobs.plan(cfg)
     assert (p.device, p.params, p.estimate) == ("cpu", models.count_parameters(config), expected)
     assert p.data["docs"] == 200 and p.data["train_tokens"] > 0
-    assert p.fits and p.fit is None and p.seconds_per_step is None  # no run of this model measured yet
+    assert p.fits and p.fit is None
     # a device with room for a micro-batch of 4: the plan suggests what the run will do
     budget = memory.estimate(config, 4, config.max_position_embeddings, "fp32", False, "cpu").total + 1
     monkeypatch.setattr(devices, "memory", lambda device: DeviceMemory("cpu", budget, budget))
