@@ -1,4 +1,5 @@
 """The workspace: the one engine object a front end holds (loaded models, the training job)."""
+import json
 import time
 
 import pytest
@@ -27,7 +28,8 @@ def test_a_checkpoint_is_loaded_once_and_reloaded_when_resaved(tiny_char_checkpo
     assert ws.model(tiny_char_checkpoint) is a
     spec = models.resolve(tiny_char_checkpoint)
     time.sleep(0.01)
-    models.save_model(a.model, a.tokenizer, spec.path, {"step": 6})  # what training's next save does
+    meta = json.loads((spec.path / models.MODEL_META).read_text())  # kept: other tests share this checkpoint
+    models.save_model(a.model, a.tokenizer, spec.path, {**meta, "step": 6})  # what training's next save does
     b = ws.model(tiny_char_checkpoint)
     assert b is not a and ws.model(tiny_char_checkpoint) is b
 
