@@ -39,9 +39,9 @@ from studio.arch import context_length
 from studio.atomic import recover, replace_folder
 from studio.config import check_keys
 from studio.decoding import generate
-from studio.sampling import DecodingSettings
 from studio.devices import PRECISIONS, Precision, pick_device
 from studio.presets import Preset, TrainSettings
+from studio.sampling import DecodingSettings
 from studio.tokenizer import Tokenizer
 
 
