@@ -155,56 +155,75 @@ TRAIN_FLAGS = {"max_steps": int, "batch_size": int, "grad_accum": int, "learning
                "log_interval": int, "early_stop_patience": int}
 
 
+def train_config(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from studio.training import TrainConfig
+
+    if args.config:
+        return TrainConfig.from_json_file(args.config)
+    model = args.model or args.preset
+    if not model:
+        raise ValueError("give --preset (train from scratch), --model (fine-tune a checkpoint) or --config")
+    cfg = TrainConfig(model=model, data=args.data, out=args.out or "", device=args.device,
+                      precision=args.precision, seed=args.seed, resume=args.resume,
+                      grad_checkpointing=args.grad_checkpointing, block_size=args.block_size,
+                      split_mode=args.split_mode, eval_data=args.eval_data, report_to=args.report_to)
+    changes = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    return replace(cfg, settings=replace(cfg.settings, **changes))
+
+
 def cmd_train(args: argparse.Namespace) -> dict:
     import signal
     import threading
-    from dataclasses import replace
+    from pathlib import Path
 
     from tqdm import tqdm
 
-    from studio.training import TrainConfig, train
+    from studio import runs
+    from studio.training import train
 
-    if args.config:
-        cfg = TrainConfig.from_json_file(args.config)
-    else:
-        model = args.model or args.preset
-        if not model:
-            raise ValueError("give --preset (train from scratch), --model (fine-tune a checkpoint) or --config")
-        cfg = TrainConfig(model=model, data=args.data, out=args.out or "", device=args.device,
-                          precision=args.precision, seed=args.seed, resume=args.resume,
-                          grad_checkpointing=args.grad_checkpointing, block_size=args.block_size)
-        changes = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
-        cfg = replace(cfg, settings=replace(cfg.settings, **changes))
-    # Ctrl-C (or the app's Stop) finishes the current step, saves `last` and exits cleanly
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    bars: list = []  # made at the first event, so an early error prints alone
-
-    def show(event: dict) -> None:
-        if not bars:
-            bars.append(tqdm(total=cfg.settings.max_steps, desc=cfg.out, unit="step", file=sys.stderr))
-        bar = bars[0]
-        bar.n = event["step"]
-        if event["type"] == "step":
-            bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}")
-        elif event["type"] == "eval":
-            bar.write(f"step {event['step']}: val loss {event['val_loss']:.4f}, ppl {event['val_ppl']:.1f}")
-        elif event["type"] == "sample" and not args.json:
-            bar.write(f"  {event['prompt']!r} -> {event['text']!r}")
-        elif event["type"] == "event":
-            bar.write(f"[{event['kind']}] {event['message']}")
-        bar.refresh()
-
+    cfg = None
     try:
-        summary = train(cfg, stop=stop, on_event=show)
-    finally:
-        for bar in bars:
-            bar.close()
+        cfg = train_config(args)
+        # Ctrl-C (or the app's Stop) finishes the current step, saves `last` and exits cleanly
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        bars: list = []  # made at the first event, so an early error prints alone
+
+        def show(event: dict) -> None:
+            if not bars:
+                bars.append(tqdm(total=cfg.settings.max_steps, desc=cfg.out, unit="step", file=sys.stderr))
+            bar = bars[0]
+            bar.n = event["step"]
+            if event["type"] == "step":
+                bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}")
+            elif event["type"] == "eval":
+                bar.write(f"step {event['step']}: val loss {event['val_loss']:.4f}, ppl {event['val_ppl']:.1f}")
+            elif event["type"] == "score":
+                bar.write(f"score on {event['data']}: loss {event['loss']:.4f}, "
+                          f"bits per byte {event['bits_per_byte']:.4f}")
+            elif event["type"] == "sample" and not args.json:
+                bar.write(f"  {event['prompt']!r} -> {event['text']!r}")
+            elif event["type"] == "event":
+                bar.write(f"[{event['kind']}] {event['message']}")
+            bar.refresh()
+
+        try:
+            summary = train(cfg, stop=stop, on_event=show)
+        finally:
+            for bar in bars:
+                bar.close()
+    except BaseException as e:
+        if args.config:  # the app's job: its run folder exists, and the page reads why from run.json
+            folder = runs.run_dir(cfg.out) if cfg else Path(args.config).parent
+            runs.record_failure(folder, cfg.to_dict() if cfg else {}, runs.failure_message(e))
+        raise
     if not args.json:
         print(f"{summary['reason']} after {summary['steps']} steps: val loss {summary['val_loss']:.4f}; "
               f"run in {summary['run_dir']}")
-    return {k: summary[k] for k in ("run_dir", "steps", "train_loss", "val_loss", "val_ppl")}
+    return {k: summary[k] for k in ("run_dir", "steps", "train_loss", "val_loss", "val_ppl", "score") if k in summary}
 
 
 def cmd_bench_train(args: argparse.Namespace) -> dict:
@@ -280,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--block-size", type=int, default=0, help="training window in tokens (default: the context)")
+    p.add_argument("--split-mode", default="documents", help="validation split: documents (10%% of them, shuffled) "
+                   "| sequential (the last 10%% of the text, as nanoGPT does)")
+    p.add_argument("--eval-data", default="", help="score the final model on this data's whole text "
+                   "(builtin | a file | hub:<name>): loss, perplexity, bits per byte in run.json")
+    p.add_argument("--report-to", default="none", help="also log to tensorboard (in the run folder) | wandb | trackio")
     p.add_argument("--lr", dest="learning_rate", type=float)
     for name, kind in TRAIN_FLAGS.items():
         if name != "learning_rate":

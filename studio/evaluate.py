@@ -55,13 +55,28 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
 def text_ids(loaded: LoadedModel, text: str) -> list[int]:
     """The text's token ids; a ValueError when the tokenizer cannot represent every byte of it
     (a character vocabulary drops characters it never saw: bits per byte would not compare)."""
-    ids = loaded.tokenizer.encode(text)
-    covered = loaded.tokenizer.decode(ids)
+    return _covering_ids(loaded.tokenizer, text, loaded.name)
+
+
+def _covering_ids(tokenizer, text: str, name: str) -> list[int]:
+    ids = tokenizer.encode(text)
+    covered = tokenizer.decode(ids)
     if covered != text:
         missing = sorted(set(text) - set(covered))[:10]
-        raise ValueError(f"model {loaded.name}: its tokenizer cannot encode all of the text "
+        raise ValueError(f"model {name}: its tokenizer cannot encode all of the text "
                          f"(characters it does not know: {missing!r}); score it on text it can read")
     return ids
+
+
+def readable_text(spec: str, tokenizer, name: str) -> str:
+    """The whole text of data source `spec`, checked against the tokenizer that will read it: a
+    training run scores its final model on it, and learns of a bad spec before it trains."""
+    try:
+        text = data.eval_text(spec, "all")
+        _covering_ids(tokenizer, text, name)
+    except ValueError as e:
+        raise ValueError(f"eval_data: {e}") from None
+    return text
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from studio import corpus, data, models, runs
+from studio import corpus, data, evaluate, models, runs, tracking
 from studio.arch import context_length
 from studio.atomic import recover, replace_folder
 from studio.config import check_keys
@@ -56,6 +56,9 @@ class TrainConfig:
     sample_tokens: int = 32
     heldout_eval: bool = True  # built-in data: score the held-out questions at the end
     block_size: int = 0  # training window in tokens; 0 = the model's context
+    split_mode: str = "documents"  # validation split: "documents" (10% of them) | "sequential" (the last 10%)
+    eval_data: str = ""  # a data spec whose whole text scores the final model ("" = none)
+    report_to: str = "none"  # also mirror step/eval rows to: tensorboard | wandb | trackio
 
     def __post_init__(self) -> None:
         spec = models.resolve(self.model)  # a ValueError naming the choices when unknown
@@ -71,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"block_size must be >= 0 (0 = the model's context), got {self.block_size}")
         if not 1 <= self.sample_tokens <= 1024:
             raise ValueError(f"sample_tokens must be in [1, 1024], got {self.sample_tokens}")
+        data.check_split_mode(self.split_mode)
+        tracking.check_report_to(self.report_to)
         if self.settings is None:
             object.__setattr__(self, "settings", spec.preset.train if spec.preset else TrainSettings())
         if not self.out:
@@ -214,6 +219,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.prec.autocast == torch.float16)
         self.dir = runs.run_dir(cfg.out)
         self.metrics_file = None
+        self.tracker = None  # issue 14: tracking.Tracker when report_to names one
         self.t0 = time.time()
 
     # -- events --
@@ -222,6 +228,8 @@ class _Run:
         if self.main:
             self.metrics_file.write(json.dumps(row) + "\n")
             self.metrics_file.flush()
+            if self.tracker:  # issue 14
+                self.tracker.log(row)
             if self.on_event:
                 self.on_event(row)
         return row
@@ -263,7 +271,9 @@ class _Run:
             raise ValueError(f"block_size ({cfg.block_size}) exceeds the model's context ({context})")
         self.block = cfg.block_size or context
         with self.acc.main_process_first():  # one process writes the token cache, the others read it
-            self.tokens = data.prepare(documents, tok, data.token_cache_dir(), cfg.seed)
+            self.tokens = data.prepare(documents, tok, data.token_cache_dir(), cfg.seed, split_mode=cfg.split_mode)
+        # issue 14: the end-of-run eval text, read and checked now rather than after the run
+        self.eval_text = evaluate.readable_text(cfg.eval_data, tok, cfg.model) if cfg.eval_data else ""
         self.heldout = documents.heldout
         n_params = model.num_parameters()
         self.info = {"params": n_params, "device": str(self.device), "precision": self.prec.name,
@@ -287,6 +297,7 @@ class _Run:
         if self.main:
             self.dir.mkdir(parents=True, exist_ok=True)
             self.metrics_file = open(self.dir / runs.METRICS_FILE, "a", encoding="utf-8")
+            self.tracker = tracking.make_tracker(cfg.report_to, self.dir, cfg.to_dict())  # issue 14
 
     def _fit(self, model) -> str | None:
         """Shrink the micro-batch (and turn on checkpointing) when the estimate exceeds the device."""
@@ -513,8 +524,13 @@ class _Run:
             for a in accuracy["answers"]:
                 self.emit("sample", prompt=corpus.format_exchange(a["question"]), text=a["answer"],
                           expected=a["expected"], heldout=True)
+        if self.main and self.eval_text and reason != "stopped":  # issue 14: score on the user's eval text
+            loaded = models.LoadedModel(models.ModelSpec(self.dir.name, "checkpoint"), self.raw, self.tok, self.device)
+            summary["score"] = {"data": self.cfg.eval_data, **evaluate.score(loaded, self.eval_text).to_dict()}
+            self.emit("score", **summary["score"])
         self.emit("done", **summary)
-        self.set_status("stopped" if reason == "stopped" else "done")
+        extra = {"score": summary["score"]} if "score" in summary else {}
+        self.set_status("stopped" if reason == "stopped" else "done", **extra)
         return {**summary, "data": self.info.get("data_report")}
 
     def _restore(self) -> None:
@@ -534,6 +550,8 @@ class _Run:
     def close(self) -> None:
         if self.metrics_file:
             self.metrics_file.close()
+        if self.tracker:  # issue 14
+            self.tracker.close()
 
 
 def train(cfg: TrainConfig, stop: threading.Event | None = None,
@@ -544,8 +562,8 @@ def train(cfg: TrainConfig, stop: threading.Event | None = None,
         return run.run()
     except BaseException as e:
         if run.metrics_file:
-            run.emit("done", reason="failed", message=f"{type(e).__name__}: {e}")
-            run.set_status("failed", error=f"{type(e).__name__}: {e}")
+            run.emit("done", reason="failed", message=runs.failure_message(e))
+            run.set_status("failed", error=runs.failure_message(e))
         raise
     finally:
         run.close()
