@@ -176,6 +176,12 @@ def train_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> dict:
     import signal
     import threading
+
+    # Ctrl-C (or the app's Stop) finishes the current step, saves `last` and exits cleanly; set
+    # before the slow imports, so a Stop right after Start stops the run instead of killing it
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     from pathlib import Path
 
     from tqdm import tqdm
@@ -186,10 +192,6 @@ def cmd_train(args: argparse.Namespace) -> dict:
     cfg = None
     try:
         cfg = train_config(args)
-        # Ctrl-C (or the app's Stop) finishes the current step, saves `last` and exits cleanly
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
         bars: list = []  # made at the first event, so an early error prints alone
 
         def show(event: dict) -> None:
