@@ -111,12 +111,13 @@ def default_settings(identifier: str) -> TrainSettings:
 
 
 def make_config(identifier: str, data_spec: str, settings: dict, name: str = "", device: str = "auto",
-                precision: str = "auto", resume: bool = False) -> TrainConfig:
-    """A validated TrainConfig from the tab's values; settings override the model's defaults."""
+                precision: str = "auto", resume: bool = False, **options) -> TrainConfig:
+    """A validated TrainConfig from the tab's values; settings override the model's defaults;
+    `options` are further TrainConfig fields (split_mode, eval_data, report_to)."""
     s = replace(default_settings(identifier), **settings)
     name = (name or "").strip() or f"{Path(identifier).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return TrainConfig(model=identifier, data=data_spec, out=name, settings=s, device=device,
-                       precision=precision, resume=resume)
+                       precision=precision, resume=resume, **options)
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def plan(cfg: TrainConfig, progress: models.LoadProgress | None = None) -> RunPl
     config = models.model_config(spec)
     documents = data.read_source(cfg.data, cfg.seed)
     tok = models.tokenizer_for(spec, documents.docs)
-    tokens = data.prepare(documents, tok, data.token_cache_dir(), cfg.seed, progress)
+    tokens = data.prepare(documents, tok, data.token_cache_dir(), cfg.seed, progress, cfg.split_mode)
     device = devices.pick_device(cfg.device)
     prec = training.resolve_precision(device, cfg.precision)
     block = cfg.block_size or config.max_position_embeddings
@@ -176,6 +177,7 @@ class RunProgress:
     step: int
     max_steps: int
     seconds_per_step: float | None
+    error: str = ""  # why a failed run failed: run.json's "error", else the end of train.log
 
     @property
     def fraction(self) -> float:
@@ -197,7 +199,8 @@ def run_progress(job: TrainingJob, run_dir: Path, df) -> RunProgress:
     steps = df[df["type"] == "step"] if len(df) and "type" in df else df
     step = int(df["step"].max()) if len(df) and "step" in df else 0
     max_steps = int(run.get("settings", {}).get("max_steps", 0)) or step
-    return RunProgress(run_dir.name, state, step, max_steps, runs.step_rate(steps) if len(steps) else None)
+    error = (run.get("error") or (status.message if live else "")) if state == "failed" else ""
+    return RunProgress(run_dir.name, state, step, max_steps, runs.step_rate(steps) if len(steps) else None, error)
 
 
 def shown_run(job: TrainingJob, watched: str) -> Path | None:
@@ -213,7 +216,10 @@ def shown_run(job: TrainingJob, watched: str) -> Path | None:
 def start(job: TrainingJob, cfg: TrainConfig) -> Path:
     run_dir = runs.run_dir(cfg.out)
     if (run_dir / runs.RUN_FILE).is_file():
-        raise ValueError(f"run name: {cfg.out!r} exists already; resume it or choose another name")
+        if not runs.failed_before_start(run_dir):
+            raise ValueError(f"run name: {cfg.out!r} exists already; resume it or choose another name")
+        for stale in (runs.RUN_FILE, runs.METRICS_FILE):  # a run that never started: its name is free again
+            (run_dir / stale).unlink(missing_ok=True)
     return job.start(cfg.to_dict(), run_dir)
 
 
@@ -235,5 +241,5 @@ def status_dict(job: TrainingJob, run_dir: Path, df) -> dict:
         if len(rows):
             out[f"last_{kind}"] = {k: v for k, v in rows.iloc[-1].dropna().to_dict().items() if k != "type"}
     if p.state == "failed":
-        out["error"] = job.status().message
+        out["error"] = p.error
     return out

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from studio import corpus, data, devices, memory, models, runs
+from studio import corpus, data, devices, evaluate, memory, models, runs, tracking
 from studio.arch import context_length
 from studio.atomic import recover, replace_folder
 from studio.config import check_keys
@@ -62,6 +62,9 @@ class TrainConfig:
     sample_tokens: int = 32
     heldout_eval: bool = True  # built-in data: score the held-out questions at the end
     block_size: int = 0  # training window in tokens; 0 = the model's context
+    split_mode: str = "documents"  # validation split: "documents" (10% of them) | "sequential" (the last 10%)
+    eval_data: str = ""  # a data spec whose whole text scores the final model ("" = none)
+    report_to: str = "none"  # also mirror step/eval rows to: tensorboard | wandb | trackio
 
     def __post_init__(self) -> None:
         spec = models.resolve(self.model)  # a ValueError naming the choices when unknown
@@ -77,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"block_size must be >= 0 (0 = the model's context), got {self.block_size}")
         if not 1 <= self.sample_tokens <= 1024:
             raise ValueError(f"sample_tokens must be in [1, 1024], got {self.sample_tokens}")
+        data.check_split_mode(self.split_mode)
+        tracking.check_report_to(self.report_to)
         if self.settings is None:
             object.__setattr__(self, "settings", spec.preset.train if spec.preset else TrainSettings())
         if not self.out:
@@ -250,6 +255,8 @@ class Run:
     metrics: IO[str] | None  # metrics.jsonl, open on the main process only
     on_event: Callable[[dict], None] | None
     started: float  # time.time() when prepare began
+    eval_text: str  # the text the final model is scored on (cfg.eval_data), read and checked up front
+    tracker: tracking.Tracker | None  # mirrors step/eval rows (cfg.report_to), main process only
 
     @property
     def settings(self) -> TrainSettings:
@@ -273,6 +280,8 @@ class Run:
         row = {"type": row_type, "step": self.state.step, "time": round(time.time(), 3), **values}
         self.metrics.write(json.dumps(row) + "\n")
         self.metrics.flush()
+        if self.tracker:
+            self.tracker.log(row)
         if self.on_event:
             self.on_event(row)
 
@@ -289,11 +298,13 @@ class Run:
     def __exit__(self, error_type, error, traceback) -> None:
         """A failure becomes the last metrics row and run.json's status; the file closes either way."""
         if error is not None:
-            message = f"{error_type.__name__}: {error}"
+            message = runs.failure_message(error)
             self.emit("done", reason="failed", message=message)
             self.set_status("failed", error=message)
         if self.metrics is not None:
             self.metrics.close()
+        if self.tracker:
+            self.tracker.close()
 
 
 def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) -> Run:
@@ -311,7 +322,8 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     torch.manual_seed(cfg.seed)
     block_size = _block_size(cfg, model)
     with accelerator.main_process_first():  # one process writes the token cache, the others read it
-        tokens = data.prepare(documents, tokenizer, data.token_cache_dir(), cfg.seed)
+        tokens = data.prepare(documents, tokenizer, data.token_cache_dir(), cfg.seed, split_mode=cfg.split_mode)
+    eval_text = evaluate.readable_text(cfg.eval_data, tokenizer, cfg.model) if cfg.eval_data else ""
     n_params = model.num_parameters()
     info = {"params": n_params, "device": str(device), "precision": precision.name,
             "processes": accelerator.num_processes, "data_report": tokens.report(n_params)}
@@ -331,15 +343,17 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     state = TrainState(micro_batch)
     if cfg.resume:
         state = TrainState.from_json(_load_checked_state(folder, optimizer, restore_rng=True), micro_batch)
-    metrics = None
+    metrics = tracker = None
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
         metrics = open(folder / runs.METRICS_FILE, "a", encoding="utf-8")
+        tracker = tracking.make_tracker(cfg.report_to, folder, cfg.to_dict())
     return Run(cfg=cfg, folder=folder, accelerator=accelerator, precision=precision,
                scaler=torch.amp.GradScaler(device.type, enabled=precision.autocast == torch.float16),
                model=wrapped, loaded=loaded, preset=spec.preset, optimizer=optimizer, tokens=tokens,
                heldout=documents.heldout, block_size=block_size, global_batch=global_batch, state=state, info=info,
-               fit_note=fit_note, metrics=metrics, on_event=on_event, started=started)
+               fit_note=fit_note, metrics=metrics, on_event=on_event, started=started, eval_text=eval_text,
+               tracker=tracker)
 
 
 def _check_run_folder(cfg: TrainConfig, folder: Path) -> None:
@@ -634,6 +648,11 @@ def finish(run: Run, reason: str, last_loss: float, val_loss: float) -> dict:
         for answer in accuracy["answers"]:
             run.emit("sample", prompt=corpus.format_exchange(answer["question"]), text=answer["answer"],
                      expected=answer["expected"], heldout=True)
+    if run.main and run.eval_text and reason != "stopped":  # the user's own eval text, every token scored
+        with eval_mode(run.loaded.model):
+            summary["score"] = {"data": run.cfg.eval_data, **evaluate.score(run.loaded, run.eval_text).to_dict()}
+        run.emit("score", **summary["score"])
     run.emit("done", **summary)
-    run.set_status("stopped" if reason == "stopped" else "done")
+    score = {"score": summary["score"]} if "score" in summary else {}
+    run.set_status("stopped" if reason == "stopped" else "done", **score)
     return {**summary, "data": run.info.get("data_report")}

@@ -118,7 +118,7 @@ def test_a_job_trains_in_its_own_process_and_stops_cleanly(tiny_char_checkpoint,
 
 
 def test_the_hub_example_the_train_tab_suggests_is_a_name_the_data_module_takes():
-    from studio.ui.train import HUB_EXAMPLE
+    from studio.ui.common import HUB_EXAMPLE
 
     assert HUB_EXAMPLE in data.HUB
     with pytest.raises(ValueError, match="cannot be reached"):  # known, only offline here
