@@ -81,7 +81,7 @@ def test_a_run_that_fails_at_setup_says_why(client, tiny_checkpoint):
     run = runs.read_run(runs.run_dir("fails-early"))
     assert run["status"] == "failed" and reason in run["error"]
     df = runs.read_metrics(runs.run_dir("fails-early"))
-    shown = _progress_html(jobs.progress(jobs.TrainingJob(), runs.run_dir("fails-early"), df))
+    shown = _progress_html(jobs.run_progress(jobs.TrainingJob(), runs.run_dir("fails-early"), df))
     assert "<b>failed</b> · step 0/2000" in shown and html.escape(reason) in shown
     assert events_table(df).iloc[0].kind == "failed" and reason in events_table(df).iloc[0].message
     # a run that never started leaves its name free
