@@ -34,12 +34,13 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from studio import corpus, data, devices, evaluate, memory, models, runs, tracking
+from studio import corpus, data, devices, memory, models, runs, tracking
 from studio.arch import context_length
 from studio.atomic import recover, replace_folder
 from studio.config import check_keys
 from studio.decoding import generate
 from studio.devices import PRECISIONS, Precision, pick_device
+from studio.evaluate import readable_text, score
 from studio.presets import Preset, TrainSettings
 from studio.sampling import DecodingSettings
 from studio.tokenizer import Tokenizer
@@ -323,7 +324,7 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     block_size = _block_size(cfg, model)
     with accelerator.main_process_first():  # one process writes the token cache, the others read it
         tokens = data.prepare(documents, tokenizer, data.token_cache_dir(), cfg.seed, split_mode=cfg.split_mode)
-    eval_text = evaluate.readable_text(cfg.eval_data, tokenizer, cfg.model) if cfg.eval_data else ""
+    eval_text = readable_text(cfg.eval_data, tokenizer, cfg.model) if cfg.eval_data else ""
     n_params = model.num_parameters()
     info = {"params": n_params, "device": str(device), "precision": precision.name,
             "processes": accelerator.num_processes, "data_report": tokens.report(n_params)}
@@ -650,9 +651,9 @@ def finish(run: Run, reason: str, last_loss: float, val_loss: float) -> dict:
                      expected=answer["expected"], heldout=True)
     if run.main and run.eval_text and reason != "stopped":  # the user's own eval text, every token scored
         with eval_mode(run.loaded.model):
-            summary["score"] = {"data": run.cfg.eval_data, **evaluate.score(run.loaded, run.eval_text).to_dict()}
+            summary["score"] = {"data": run.cfg.eval_data, **score(run.loaded, run.eval_text).to_dict()}
         run.emit("score", **summary["score"])
     run.emit("done", **summary)
-    score = {"score": summary["score"]} if "score" in summary else {}
-    run.set_status("stopped" if reason == "stopped" else "done", **score)
+    scored = {"score": summary["score"]} if "score" in summary else {}
+    run.set_status("stopped" if reason == "stopped" else "done", **scored)
     return {**summary, "data": run.info.get("data_report")}
