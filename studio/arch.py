@@ -5,6 +5,8 @@ the meta device, so the Models tab, memory estimates and the training plan cost 
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from studio.presets import Preset
@@ -26,12 +28,18 @@ def gpt2_config(preset: Preset, vocab_size: int | None = None):
     )
 
 
+# transformers 5 builds every model under `torch.device("meta")` and a default dtype, and torch keeps
+# both in process-wide globals: a model built or loaded in one thread while another thread builds one
+# lands on the meta device ("Cannot copy out of meta tensor"). Every model construction holds this lock.
+BUILD_LOCK = threading.RLock()
+
+
 def count_parameters(config) -> int:
     """Exact parameter count of an HF config (tied embeddings once), built on the meta device:
     no memory, no download."""
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
+    with BUILD_LOCK, torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return model.num_parameters()
 

@@ -35,7 +35,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from studio import corpus, data, devices, memory, models, runs, tracking
-from studio.arch import context_length
+from studio.arch import BUILD_LOCK, context_length
 from studio.atomic import recover, replace_folder
 from studio.config import check_keys
 from studio.decoding import generate
@@ -372,7 +372,8 @@ def _starting_model(cfg: TrainConfig, spec: models.ModelSpec, folder: Path,
         from transformers import AutoModelForCausalLM
 
         tokenizer = models.load_tokenizer(folder / "last")
-        return AutoModelForCausalLM.from_pretrained(str(folder / "last")), tokenizer
+        with BUILD_LOCK:
+            return AutoModelForCausalLM.from_pretrained(str(folder / "last")), tokenizer
     if spec.source == "preset" and spec.preset.kind == "scratch":
         tokenizer = models.tokenizer_for(spec, documents.docs)
         return models.build_scratch(spec.preset, tokenizer, cfg.seed), tokenizer

@@ -100,3 +100,29 @@ def test_default_decoding_is_the_models_preset_else_the_plain_defaults(tiny_char
     shutil.copytree(tmp_path / "tuned" / "last", tmp_path / "bare")
     (tmp_path / "bare" / models.MODEL_META).unlink()  # a plain Hugging Face folder: no preset known
     assert models.default_decoding(str(tmp_path / "bare")) == DecodingSettings()
+
+
+def test_models_load_while_another_thread_counts_parameters(tiny_char_checkpoint):
+    """transformers builds under a process-wide meta device: counting in one thread must not
+    leave another thread's loaded model on the meta device."""
+    import threading
+
+    from studio.arch import count_parameters, gpt2_config
+    from studio.presets import load_presets
+
+    config = gpt2_config(load_presets()["gpt2"])
+    done = threading.Event()
+
+    def count():
+        while not done.is_set():
+            count_parameters(config)
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    try:
+        for _ in range(8):
+            loaded = models.load(tiny_char_checkpoint, device="cpu")
+            assert not any(p.is_meta for p in loaded.model.parameters())
+    finally:
+        done.set()
+        counter.join()
