@@ -28,9 +28,9 @@ def gpt2_config(preset: Preset, vocab_size: int | None = None):
     )
 
 
-# transformers 5 builds every model under `torch.device("meta")` and a default dtype, and torch keeps
-# both in process-wide globals: a model built or loaded in one thread while another thread builds one
-# lands on the meta device ("Cannot copy out of meta tensor"). Every model construction holds this lock.
+# transformers 5 builds a model with process-wide patches in force (`tie_weights` swapped for a no-op,
+# the default dtype set): a load that finishes while another thread is inside that window keeps an
+# untied lm_head on the meta device ("Cannot copy out of meta tensor"). Every construction holds this.
 BUILD_LOCK = threading.RLock()
 
 
