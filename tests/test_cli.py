@@ -62,3 +62,20 @@ def test_bench_compare_json_shape():
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert {"batched_s", "sequential_s", "ratio", "single_ratio"} <= set(out["v2"])
+
+
+@pytest.mark.parametrize("error, code, expected", [
+    (RuntimeError("boom"), 1, "error: RuntimeError: boom\n"),
+    (OSError("disk full\nwhile saving"), 1, "error: OSError: disk full while saving\n"),
+    (ValueError("top_p must be in (0, 1]\ngot 2"), 2, "error: top_p must be in (0, 1] got 2\n"),
+    (KeyboardInterrupt(), 130, ""),
+])
+def test_every_error_is_one_line_and_a_nonzero_exit(monkeypatch, capsys, error, code, expected):
+    import studio.__main__ as cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_presets", fail)
+    assert cli.main(["presets"]) == code
+    assert capsys.readouterr().err == expected

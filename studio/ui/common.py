@@ -6,27 +6,36 @@ from typing import Callable
 
 import gradio as gr
 
-from studio import models
 from studio.sampling import NAMED, DecodingSettings
-from studio.workspace import DEFAULT_MODEL
+from studio.workspace import DEFAULT_MODEL, Workspace
 
 MODEL_QUEUE = "model"  # every event that runs a model shares this queue (concurrency_id)
 
 
 class Pickers:
-    """Every model dropdown in the app, so a new checkpoint can be offered in all of them at once."""
+    """Every model dropdown in the app, so a new checkpoint can be offered in all of them at once.
 
-    def __init__(self) -> None:
+    A picker takes typed values too (a run made since the page opened, a folder): the workspace's
+    `ModelAccess` checks them, so a refused value gets a message naming the field, not Gradio's.
+    """
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
         self.dropdowns: list[gr.Dropdown] = []
 
     def model(self, label: str = "Model", value: str = DEFAULT_MODEL, **kw) -> gr.Dropdown:
-        dd = gr.Dropdown(choices=models.list_models(), value=value, label=label, allow_custom_value=True,
-                         info="a preset, a run in checkpoints/, or a path to a Hugging Face model folder", **kw)
+        where = ["a preset", "a run in checkpoints/"]
+        if self.ws.access.roots:
+            where.append("a folder under --models-dir")
+        if self.ws.access.local_folders:
+            where.append("a path to a Hugging Face model folder")
+        dd = gr.Dropdown(choices=self.ws.list_models(), value=value, label=label, allow_custom_value=True,
+                         info=", ".join(where[:-1]) + " or " + where[-1], **kw)
         self.dropdowns.append(dd)
         return dd
 
     def refresh(self, *values):
-        choices = models.list_models()
+        choices = self.ws.list_models()
         return [gr.Dropdown(choices=choices, value=v) for v in values]
 
 

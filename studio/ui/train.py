@@ -12,7 +12,8 @@ import gradio as gr
 import pandas as pd
 
 from studio import chat, devices, jobs, runs
-from studio.data import FILE_TYPES
+from studio.data import FILE_TYPES, HUB, hub_source
+from studio.names import plain_name, shown
 from studio.presets import TrainSettings
 from studio.ui import plots
 from studio.ui.common import Pickers, user_errors
@@ -79,6 +80,14 @@ def events_table(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["type"] == "event"][cols].iloc[::-1]
 
 
+def picked_runs(names: list[str] | None) -> list[str]:
+    """Runs picked in the tab or named over the API: plain names of runs in the checkpoints folder."""
+    for name in names or []:
+        if not (runs.run_dir(plain_name(name, "run names")) / runs.RUN_FILE).is_file():
+            raise ValueError(f"run names: no run {shown(name)} in the checkpoints folder")
+    return [name.strip() for name in names or []]
+
+
 def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     defaults = TrainSettings()
     with gr.Row():
@@ -88,8 +97,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
             data_file = gr.File(label=f"Data file ({' '.join(FILE_TYPES)})", visible=False, file_types=list(FILE_TYPES))
             data_chat = gr.Dropdown([], label="Saved chat", visible=False, allow_custom_value=True,
                                     info=f"conversations saved in the Chat tab ({chat.CHATS_DIR}/ of the checkpoints folder)")
-            data_hub = gr.Textbox(label="Hub dataset name", placeholder="databricks/databricks-dolly-15k",
-                                  visible=False)
+            data_hub = gr.Textbox(label="Hub dataset name", placeholder=", ".join(HUB), visible=False)
             run_name = gr.Textbox(label="Run name", placeholder="left empty: model-date-time")
             with gr.Row():
                 device = gr.Dropdown(list(devices.DEVICES), value="auto", label="Device")
@@ -118,7 +126,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     with gr.Accordion("Runs", open=False):
         runs_df = gr.Dataframe(interactive=False, max_height=300)
         with gr.Row():
-            compare = gr.Dropdown(multiselect=True, label="Overlay runs", choices=[])
+            compare = gr.Dropdown(multiselect=True, label="Overlay runs", choices=[], allow_custom_value=True)
             metric = gr.Dropdown(["val_loss", "val_ppl", "loss"], value="val_loss", label="Metric")
         overlay_plot = gr.Plot(label="comparison")
         export_btn = gr.Button("Export metrics as CSV")
@@ -130,36 +138,40 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     def data_spec(kind: str, file, saved: str, hub: str) -> str:
         if kind not in DATA_KINDS:
             raise ValueError(f"data kind must be one of {DATA_KINDS}, got {kind!r}")
-        if kind == "file":
+        if kind == "file":  # Gradio hands in only files uploaded to its own temp folder
             if not file:
-                raise ValueError("data: upload a file, or pick the built-in corpus")
+                raise ValueError("data file: upload a file, or pick the built-in corpus")
             return str(file if isinstance(file, str) else file.name)
         if kind == "saved chat":
             if not saved:
-                raise ValueError("data: no saved chat chosen; save a conversation in the Chat tab first")
-            return str(chat.chat_file(saved))
+                raise ValueError("saved chat: none chosen; save a conversation in the Chat tab first")
+            return str(chat.chat_file(saved, "saved chat"))
         if kind == "hub dataset":
             if not (hub or "").strip():
-                raise ValueError("data: name a hub dataset, e.g. databricks/databricks-dolly-15k")
+                raise ValueError(f"hub dataset: name one of {', '.join(HUB)}")
+            hub_source(hub.strip())  # a known name, before a run starts on it
             return f"hub:{hub.strip()}"
         return "builtin"
 
     def settings_of(values: list) -> dict:
         return {name: (float(v) if name == "learning_rate" else int(v)) for name, v in zip(SETTING_FIELDS, values)}
 
+    # the parameter names are what `gradio_client` users see, and what the errors name
     @user_errors
-    def prefill(identifier: str):
-        s = jobs.default_settings(identifier)
+    def prefill(model: str):
+        s = jobs.default_settings(ws.model_id(model))
         return [getattr(s, name) for name in SETTING_FIELDS]
 
     @user_errors
-    def check(identifier, kind, file, saved, hub, dev, prec, *values):
-        cfg = jobs.make_config(identifier, data_spec(kind, file, saved, hub), settings_of(values), "", dev, prec)
+    def check(model, data, data_file, saved_chat, hub_dataset, device, precision, *values):
+        cfg = jobs.make_config(ws.model_id(model), data_spec(data, data_file, saved_chat, hub_dataset),
+                               settings_of(values), "", device, precision)
         return plan_markdown(jobs.plan(cfg))
 
     @user_errors
-    def start(identifier, kind, file, saved, hub, name, dev, prec, *values):
-        cfg = jobs.make_config(identifier, data_spec(kind, file, saved, hub), settings_of(values), name, dev, prec)
+    def start(model, data, data_file, saved_chat, hub_dataset, run_name, device, precision, *values):
+        cfg = jobs.make_config(ws.model_id(model), data_spec(data, data_file, saved_chat, hub_dataset),
+                               settings_of(values), run_name, device, precision)
         run_dir = jobs.start(ws.training, cfg)
         gr.Info(f"training started: {run_dir.name}")
         return run_dir.name, None
@@ -202,13 +214,14 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         names = table["name"].tolist() if len(table) else []
         return table, gr.Dropdown(choices=names)
 
+    @user_errors
     def draw_overlay(names: list[str], column: str):
         kind = "step" if column == "loss" else "eval"
-        return plots.overlay({n: runs.read_metrics(runs.run_dir(n)) for n in names or []}, kind, column)
+        return plots.overlay({n: runs.read_metrics(runs.run_dir(n)) for n in picked_runs(names)}, kind, column)
 
     @user_errors
-    def export(names: list[str], current: str):
-        chosen = names or ([current] if current else [])
+    def export(run_names: list[str], current: str):
+        chosen = picked_runs(run_names or ([current] if current else []))
         # Gradio serves downloads from the temp folder (or the working directory), not the checkpoints folder
         return str(runs.export_metrics(chosen, Path(tempfile.mkdtemp(prefix="studio-export-"))))
 
