@@ -96,8 +96,14 @@ class Workspace:
         self.training = TrainingJob()
 
     def model_id(self, identifier: object, field: str = "model") -> str:
-        """A model identifier from the UI or the API, checked against `access` (ValueError names `field`)."""
-        return self.access.check(identifier, field)
+        """A model identifier from the UI or the API that `access` allows and that resolves to a
+        model; else a ValueError naming `field`."""
+        identifier = self.access.check(identifier, field)
+        try:
+            models.resolve(identifier)
+        except ValueError as e:  # a folder without a model in it, say
+            raise ValueError(f"{field}: {e}") from None
+        return identifier
 
     def list_models(self) -> list[str]:
         """What the model pickers offer: presets, runs, then the folders under the roots."""

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 
 from studio import decoding
 from studio.decoding import Column
+from studio.names import shown
 from studio.sampling import NAMED, DecodingSettings
 from studio.ui.common import MODEL_QUEUE, DecodingControls, Pickers, user_errors
 from studio.workspace import Workspace
@@ -122,12 +123,12 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                        + [export(columns) if done else None])
 
     @user_errors
-    def sweep(model: str, text: str, name: str, raw_values: str, *values):
+    def sweep(model: str, text: str, name: str, sweep_values: str, *values):
         base = DecodingControls.settings(*values)
         try:
-            points = [float(v) for v in raw_values.replace(";", ",").split(",") if v.strip()]
+            points = [float(v) for v in sweep_values.replace(";", ",").split(",") if v.strip()]
         except ValueError:
-            raise ValueError(f"sweep values must be numbers separated by commas, got {raw_values!r}") from None
+            raise ValueError(f"sweep values must be numbers separated by commas, got {shown(sweep_values)}") from None
         df = decoding.sweep(ws.model(model), text, base, name, points, fast=True)
         return sweep_figure(df, name), df.round(3)
 
