@@ -1,8 +1,12 @@
-"""Launch the studio: `python app.py [--host 127.0.0.1] [--port 7860] [--share] [--auth user:pass]`.
+"""Launch the studio: `python app.py [--host 127.0.0.1] [--port 7860] [--share] [--auth user:pass] [--models-dir DIR]`.
 
 Reachable means authenticated: with `--share`, or a `--host` that is not a loopback address, and no
 `--auth`, the app makes up a password, prints the login once (as Jupyter prints its token) and
 requires it. `--public-without-login` opts out, and says the risk in its name.
+
+Models its users may name: presets, runs, and model folders under each `--models-dir`; a typed
+local folder anywhere else only while the app is reachable from this machine alone
+(`studio.workspace.ModelAccess`).
 """
 from __future__ import annotations
 
@@ -37,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--auth", help="require a login, as user:pass (made up and printed when the app is reachable)")
     p.add_argument("--public-without-login", action="store_true",
                    help="serve a reachable app with no login: anyone who can reach it can train on this machine")
+    p.add_argument("--models-dir", action="append", default=[], metavar="DIR",
+                   help="a folder of Hugging Face model folders to offer in the model pickers (repeatable); "
+                        "a reachable app opens no other local folder")
     args = p.parse_args(argv)
     if args.auth is not None:
         user, sep, password = args.auth.partition(":")
@@ -45,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.auth = (user, password)
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be in [0, 65535], got {args.port}")
+    for folder in args.models_dir:
+        if not os.path.isdir(os.path.expanduser(folder)):
+            p.error(f"--models-dir must be a folder, got {folder!r}")
     args.reachable = args.share or not is_loopback(args.host)
     args.generated_login = False
     if args.reachable and args.auth is None and not args.public_without_login:
@@ -57,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from studio.ui import build_app
+    from studio.workspace import ModelAccess, Workspace
 
-    demo = build_app()
+    access = ModelAccess(roots=tuple(args.models_dir), local_folders=not args.reachable)
+    demo = build_app(Workspace(access=access))
     demo.queue(default_concurrency_limit=2)
     _, local_url, share_url = demo.launch(
         server_name=args.host, server_port=args.port or None, share=args.share, auth=args.auth,

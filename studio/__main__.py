@@ -389,16 +389,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str) -> str:
+    return " ".join(str(text).split("\n")).strip()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Errors are one line on stderr: a ValueError (bad input) exits 2, anything
+    else exits 1 with its type named (`error: OSError: ...`), Ctrl-C exits 130 without a word."""
     args = build_parser().parse_args(argv)
     try:
         result = args.fn(args)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001  a user sees one line, never a traceback
+        print(f"error: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
+        return 1
     if getattr(args, "json", False) and result is not None:
         print(json.dumps(result))
     return 0

@@ -30,6 +30,7 @@ from studio.atomic import write_text
 from studio.corpus import format_exchange
 from studio.decoding import stream
 from studio.models import LoadedModel
+from studio.names import plain_name
 from studio.sampling import DecodingSettings
 
 DEFAULT_STOP: tuple[str, ...] = ("\n", "Human:")  # end-of-text always stops (the decoder's eos)
@@ -184,12 +185,10 @@ def chats_dir() -> Path:
     return checkpoints_dir() / CHATS_DIR
 
 
-def chat_file(name: str = DEFAULT_FILE) -> Path:
-    """A conversations file in the chats folder; the name is a plain file name ending in .jsonl."""
-    name = (name or DEFAULT_FILE).strip()
-    if not name.endswith(".jsonl") or "/" in name or "\\" in name or name.startswith("."):
-        raise ValueError(f"file name must be a plain name ending in .jsonl (saved under {chats_dir()}), got {name!r}")
-    return chats_dir() / name
+def chat_file(name: str = DEFAULT_FILE, field: str = "file name") -> Path:
+    """A conversations file in the chats folder; `name` (empty: the default) must be a plain
+    name ending in .jsonl (`studio.names.plain_name`), else a ValueError naming `field`."""
+    return chats_dir() / plain_name((name or "").strip() or DEFAULT_FILE, field, suffix=".jsonl")
 
 
 def saved_chat_files() -> list[str]:

@@ -26,6 +26,7 @@ from studio import checkpoints_dir
 from studio.atomic import replacing
 from studio.corpus import Example, builtin_examples, format_exchange
 from studio.hub import hub_reachable
+from studio.names import shown
 
 # ---- sources -> documents ----
 
@@ -143,11 +144,16 @@ def read_file(path: str | Path) -> Documents:
     raise ValueError(f"data file type {suffix!r} is not supported; use one of {list(FILE_TYPES)}")
 
 
+def hub_source(name: str) -> tuple:
+    """(dataset id, config, split, streamed) of a hub dataset's short name; else a ValueError naming the known ones."""
+    if name not in HUB:
+        raise ValueError(f"hub dataset {shown(name)} is not known; known: {sorted(HUB)}")
+    return HUB[name]
+
+
 def read_hub(name: str) -> Documents:
     """A hub dataset by short name through `datasets`; offline, a clear error at once."""
-    if name not in HUB:
-        raise ValueError(f"hub dataset {name!r} is not known; known: {sorted(HUB)}")
-    repo, config, split, stream = HUB[name]
+    repo, config, split, stream = hub_source(name)
     if not hub_reachable(timeout=2.0):
         raise ValueError(f"hub dataset {name} ({repo}) needs the internet, and the Hugging Face hub cannot be "
                          f"reached (or HF_HUB_OFFLINE is set). Connect once, or use a local file "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,9 +19,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from studio import ROOT, data, devices, memory, models, runs, training
+from studio import ROOT, checkpoints_dir, data, devices, memory, models, runs, training
 from studio.arch import count_parameters
 from studio.devices import pick_device
+from studio.names import inside, plain_name
 from studio.presets import TrainSettings
 from studio.training import TrainConfig
 
@@ -49,10 +51,12 @@ class TrainingJob:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, config: dict, run_dir: Path) -> Path:
-        """Launch training for `config` (a TrainConfig as a dict) writing into `run_dir`."""
+        """Launch training for `config` (a TrainConfig as a dict) writing into `run_dir`, which
+        must lie inside the checkpoints folder: the app writes nowhere else."""
         with self._lock:
             if self.running():
                 raise ValueError(f"a training run is already going ({self._run_dir.name}); stop it first")
+            inside(checkpoints_dir(), run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             job = run_dir / JOB_FILE
             job.write_text(json.dumps(config, indent=1))
@@ -113,9 +117,17 @@ def default_settings(identifier: str) -> TrainSettings:
 def make_config(identifier: str, data_spec: str, settings: dict, name: str = "", device: str = "auto",
                 precision: str = "auto", resume: bool = False, **options) -> TrainConfig:
     """A validated TrainConfig from the tab's values; settings override the model's defaults;
-    `options` are further TrainConfig fields (split_mode, eval_data, report_to)."""
+    `options` are further TrainConfig fields (split_mode, eval_data, report_to).
+
+    `name` comes from the UI or the API, so it is a plain name (a run folder in the checkpoints
+    folder, never a path: `studio.names`); empty, it is made from the model's name and the time.
+    """
     s = replace(default_settings(identifier), **settings)
-    name = (name or "").strip() or f"{Path(identifier).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (name or "").strip():
+        name = plain_name(name, "run name")
+    else:  # a folder's name may hold characters a run name may not
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(identifier).name).lstrip(".-") or "run"
+        name = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     return TrainConfig(model=identifier, data=data_spec, out=name, settings=s, device=device,
                        precision=precision, resume=resume, **options)
 
@@ -226,7 +238,7 @@ def start(job: TrainingJob, cfg: TrainConfig) -> Path:
 def resume(job: TrainingJob, name: str) -> Path:
     if not name:
         raise ValueError("runs: pick the run to resume (click it in the Runs table)")
-    run_dir = runs.run_dir(name)
+    run_dir = runs.run_dir(plain_name(name, "run name"))
     cfg = TrainConfig.from_dict({**runs.read_run(run_dir), "resume": True}, strict=False)
     return job.start(cfg.to_dict(), run_dir)
 

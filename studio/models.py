@@ -98,6 +98,15 @@ def list_checkpoints() -> list[str]:
     return [p.name for p in sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
+def model_folders(root: Path) -> list[Path]:
+    """`root` and its sub-folders that hold a model (as `resolve` finds one), by name."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    children = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    return [p for p in [root, *children] if _model_folder(p) is not None]
+
+
 def list_models() -> list[str]:
     """Every identifier a model picker offers: presets, then trained runs."""
     return list(load_presets()) + list_checkpoints()

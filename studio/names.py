@@ -28,11 +28,20 @@ def plain_name(value: object, field: str, suffix: str = "") -> str:
     ok = (isinstance(text, str) and len(text) <= MAX_LEN and _PLAIN.fullmatch(text) is not None
           and text.endswith(suffix))
     if not ok:
-        shown = repr(text[:40] + "...") if isinstance(text, str) and len(text) > 40 else repr(text)
         rule = f"ending in {suffix}, " if suffix else ""
         raise ValueError(f"{field} must be a plain name ({rule}letters, digits, '-', '_', '.', not starting "
-                         f"with '.', at most {MAX_LEN} characters), got {shown}")
+                         f"with '.', at most {MAX_LEN} characters), got {shown(text)}")
     return text
+
+
+def shown(value: object) -> str:
+    r"""A value as an error message quotes it: repr (so a NUL byte or a newline stays visible),
+    cut after 40 characters (a 5,000-character value must not become a 5,000-character toast).
+
+    >>> print(shown("a\x00b"), shown("x" * 41))
+    'a\x00b' 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...'
+    """
+    return repr(value[:40] + "...") if isinstance(value, str) and len(value) > 40 else repr(value)
 
 
 def inside(root: Path, path: Path) -> Path:

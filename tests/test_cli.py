@@ -115,3 +115,20 @@ def test_a_job_that_fails_at_setup_says_why_in_its_run_folder(tiny_char_checkpoi
     assert run["model"] == tiny_char_checkpoint  # the config, as a started run's run.json holds it
     done = runs.metric_rows(folder)[-1]
     assert (done["type"], done["reason"], done["message"]) == ("done", "failed", run["error"])
+
+
+@pytest.mark.parametrize("error, code, expected", [
+    (RuntimeError("boom"), 1, "error: RuntimeError: boom\n"),
+    (OSError("disk full\nwhile saving"), 1, "error: OSError: disk full while saving\n"),
+    (ValueError("top_p must be in (0, 1]\ngot 2"), 2, "error: top_p must be in (0, 1] got 2\n"),
+    (KeyboardInterrupt(), 130, ""),
+])
+def test_every_error_is_one_line_and_a_nonzero_exit(monkeypatch, capsys, error, code, expected):
+    import studio.__main__ as cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_presets", fail)
+    assert cli.main(["presets"]) == code
+    assert capsys.readouterr().err == expected

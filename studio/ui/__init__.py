@@ -19,7 +19,7 @@ def build_app(ws: Workspace | None = None) -> gr.Blocks:
     # resolve transformers' lazy GPT-2 imports now: page-load events run in parallel worker
     # threads, and two threads importing them at once raise ImportError
     from transformers import GPT2Config, GPT2LMHeadModel  # noqa: F401
-    pickers = Pickers()
+    pickers = Pickers(ws)
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nTrain and probe small language models on your own machine.")
         with gr.Tabs():

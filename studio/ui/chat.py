@@ -173,7 +173,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
 
     @user_errors
     def save(history, ratings_, model, system, file_name, conv_id):
-        path, conv_id, n = chat.save_conversation(plain(history), ratings_, model=model, system=system,
+        path, conv_id, n = chat.save_conversation(plain(history), ratings_, model=ws.model_id(model), system=system,
                                                   conversation_id=conv_id, path=chat.chat_file(file_name))
         return f"{n} exchange(s) of conversation {conv_id} saved in {path}", conv_id
 
@@ -184,8 +184,9 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                                              stop=chat.parse_stop_list(stop))
         if not (message or "").strip():
             raise ValueError("message is empty: type something to send")
+        ws.model_id(model_b, "model b")  # both names are checked before either model loads
         stopped = arena_stops.begin(request)
-        a, b = ws.model(model_a, device=device), ws.model(model_b, device=device)
+        a, b = ws.model(model_a, device=device, field="model a"), ws.model(model_b, device=device, field="model b")
         streams = [_stream(m, plain(h), message, settings, system, stopped)
                    for m, h in ((a, history_a), (b, history_b))]
         for (shown_a, info_a), (shown_b, info_b) in chat.interleave(*streams):

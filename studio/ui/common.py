@@ -6,9 +6,10 @@ from typing import Callable
 
 import gradio as gr
 
-from studio import chat, models
+from studio import chat
+from studio.data import HUB, hub_source
 from studio.sampling import NAMED, DecodingSettings
-from studio.workspace import DEFAULT_MODEL
+from studio.workspace import DEFAULT_MODEL, Workspace
 
 MODEL_QUEUE = "model"  # every event that runs a model shares this queue (concurrency_id)
 DATA_KINDS = ["built-in corpus", "file", "saved chat", "hub dataset"]
@@ -16,19 +17,29 @@ HUB_EXAMPLE = "databricks-dolly-15k"  # the data module takes the short names of
 
 
 class Pickers:
-    """Every model dropdown in the app, so a new checkpoint can be offered in all of them at once."""
+    """Every model dropdown in the app, so a new checkpoint can be offered in all of them at once.
 
-    def __init__(self) -> None:
+    A picker takes typed values too (a run made since the page opened, a folder): the workspace's
+    `ModelAccess` checks them, so a refused value gets a message naming the field, not Gradio's.
+    """
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
         self.dropdowns: list[gr.Dropdown] = []
 
     def model(self, label: str = "Model", value: str = DEFAULT_MODEL, **kw) -> gr.Dropdown:
-        dd = gr.Dropdown(choices=models.list_models(), value=value, label=label, allow_custom_value=True,
-                         info="a preset, a run in checkpoints/, or a path to a Hugging Face model folder", **kw)
+        where = ["a preset", "a run in checkpoints/"]
+        if self.ws.access.roots:
+            where.append("a folder under --models-dir")
+        if self.ws.access.local_folders:
+            where.append("a path to a Hugging Face model folder")
+        dd = gr.Dropdown(choices=self.ws.list_models(), value=value, label=label, allow_custom_value=True,
+                         info=", ".join(where[:-1]) + " or " + where[-1], **kw)
         self.dropdowns.append(dd)
         return dd
 
     def refresh(self, *values):
-        choices = models.list_models()
+        choices = self.ws.list_models()
         return [gr.Dropdown(choices=choices, value=v) for v in values]
 
 
@@ -36,17 +47,18 @@ def data_spec(kind: str, file, saved: str, hub: str) -> str:
     """The engine's data spec ("builtin", a file path, "hub:<name>") from a data choice's fields."""
     if kind not in DATA_KINDS:
         raise ValueError(f"data kind must be one of {DATA_KINDS}, got {kind!r}")
-    if kind == "file":
+    if kind == "file":  # Gradio hands in only files uploaded to its own temp folder
         if not file:
-            raise ValueError("data: upload a file, or pick the built-in corpus")
+            raise ValueError("data file: upload a file, or pick the built-in corpus")
         return str(file if isinstance(file, str) else file.name)
     if kind == "saved chat":
         if not saved:
-            raise ValueError("data: no saved chat chosen; save a conversation in the Chat tab first")
-        return str(chat.chat_file(saved))
+            raise ValueError("saved chat: none chosen; save a conversation in the Chat tab first")
+        return str(chat.chat_file(saved, "saved chat"))
     if kind == "hub dataset":
         if not (hub or "").strip():
-            raise ValueError(f"data: name a hub dataset, e.g. {HUB_EXAMPLE}")
+            raise ValueError(f"hub dataset: name one of {', '.join(HUB)}, e.g. {HUB_EXAMPLE}")
+        hub_source(hub.strip())  # a known name, before a run starts on it
         return f"hub:{hub.strip()}"
     return "builtin"
 

@@ -135,22 +135,22 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         devices_df = gr.Dataframe(interactive=False)
 
     @user_errors
-    def describe(identifier: str) -> str:
-        return _describe_markdown(models.describe(identifier))
+    def describe(model: str) -> str:
+        return _describe_markdown(models.describe(ws.model_id(model)))
 
     @user_errors
-    def load(identifier: str, dev: str, init_seed: float, progress=gr.Progress()) -> str:
-        loaded = ws.model(identifier, device=dev, seed=int(init_seed or 0),
+    def load(model: str, device: str, init_seed: float, progress=gr.Progress()) -> str:
+        loaded = ws.model(model, device=device, seed=int(init_seed or 0),
                           progress=lambda f, msg: progress(f, desc=msg))
         return (f"{loaded.name} loaded on {loaded.device}: {loaded.n_params / 1e6:.2f}M parameters, "
                 f"vocabulary {loaded.tokenizer.vocab_size:,}, context {loaded.block_size}, "
                 f"{loaded.load_seconds:.1f}s")
 
     @user_errors
-    def generate(identifier: str, text: str, n_tokens: float, dev: str, init_seed: float):
+    def generate(model: str, text: str, n_tokens: float, device: str, init_seed: float):
         # settings first: a bad value fails before the model loads
-        settings = models.default_decoding(identifier).with_(max_new_tokens=int(n_tokens))
-        loaded = ws.model(identifier, device=dev, seed=int(init_seed or 0))
+        settings = models.default_decoding(ws.model_id(model)).with_(max_new_tokens=int(n_tokens))
+        loaded = ws.model(model, device=device, seed=int(init_seed or 0))
         for columns in decoding.stream(loaded, text, [settings]):
             yield columns[0].text
 

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 
 from studio import decoding
 from studio.decoding import Column
+from studio.names import shown
 from studio.sampling import NAMED, DecodingSettings
 from studio.ui.common import MODEL_QUEUE, DecodingControls, Pickers, user_errors
 from studio.workspace import Workspace
@@ -109,9 +110,9 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         return [n] + [gr.update(visible=i < n) for i in range(MAX_COLUMNS)]
 
     @user_errors
-    def compare(identifier: str, text: str, n: float, *values):
+    def compare(model: str, text: str, n: float, *values):
         settings = _settings(n, values, len(controls[0].inputs))  # validated before the model loads
-        loaded = ws.model(identifier)
+        loaded = ws.model(model)
         shown = 0.0
         for columns in decoding.stream(loaded, text, settings, fast=True):
             done = all(c.finished for c in columns)
@@ -122,13 +123,13 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                        + [export(columns) if done else None])
 
     @user_errors
-    def sweep(identifier: str, text: str, name: str, raw_values: str, *values):
+    def sweep(model: str, text: str, name: str, sweep_values: str, *values):
         base = DecodingControls.settings(*values)
         try:
-            points = [float(v) for v in raw_values.replace(";", ",").split(",") if v.strip()]
+            points = [float(v) for v in sweep_values.replace(";", ",").split(",") if v.strip()]
         except ValueError:
-            raise ValueError(f"sweep values must be numbers separated by commas, got {raw_values!r}") from None
-        df = decoding.sweep(ws.model(identifier), text, base, name, points, fast=True)
+            raise ValueError(f"sweep values must be numbers separated by commas, got {shown(sweep_values)}") from None
+        df = decoding.sweep(ws.model(model), text, base, name, points, fast=True)
         return sweep_figure(df, name), df.round(3)
 
     add_btn.click(lambda n: resize(n, 1), count, [count, *groups], queue=False, api_visibility="private")

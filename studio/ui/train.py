@@ -13,6 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from studio import chat, data, devices, jobs, runs, tracking
+from studio.names import plain_name, shown
 from studio.presets import TrainSettings
 from studio.ui import plots
 from studio.ui.common import DATA_KINDS, HUB_EXAMPLE, Pickers, data_spec, user_errors
@@ -82,6 +83,14 @@ def events_table(df: pd.DataFrame) -> pd.DataFrame:
     return rows[cols].iloc[::-1]
 
 
+def picked_runs(names: list[str] | None) -> list[str]:
+    """Runs picked in the tab or named over the API: plain names of runs in the checkpoints folder."""
+    for name in names or []:
+        if not (runs.run_dir(plain_name(name, "run names")) / runs.RUN_FILE).is_file():
+            raise ValueError(f"run names: no run {shown(name)} in the checkpoints folder")
+    return [name.strip() for name in names or []]
+
+
 def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     defaults = TrainSettings()
     with gr.Row():
@@ -128,7 +137,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     with gr.Accordion("Runs", open=False):
         runs_df = gr.Dataframe(interactive=False, max_height=300)
         with gr.Row():
-            compare = gr.Dropdown(multiselect=True, label="Overlay runs", choices=[])
+            compare = gr.Dropdown(multiselect=True, label="Overlay runs", choices=[], allow_custom_value=True)
             metric = gr.Dropdown(["val_loss", "val_ppl", "loss"], value="val_loss", label="Metric")
         overlay_plot = gr.Plot(label="comparison")
         export_btn = gr.Button("Export metrics as CSV")
@@ -140,9 +149,10 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     def settings_of(values: list) -> dict:  # the tab's settings: the first len(SETTING_FIELDS) values
         return {name: (float(v) if name == "learning_rate" else int(v)) for name, v in zip(SETTING_FIELDS, values)}
 
+    # the parameter names are what `gradio_client` users see, and what the errors name
     @user_errors
-    def prefill(identifier: str):
-        s = jobs.default_settings(identifier)
+    def prefill(model: str):
+        s = jobs.default_settings(ws.model_id(model))
         return [getattr(s, name) for name in SETTING_FIELDS]
 
     def options_of(values: list) -> dict:
@@ -152,15 +162,15 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         return {"split_mode": mode or "documents", "report_to": report or "none", "eval_data": path}
 
     @user_errors
-    def check(identifier, kind, file, saved, hub, dev, prec, *values):
-        cfg = jobs.make_config(identifier, data_spec(kind, file, saved, hub), settings_of(values), "", dev, prec,
-                               **options_of(values))
+    def check(model, data_kind, data_file, saved_chat, hub_dataset, device, precision, *values):
+        cfg = jobs.make_config(ws.model_id(model), data_spec(data_kind, data_file, saved_chat, hub_dataset),
+                               settings_of(values), "", device, precision, **options_of(values))
         return plan_markdown(jobs.plan(cfg))
 
     @user_errors
-    def start(identifier, kind, file, saved, hub, name, dev, prec, *values):
-        cfg = jobs.make_config(identifier, data_spec(kind, file, saved, hub), settings_of(values), name, dev, prec,
-                               **options_of(values))
+    def start(model, data_kind, data_file, saved_chat, hub_dataset, run_name, device, precision, *values):
+        cfg = jobs.make_config(ws.model_id(model), data_spec(data_kind, data_file, saved_chat, hub_dataset),
+                               settings_of(values), run_name, device, precision, **options_of(values))
         run_dir = jobs.start(ws.training, cfg)
         gr.Info(f"training started: {run_dir.name}")
         return run_dir.name, None
@@ -203,13 +213,14 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         names = table["name"].tolist() if len(table) else []
         return table, gr.Dropdown(choices=names)
 
+    @user_errors
     def draw_overlay(names: list[str], column: str):
         kind = "step" if column == "loss" else "eval"
-        return plots.overlay({n: runs.read_metrics(runs.run_dir(n)) for n in names or []}, kind, column)
+        return plots.overlay({n: runs.read_metrics(runs.run_dir(n)) for n in picked_runs(names)}, kind, column)
 
     @user_errors
-    def export(names: list[str], current: str):
-        chosen = names or ([current] if current else [])
+    def export(run_names: list[str], current: str):
+        chosen = picked_runs(run_names or ([current] if current else []))
         # Gradio serves downloads from the temp folder (or the working directory), not the checkpoints folder
         return str(runs.export_metrics(chosen, Path(tempfile.mkdtemp(prefix="studio-export-"))))
 
