@@ -73,10 +73,11 @@ def test_a_run_that_fails_at_setup_says_why(client, tiny_checkpoint):
     from studio import jobs
     from studio.ui.train import _progress_html, events_table
 
-    client.predict(tiny_checkpoint, "hub dataset", None, None, "nope", "fails-early", "cpu", "auto", *SETTINGS,
+    # a known hub name passes the tab's checks; offline, the run fails when it reads the data
+    client.predict(tiny_checkpoint, "hub dataset", None, None, "wikitext-2", "fails-early", "cpu", "auto", *SETTINGS,
                    api_name="/train_start")
     status = wait_for(lambda: (s := client.predict("fails-early", api_name="/train_status"))["state"] == "failed" and s)
-    reason = "hub dataset 'nope' is not known"
+    reason = "needs the internet, and the Hugging Face hub cannot be"
     assert reason in status["error"] and status["max_steps"] == 2000
     run = runs.read_run(runs.run_dir("fails-early"))
     assert run["status"] == "failed" and reason in run["error"]
