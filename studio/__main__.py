@@ -7,6 +7,8 @@
     python -m studio train --config run/job.json [--json]   (a TrainConfig as JSON: what the app runs)
     python -m studio bench train|memory|chat|compare|train-tab [--json]
     python -m studio compare --model M --prompt P --setting "temperature=0.7,top_k=50" --setting ... [--json]
+    python -m studio eval --model M [--model M2 ...] --data FILE|builtin|hub:NAME [--stride S] [--split all|val] [--json]
+    python -m studio preset new NAME --n-layer L --n-embd E --n-head H [--n-inner F ...] [--json]
 
 Errors are one line on stderr and a non-zero exit, never a traceback. With --json the last
 line of stdout is one JSON object.
@@ -41,21 +43,54 @@ def decoding_from_args(args: argparse.Namespace, base):
     return base.with_(**changes)
 
 
+def preset_listing(preset) -> dict:
+    """One preset as `presets --json` lists it."""
+    from studio.memory import preset_row
+
+    row = preset_row(preset)
+    return {"name": row.pop("preset"), **row, "description": preset.description}
+
+
 def cmd_presets(args: argparse.Namespace) -> dict:
     from studio.memory import preset_table
     from studio.presets import load_presets
 
     presets = load_presets()
-    table = preset_table(list(presets.values()))
     if not args.json:
         cols = ["preset", "kind", "params", "layers", "d_model", "heads", "d_ff", "context", "tokenizer",
                 "infer_fp32_gb", "train_fp32_gb"]
+        table = preset_table(list(presets.values()))
         print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    rows = table.to_dict(orient="records")
-    for row in rows:
-        row["description"] = presets[row["preset"]].description
-        row["name"] = row.pop("preset")
-    return {"presets": rows}
+    return {"presets": [preset_listing(p) for p in presets.values()]}
+
+
+PRESET_FLAGS = ("n_layer", "n_embd", "n_head", "n_inner", "block_size", "tokenizer", "vocab_size", "dropout")
+
+
+def cmd_preset_new(args: argparse.Namespace) -> dict:
+    from studio.memory import design
+    from studio.presets import design_preset, save_preset
+
+    preset = design_preset(args.name, **{k: getattr(args, k) for k in PRESET_FLAGS if getattr(args, k) is not None})
+    path = save_preset(preset)
+    if not args.json:
+        d = design(preset)
+        print(f"saved {path}: {d['params']:,} parameters; inference {d['infer_fp32_gb']:.3f} GB (fp32), "
+              f"training {d['train_fp32_gb']:.3f} GB (fp32 weights, grads, AdamW); "
+              f"~{d['rule_of_thumb_tokens']:,} tokens for 20 per parameter")
+    return preset_listing(preset)
+
+
+def cmd_eval(args: argparse.Namespace) -> dict:
+    from studio import evaluate, models
+
+    results = evaluate.compare(args.model, args.data, args.split, args.stride, args.seed, args.split_mode,
+                               load=lambda name: models.load(name, device=args.device))
+    if not args.json:
+        print(f"{'model':<24} {'loss':>8} {'ppl':>10} {'bits/byte':>10} {'tokens':>10} {'bytes':>10}")
+        for r in results:
+            print(f"{r.model:<24} {r.loss:>8.4f} {r.ppl:>10.2f} {r.bits_per_byte:>10.4f} {r.tokens:>10,} {r.bytes:>10,}")
+    return {"results": [r.to_dict() for r in results]}
 
 
 def cmd_generate(args: argparse.Namespace) -> dict:
@@ -120,56 +155,77 @@ TRAIN_FLAGS = {"max_steps": int, "batch_size": int, "grad_accum": int, "learning
                "log_interval": int, "early_stop_patience": int}
 
 
+def train_config(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from studio.training import TrainConfig
+
+    if args.config:
+        return TrainConfig.from_json_file(args.config)
+    model = args.model or args.preset
+    if not model:
+        raise ValueError("give --preset (train from scratch), --model (fine-tune a checkpoint) or --config")
+    cfg = TrainConfig(model=model, data=args.data, out=args.out or "", device=args.device,
+                      precision=args.precision, seed=args.seed, resume=args.resume,
+                      grad_checkpointing=args.grad_checkpointing, block_size=args.block_size,
+                      split_mode=args.split_mode, eval_data=args.eval_data, report_to=args.report_to)
+    changes = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    return replace(cfg, settings=replace(cfg.settings, **changes))
+
+
 def cmd_train(args: argparse.Namespace) -> dict:
     import signal
     import threading
-    from dataclasses import replace
 
-    from tqdm import tqdm
-
-    from studio.training import TrainConfig, train
-
-    if args.config:
-        cfg = TrainConfig.from_json_file(args.config)
-    else:
-        model = args.model or args.preset
-        if not model:
-            raise ValueError("give --preset (train from scratch), --model (fine-tune a checkpoint) or --config")
-        cfg = TrainConfig(model=model, data=args.data, out=args.out or "", device=args.device,
-                          precision=args.precision, seed=args.seed, resume=args.resume,
-                          grad_checkpointing=args.grad_checkpointing, block_size=args.block_size)
-        changes = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
-        cfg = replace(cfg, settings=replace(cfg.settings, **changes))
-    # Ctrl-C (or the app's Stop) finishes the current step, saves `last` and exits cleanly
+    # Ctrl-C (or the app's Stop) finishes the current step, saves `last` and exits cleanly; set
+    # before the slow imports, so a Stop right after Start stops the run instead of killing it
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    bars: list = []  # made at the first event, so an early error prints alone
+    from pathlib import Path
 
-    def show(event: dict) -> None:
-        if not bars:
-            bars.append(tqdm(total=cfg.settings.max_steps, desc=cfg.out, unit="step", file=sys.stderr))
-        bar = bars[0]
-        bar.n = event["step"]
-        if event["type"] == "step":
-            bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}")
-        elif event["type"] == "eval":
-            bar.write(f"step {event['step']}: val loss {event['val_loss']:.4f}, ppl {event['val_ppl']:.1f}")
-        elif event["type"] == "sample" and not args.json:
-            bar.write(f"  {event['prompt']!r} -> {event['text']!r}")
-        elif event["type"] == "event":
-            bar.write(f"[{event['kind']}] {event['message']}")
-        bar.refresh()
+    from tqdm import tqdm
 
+    from studio import runs
+    from studio.training import train
+
+    cfg = None
     try:
-        summary = train(cfg, stop=stop, on_event=show)
-    finally:
-        for bar in bars:
-            bar.close()
+        cfg = train_config(args)
+        bars: list = []  # made at the first event, so an early error prints alone
+
+        def show(event: dict) -> None:
+            if not bars:
+                bars.append(tqdm(total=cfg.settings.max_steps, desc=cfg.out, unit="step", file=sys.stderr))
+            bar = bars[0]
+            bar.n = event["step"]
+            if event["type"] == "step":
+                bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}")
+            elif event["type"] == "eval":
+                bar.write(f"step {event['step']}: val loss {event['val_loss']:.4f}, ppl {event['val_ppl']:.1f}")
+            elif event["type"] == "score":
+                bar.write(f"score on {event['data']}: loss {event['loss']:.4f}, "
+                          f"bits per byte {event['bits_per_byte']:.4f}")
+            elif event["type"] == "sample" and not args.json:
+                bar.write(f"  {event['prompt']!r} -> {event['text']!r}")
+            elif event["type"] == "event":
+                bar.write(f"[{event['kind']}] {event['message']}")
+            bar.refresh()
+
+        try:
+            summary = train(cfg, stop=stop, on_event=show)
+        finally:
+            for bar in bars:
+                bar.close()
+    except BaseException as e:
+        if args.config:  # the app's job: its run folder exists, and the page reads why from run.json
+            folder = runs.run_dir(cfg.out) if cfg else Path(args.config).parent
+            runs.record_failure(folder, cfg.to_dict() if cfg else {}, runs.failure_message(e))
+        raise
     if not args.json:
         print(f"{summary['reason']} after {summary['steps']} steps: val loss {summary['val_loss']:.4f}; "
               f"run in {summary['run_dir']}")
-    return {k: summary[k] for k in ("run_dir", "steps", "train_loss", "val_loss", "val_ppl")}
+    return {k: summary[k] for k in ("run_dir", "steps", "train_loss", "val_loss", "val_ppl", "score") if k in summary}
 
 
 def cmd_bench_train(args: argparse.Namespace) -> dict:
@@ -245,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--block-size", type=int, default=0, help="training window in tokens (default: the context)")
+    p.add_argument("--split-mode", default="documents", help="validation split: documents (10%% of them, shuffled) "
+                   "| sequential (the last 10%% of the text, as nanoGPT does)")
+    p.add_argument("--eval-data", default="", help="score the final model on this data's whole text "
+                   "(builtin | a file | hub:<name>): loss, perplexity, bits per byte in run.json")
+    p.add_argument("--report-to", default="none", help="also log to tensorboard (in the run folder) | wandb | trackio")
     p.add_argument("--lr", dest="learning_rate", type=float)
     for name, kind in TRAIN_FLAGS.items():
         if name != "learning_rate":
@@ -269,6 +330,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true", help="fp32 output layer (default: bfloat16, faster)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_compare)
+
+    p = sub.add_parser("eval", help="score models on the same text: loss, perplexity, bits per byte")
+    p.add_argument("--model", action="append", required=True, help="preset, run or model folder (repeatable)")
+    p.add_argument("--data", default="builtin", help="builtin | a .txt/.jsonl/.json/.csv/.parquet file | hub:<name>")
+    p.add_argument("--split", default="all", help="all (the whole text) | val (the split a run with --seed holds out)")
+    p.add_argument("--split-mode", default="documents", help="documents | sequential (how that run split the data)")
+    p.add_argument("--seed", type=int, default=0, help="the training run's seed (for --split val)")
+    p.add_argument("--stride", type=int, default=0, help="tokens between windows (default: half the context)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_eval)
+
+    preset = sub.add_parser("preset", help="design a model preset").add_subparsers(dest="preset", required=True)
+    p = preset.add_parser("new", help="save a scratch preset (checkpoints/_presets/NAME.json)")
+    p.add_argument("name")
+    p.add_argument("--n-layer", type=int, required=True)
+    p.add_argument("--n-embd", type=int, required=True)
+    p.add_argument("--n-head", type=int, required=True)
+    p.add_argument("--n-inner", type=int, help="feed-forward width (default 4 x n_embd)")
+    p.add_argument("--block-size", type=int, help="context length (default 128)")
+    p.add_argument("--tokenizer", help="gpt2 | char | bpe (default gpt2)")
+    p.add_argument("--vocab-size", type=int, help="char/bpe: target vocabulary (gpt2: 50257)")
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_preset_new)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("chat", help="chat time to first token and tokens/s")

@@ -5,6 +5,8 @@ the meta device, so the Models tab, memory estimates and the training plan cost 
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from studio.presets import Preset
@@ -26,12 +28,18 @@ def gpt2_config(preset: Preset, vocab_size: int | None = None):
     )
 
 
+# transformers 5 builds a model with process-wide patches in force (`tie_weights` swapped for a no-op,
+# the default dtype set): a load that finishes while another thread is inside that window keeps an
+# untied lm_head on the meta device ("Cannot copy out of meta tensor"). Every construction holds this.
+BUILD_LOCK = threading.RLock()
+
+
 def count_parameters(config) -> int:
     """Exact parameter count of an HF config (tied embeddings once), built on the meta device:
     no memory, no download."""
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
+    with BUILD_LOCK, torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return model.num_parameters()
 

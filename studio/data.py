@@ -2,8 +2,9 @@
 
 A source spec is "builtin", a local file path, or "hub:<name>". Every source becomes a list
 of documents (strings) in one chat template; `prepare` tokenizes them with the end-of-text
-token between documents, splits 90/10 train/val by document, and caches the token arrays on
-disk keyed by source and tokenizer. `batch` cuts a step's global batch from the train tokens
+token between documents, splits 90/10 train/val (by document, or sequentially: the last 10% of
+the text, as nanoGPT does), and caches the token arrays on disk keyed by source and tokenizer.
+`eval_text` is the same split as text to score (`studio.evaluate`). `batch` cuts a step's global batch from the train tokens
 as a pure function of (seed, step), so a resumed run sees the same data at the same step.
 
 The built-in corpus itself (its examples, template and scoring) lives in `studio.corpus`.
@@ -50,13 +51,18 @@ class Documents:
     skipped: int = 0  # malformed rows or lines, never fatal
     rated_down: int = 0  # chat replies rated down, left out on purpose
     heldout: list[Example] = field(default_factory=list)  # built-in only: questions for exact match
+    text: str = ""  # a .txt file's text as it is: what a sequential split cuts
+
+    def joined(self) -> str:
+        """The source as one text: a .txt file as it is, other documents joined by a blank line."""
+        return self.text or "\n\n".join(self.docs)
 
 
 def row_text(row: dict) -> str | None:
     """One record as a document, by schema: chat pairs, instructions (Dolly), or a text field.
 
     >>> row_text({"instruction": "Name a fruit.", "context": "", "response": "Apple"})
-    'Human: Name a fruit.\nAssistant: Apple'
+    'Human: Name a fruit.\\nAssistant: Apple'
     """
     if not isinstance(row, dict):
         return None
@@ -117,7 +123,7 @@ def read_file(path: str | Path) -> Documents:
     suffix = path.suffix.lower()
     if suffix == ".txt":
         text = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
-        return Documents(str(path), [p.strip() for p in text.split("\n\n") if p.strip()])
+        return Documents(str(path), [p.strip() for p in text.split("\n\n") if p.strip()], text=text)
     if suffix == ".jsonl":
         return _rows_to_docs(_jsonl_rows(path), str(path))
     if suffix == ".json":
@@ -236,7 +242,18 @@ def _encode_docs(docs: list[str], tok, progress: Callable[[float, str], None] | 
     return np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
 
 
-def split_docs(docs: list[str], seed: int = 0, val_fraction: float = 0.1) -> tuple[list[str], list[str]]:
+SPLIT_MODES = ("documents", "sequential")
+SPLITS = ("all", "val")  # what `eval_text` scores: the whole source, or its validation split
+VAL_FRACTION = 0.1
+
+
+def check_split_mode(mode: str) -> str:
+    if mode not in SPLIT_MODES:
+        raise ValueError(f"split_mode must be one of {list(SPLIT_MODES)}, got {mode!r}")
+    return mode
+
+
+def split_docs(docs: list[str], seed: int = 0, val_fraction: float = VAL_FRACTION) -> tuple[list[str], list[str]]:
     """90/10 train/val by document, shuffled with `seed`; a lone document is split at its paragraphs."""
     if len(docs) == 1:  # e.g. tiny_shakespeare on the hub: one row holding the whole text
         docs = [p.strip() for p in docs[0].split("\n\n") if p.strip()]
@@ -246,24 +263,52 @@ def split_docs(docs: list[str], seed: int = 0, val_fraction: float = 0.1) -> tup
     return [docs[i] for i in order[n_val:]], [docs[i] for i in order[:n_val]]
 
 
+def split_sequential(text: str, val_fraction: float = VAL_FRACTION) -> tuple[str, str]:
+    """The text's first 90% to train on and its last 10% to validate on, cut at a character."""
+    cut = len(text) - max(1, round(len(text) * val_fraction)) if len(text) > 1 else len(text)
+    return text[:cut], text[cut:]
+
+
+def split_source(documents: Documents, mode: str = "documents", seed: int = 0) -> tuple[list[str], list[str]]:
+    """Train and val documents: shuffled whole documents, or the source's text cut sequentially."""
+    if check_split_mode(mode) == "sequential":
+        train, val = split_sequential(documents.joined())
+        return [train] if train else [], [val] if val else []
+    return split_docs(documents.docs, seed)
+
+
+def eval_text(spec: str, split: str = "all", seed: int = 0, split_mode: str = "documents") -> str:
+    """The text of a data source to score: all of it, or the validation split a training run with
+    the same seed and split mode holds out (documents joined by a blank line)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    documents = read_source(spec, seed)
+    if not documents.docs:
+        raise ValueError(f"{documents.source}: no usable documents to score")
+    if split == "all":
+        return documents.joined()
+    return "\n\n".join(split_source(documents, split_mode, seed)[1])
+
+
 def token_cache_dir() -> Path:
     """Where token arrays are cached, keyed by source and tokenizer (inside the app's folder)."""
     return checkpoints_dir() / ".cache" / "tokens"
 
 
 def prepare(documents: Documents, tok, cache_dir: Path | None, seed: int = 0,
-            progress: Callable[[float, str], None] | None = None) -> TokenData:
+            progress: Callable[[float, str], None] | None = None, split_mode: str = "documents") -> TokenData:
     """Tokenize and split documents, reading/writing `cache_dir/<key>.{train,val}.npy` when given."""
     if not documents.docs:
         raise ValueError(f"{documents.source}: no usable documents ({documents.skipped} malformed rows skipped, "
                          f"{documents.rated_down} rated down)")
-    key = hashlib.sha256(f"{_source_key(documents.source, seed)}|{tokenizer_fingerprint(tok)}|{seed}"
+    check_split_mode(split_mode)
+    key = hashlib.sha256(f"{_source_key(documents.source, seed)}|{tokenizer_fingerprint(tok)}|{seed}|{split_mode}"
                          .encode()).hexdigest()[:20]
     paths = [Path(cache_dir) / f"{key}.{part}.npy" for part in ("train", "val")] if cache_dir else None
     if paths and all(p.is_file() for p in paths):
         train, val = (np.load(p, allow_pickle=False) for p in paths)
     else:
-        train_docs, val_docs = split_docs(documents.docs, seed)
+        train_docs, val_docs = split_source(documents, split_mode, seed)
         train, val = _encode_docs(train_docs, tok, progress), _encode_docs(val_docs, tok, progress)
         if paths:
             paths[0].parent.mkdir(parents=True, exist_ok=True)

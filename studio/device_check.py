@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from studio.arch import BUILD_LOCK
 from studio.devices import precision as device_precision
 
 # relative tolerance per precision: fp32 differs by summation order only; the half types by rounding
@@ -61,10 +62,11 @@ def check_device(device: torch.device, prec: str = "fp32", reference: torch.devi
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(0)
     config = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=32, vocab_size=128,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    base = GPT2LMHeadModel(config)
+    with BUILD_LOCK:
+        torch.manual_seed(0)
+        base = GPT2LMHeadModel(config)
     x = torch.randint(0, config.vocab_size, (4, 32), generator=torch.Generator().manual_seed(0))
     on_device = copy.deepcopy(base)
     if corrupt is not None:

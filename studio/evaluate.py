@@ -6,15 +6,18 @@ most context its window allows. The text's first token is scored too, after end-
 each tokenizer's tokens cover exactly the bytes of the text. Bits per byte (total nats / ln 2 /
 UTF-8 bytes) is what makes a character model, a trained BPE and GPT-2's BPE comparable: their
 losses per token are not, since a token is a different amount of text in each.
+`compare` scores several models on the text of one data source (`studio.data.eval_text`).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from studio import data, models
 from studio.models import LoadedModel
 
 
@@ -52,13 +55,28 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
 def text_ids(loaded: LoadedModel, text: str) -> list[int]:
     """The text's token ids; a ValueError when the tokenizer cannot represent every byte of it
     (a character vocabulary drops characters it never saw: bits per byte would not compare)."""
-    ids = loaded.tokenizer.encode(text)
-    covered = loaded.tokenizer.decode(ids)
+    return _covering_ids(loaded.tokenizer, text, loaded.name)
+
+
+def _covering_ids(tokenizer, text: str, name: str) -> list[int]:
+    ids = tokenizer.encode(text)
+    covered = tokenizer.decode(ids)
     if covered != text:
         missing = sorted(set(text) - set(covered))[:10]
-        raise ValueError(f"model {loaded.name}: its tokenizer cannot encode all of the text "
+        raise ValueError(f"model {name}: its tokenizer cannot encode all of the text "
                          f"(characters it does not know: {missing!r}); score it on text it can read")
     return ids
+
+
+def readable_text(spec: str, tokenizer, name: str) -> str:
+    """The whole text of data source `spec`, checked against the tokenizer that will read it: a
+    training run scores its final model on it, and learns of a bad spec before it trains."""
+    try:
+        text = data.eval_text(spec, "all")
+        _covering_ids(tokenizer, text, name)
+    except ValueError as e:
+        raise ValueError(f"eval_data: {e}") from None
+    return text
 
 
 @torch.no_grad()
@@ -92,3 +110,19 @@ def score(loaded: LoadedModel, text: str, stride: int = 0, batch_size: int = 8) 
     n_tokens, n_bytes = len(ids) - 1, len(text.encode("utf-8"))
     loss = total / n_tokens
     return Score(loaded.name, loss, math.exp(min(loss, 50)), total / math.log(2) / n_bytes, n_tokens, n_bytes)
+
+
+def compare(identifiers: Sequence[str], spec: str, split: str = "all", stride: int = 0, seed: int = 0,
+            split_mode: str = "documents", load: Callable[[str], LoadedModel] | None = None) -> list[Score]:
+    """Each model's score on the same text: `spec`'s whole text or its validation split.
+
+    `load` turns an identifier into a loaded model (default: `models.load` on the best device);
+    the text is read before any model loads, so a bad data spec fails at once."""
+    names = [m.strip() for m in identifiers if m and m.strip()]
+    if not names:
+        raise ValueError("model: pick at least one model to score")
+    if stride < 0:
+        raise ValueError(f"stride must be >= 0 (0 = half the model's context), got {stride}")
+    text = data.eval_text(spec, split, seed, split_mode)
+    load = load or models.load
+    return [score(load(name), text, stride) for name in dict.fromkeys(names)]

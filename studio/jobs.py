@@ -95,14 +95,6 @@ class TrainingJob:
         lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip() and "\r" not in ln]
         return "\n".join(lines[-n:])
 
-    def wait(self, timeout: float | None = None) -> JobStatus:
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        return self.status()
-
     def close(self, grace_s: float = 10.0) -> None:
         """Stop a running job and wait for it (app shutdown)."""
         if self.running():
@@ -123,8 +115,9 @@ def default_settings(identifier: str) -> TrainSettings:
 
 
 def make_config(identifier: str, data_spec: str, settings: dict, name: str = "", device: str = "auto",
-                precision: str = "auto", resume: bool = False) -> TrainConfig:
-    """A validated TrainConfig from the tab's values; settings override the model's defaults.
+                precision: str = "auto", resume: bool = False, **options) -> TrainConfig:
+    """A validated TrainConfig from the tab's values; settings override the model's defaults;
+    `options` are further TrainConfig fields (split_mode, eval_data, report_to).
 
     `name` comes from the UI or the API, so it is a plain name (a run folder in the checkpoints
     folder, never a path: `studio.names`); empty, it is made from the model's name and the time.
@@ -136,11 +129,11 @@ def make_config(identifier: str, data_spec: str, settings: dict, name: str = "",
         stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(identifier).name).lstrip(".-") or "run"
         name = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     return TrainConfig(model=identifier, data=data_spec, out=name, settings=s, device=device,
-                       precision=precision, resume=resume)
+                       precision=precision, resume=resume, **options)
 
 
 @dataclass(frozen=True)
-class Plan:
+class RunPlan:
     """What a run will need, before it starts."""
 
     config: TrainConfig
@@ -157,24 +150,25 @@ class Plan:
         return self.available_bytes is None or self.estimate.total <= self.available_bytes
 
 
-def plan(cfg: TrainConfig, progress: models.LoadProgress | None = None) -> Plan:
+def plan(cfg: TrainConfig, progress: models.LoadProgress | None = None) -> RunPlan:
+    """Memory, data and time of a run on the config's device, as training will see them."""
     spec = models.resolve(cfg.model)
     config = models.model_config(spec)
     documents = data.read_source(cfg.data, cfg.seed)
     tok = models.tokenizer_for(spec, documents.docs)
-    tokens = data.prepare(documents, tok, data.token_cache_dir(), cfg.seed, progress)
-    device = pick_device(cfg.device)
+    tokens = data.prepare(documents, tok, data.token_cache_dir(), cfg.seed, progress, cfg.split_mode)
+    device = devices.pick_device(cfg.device)
     prec = training.resolve_precision(device, cfg.precision)
-    block = config.max_position_embeddings
-    est = memory.estimate(config, cfg.settings.batch_size, block, prec.name, cfg.grad_checkpointing)
+    block = cfg.block_size or config.max_position_embeddings
+    est = memory.estimate(config, cfg.settings.batch_size, block, prec.name, cfg.grad_checkpointing, device.type)
     available = devices.memory(device).available_bytes
     suggestion = None
     if available is not None and est.total > available:
         suggestion = memory.fit(config, cfg.settings.batch_size * cfg.settings.grad_accum, block,
-                                int(available * 0.9), prec.name)
+                                int(available * 0.9), prec.name, device=device.type)
     n_params = count_parameters(config)
-    return Plan(cfg, n_params, str(device), available, est, suggestion, tokens.report(n_params),
-                _measured_step_time(cfg.model, str(device)))
+    return RunPlan(cfg, n_params, str(device), available, est, suggestion, tokens.report(n_params),
+                   _measured_step_time(cfg.model, str(device)))
 
 
 def _measured_step_time(model: str, device: str) -> float | None:
@@ -189,12 +183,13 @@ def _measured_step_time(model: str, device: str) -> float | None:
 
 
 @dataclass(frozen=True)
-class Progress:
+class RunProgress:
     run: str
     state: str  # running | stopping while this app's job runs it, then run.json's done | stopped | failed
     step: int
     max_steps: int
     seconds_per_step: float | None
+    error: str = ""  # why a failed run failed: run.json's "error", else the end of train.log
 
     @property
     def fraction(self) -> float:
@@ -207,7 +202,8 @@ class Progress:
         return self.seconds_per_step * max(0, self.max_steps - self.step)
 
 
-def progress(job: TrainingJob, run_dir: Path, df) -> Progress:
+def run_progress(job: TrainingJob, run_dir: Path, df) -> RunProgress:
+    """Where a run stands: its state, step of max_steps, measured seconds per step (so the ETA)."""
     run = runs.read_run(run_dir) if (run_dir / runs.RUN_FILE).is_file() else {}
     status = job.status()
     live = status.run_dir == run_dir and status.state in ("running", "stopping", "failed")
@@ -215,7 +211,8 @@ def progress(job: TrainingJob, run_dir: Path, df) -> Progress:
     steps = df[df["type"] == "step"] if len(df) and "type" in df else df
     step = int(df["step"].max()) if len(df) and "step" in df else 0
     max_steps = int(run.get("settings", {}).get("max_steps", 0)) or step
-    return Progress(run_dir.name, state, step, max_steps, runs.step_rate(steps) if len(steps) else None)
+    error = (run.get("error") or (status.message if live else "")) if state == "failed" else ""
+    return RunProgress(run_dir.name, state, step, max_steps, runs.step_rate(steps) if len(steps) else None, error)
 
 
 def shown_run(job: TrainingJob, watched: str) -> Path | None:
@@ -231,7 +228,10 @@ def shown_run(job: TrainingJob, watched: str) -> Path | None:
 def start(job: TrainingJob, cfg: TrainConfig) -> Path:
     run_dir = runs.run_dir(cfg.out)
     if (run_dir / runs.RUN_FILE).is_file():
-        raise ValueError(f"run name: {cfg.out!r} exists already; resume it or choose another name")
+        if not runs.failed_before_start(run_dir):
+            raise ValueError(f"run name: {cfg.out!r} exists already; resume it or choose another name")
+        for stale in (runs.RUN_FILE, runs.METRICS_FILE):  # a run that never started: its name is free again
+            (run_dir / stale).unlink(missing_ok=True)
     return job.start(cfg.to_dict(), run_dir)
 
 
@@ -245,7 +245,7 @@ def resume(job: TrainingJob, name: str) -> Path:
 
 def status_dict(job: TrainingJob, run_dir: Path, df) -> dict:
     """A run's state for scripts: progress plus the latest step and eval rows."""
-    p = progress(job, run_dir, df)
+    p = run_progress(job, run_dir, df)
     out = {"run": p.run, "state": p.state, "step": p.step, "max_steps": p.max_steps,
            "seconds_per_step": p.seconds_per_step, "eta_s": p.eta_s}
     for kind in ("step", "eval"):
@@ -253,5 +253,5 @@ def status_dict(job: TrainingJob, run_dir: Path, df) -> dict:
         if len(rows):
             out[f"last_{kind}"] = {k: v for k, v in rows.iloc[-1].dropna().to_dict().items() if k != "type"}
     if p.state == "failed":
-        out["error"] = job.status().message
+        out["error"] = p.error
     return out

@@ -51,6 +51,18 @@ def preset_row(preset: Preset) -> dict:
             **m.as_dict()}
 
 
+TOKENS_PER_PARAM = 20  # the Chinchilla rule of thumb for a compute-optimal run
+
+
+def design(preset: Preset, batch: int = 16) -> dict:
+    """What a designed preset costs: its `preset_row`, the tokens a ~20 tokens/parameter run
+    needs, and the bytes of one training step at `batch` x its context (activations included)."""
+    row = preset_row(preset)
+    step = estimate(preset, batch, preset.block_size)
+    return {**row, "rule_of_thumb_tokens": TOKENS_PER_PARAM * row["params"], "batch": batch,
+            "train_step_fp32_gb": step.total / GB}
+
+
 def preset_table(presets: list[Preset]) -> pd.DataFrame:
     return pd.DataFrame([preset_row(p) for p in presets])
 

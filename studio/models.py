@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import torch
 
 from studio import checkpoints_dir
-from studio.arch import context_length, count_parameters, gpt2_config
+from studio.arch import BUILD_LOCK, context_length, count_parameters, gpt2_config
 from studio.atomic import recover, replace_folder
 from studio.corpus import builtin_texts
 from studio.devices import pick_device
@@ -170,8 +170,9 @@ def _load_pretrained(preset: Preset):
     # asked of the cache folder itself: a local-only from_pretrained still sends requests here
     if isinstance(try_to_load_from_cache(preset.hf_id, "config.json"), str):
         try:
-            return (AutoModelForCausalLM.from_pretrained(preset.hf_id, local_files_only=True),
-                    HFTokenizer(AutoTokenizer.from_pretrained(preset.hf_id, local_files_only=True)))
+            with BUILD_LOCK:
+                model = AutoModelForCausalLM.from_pretrained(preset.hf_id, local_files_only=True)
+            return model, HFTokenizer(AutoTokenizer.from_pretrained(preset.hf_id, local_files_only=True))
         except OSError:  # a partial cache: download the rest below
             pass
     if not hub_reachable():
@@ -179,16 +180,18 @@ def _load_pretrained(preset: Preset):
             f"{preset.name}: the weights of {preset.hf_id} are not in the local Hugging Face cache "
             f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and the hub cannot be reached. "
             f"Connect to the internet once to download them, or pick a scratch preset or a local model folder.")
-    return (AutoModelForCausalLM.from_pretrained(preset.hf_id),
-            HFTokenizer(AutoTokenizer.from_pretrained(preset.hf_id)))
+    with BUILD_LOCK:
+        model = AutoModelForCausalLM.from_pretrained(preset.hf_id)
+    return model, HFTokenizer(AutoTokenizer.from_pretrained(preset.hf_id))
 
 
 def build_scratch(preset: Preset, tokenizer: Tokenizer, seed: int = 0):
     """A fresh GPT2LMHeadModel for `preset` sized to `tokenizer`, initialised from `seed`."""
     from transformers import GPT2LMHeadModel
 
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(gpt2_config(preset, tokenizer.vocab_size))
+    with BUILD_LOCK:
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(gpt2_config(preset, tokenizer.vocab_size))
     model.config.eos_token_id = model.config.bos_token_id = tokenizer.eos_id
     return model
 
@@ -226,7 +229,8 @@ def load(identifier: str, device: str = "auto", seed: int = 0, progress: LoadPro
 
         tell(0.3, f"reading {spec.path}")
         tokenizer = load_tokenizer(spec.path)
-        model = AutoModelForCausalLM.from_pretrained(str(spec.path))
+        with BUILD_LOCK:
+            model = AutoModelForCausalLM.from_pretrained(str(spec.path))
     elif spec.preset.kind == "pretrained":
         tell(0.3, f"loading {spec.preset.hf_id} weights")
         model, tokenizer = _load_pretrained(spec.preset)

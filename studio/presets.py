@@ -5,6 +5,10 @@ dataclasses, so validation always runs and an unknown key is an error listing th
 A preset is either `pretrained` (weights from the Hugging Face hub) or `scratch` (a GPT-2
 architecture with a fresh seeded init). It also carries the default training and decoding
 settings, with a one-line note of where they come from.
+
+Presets designed in the app or with `python -m studio preset new` are saved in the checkpoints
+folder (`_presets/<name>.json`: the app writes nowhere else) and listed after the shipped ones;
+a designed preset can never take a shipped preset's name.
 """
 from __future__ import annotations
 
@@ -13,12 +17,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studio import PRESETS_DIR
+from studio import PRESETS_DIR, checkpoints_dir
+from studio.atomic import write_json
 from studio.config import check_keys
+from studio.names import plain_name
 from studio.sampling import DecodingSettings
 
 TOKENIZERS = ("gpt2", "char", "bpe")
 KINDS = ("pretrained", "scratch")
+USER_PRESETS = "_presets"  # designed presets, inside the checkpoints folder
+ARCHITECTURE = ("name", "kind", "n_layer", "n_embd", "n_head", "n_inner", "block_size", "dropout", "tokenizer",
+                "vocab_size")
+DEFAULT_VOCAB = {"gpt2": 50257, "bpe": 8192, "char": 98}  # char: a size before the data is seen
 
 
 @dataclass(frozen=True)
@@ -143,13 +153,54 @@ def load_preset_file(path: Path) -> Preset:
         raise ValueError(msg if msg.startswith(Path(path).name) else f"{Path(path).name}: {msg}") from None
 
 
-def load_presets(folder: Path = PRESETS_DIR) -> dict[str, Preset]:
-    """All presets in `folder`, by name, in file-name order."""
-    return {p.stem: load_preset_file(p) for p in sorted(Path(folder).glob("*.json"))}
+def user_presets_dir() -> Path:
+    return checkpoints_dir() / USER_PRESETS
 
 
-def get_preset(name: str, folder: Path = PRESETS_DIR) -> Preset:
-    path = Path(folder) / f"{name}.json"
-    if not path.is_file():
-        raise ValueError(f"preset {name!r} not found; presets: {sorted(load_presets(folder))}")
-    return load_preset_file(path)
+def load_presets(folder: Path | None = None) -> dict[str, Preset]:
+    """All presets in `folder`, by name, in file-name order; by default the shipped presets, then
+    the designed ones (a designed file named like a shipped preset is never read)."""
+    if folder is not None:
+        return {p.stem: load_preset_file(p) for p in sorted(Path(folder).glob("*.json"))}
+    presets = load_presets(PRESETS_DIR)
+    user = user_presets_dir()
+    if user.is_dir():
+        presets.update({p.stem: load_preset_file(p) for p in sorted(user.glob("*.json")) if p.stem not in presets})
+    return presets
+
+
+def get_preset(name: str, folder: Path | None = None) -> Preset:
+    for where in [folder] if folder is not None else [PRESETS_DIR, user_presets_dir()]:
+        path = Path(where) / f"{name}.json"
+        if path.is_file():
+            return load_preset_file(path)
+    raise ValueError(f"preset {name!r} not found; presets: {sorted(load_presets(folder))}")
+
+
+def design_preset(name: str, n_layer: int, n_embd: int, n_head: int, n_inner: int = 0, block_size: int = 128,
+                  tokenizer: str = "gpt2", vocab_size: int | None = None, dropout: float = 0.0) -> Preset:
+    """A scratch preset from its architecture, validated as a preset file is; the training and
+    decoding settings are the defaults. `vocab_size` defaults to the tokenizer's usual size."""
+    name = plain_name(name, "name")
+    vocab = DEFAULT_VOCAB.get(tokenizer, 50257) if vocab_size is None else vocab_size
+    return Preset(name=name, kind="scratch", n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_inner=n_inner,
+                  block_size=block_size, tokenizer=tokenizer, vocab_size=vocab, dropout=dropout,
+                  description=f"Designed: {n_layer} layers, d_model {n_embd}, {n_head} heads, "
+                              f"d_ff {n_inner or 4 * n_embd}, context {block_size}, {tokenizer} tokenizer.",
+                  source="Designed in the studio (Models tab or `preset new`); training and decoding "
+                         "settings are the studio's defaults.")
+
+
+def save_preset(preset: Preset) -> Path:
+    """Write a designed preset to `_presets/<name>.json` in the checkpoints folder (replacing an
+    earlier design of that name); a shipped preset's name is refused."""
+    name = plain_name(preset.name, "name")
+    if (PRESETS_DIR / f"{name}.json").is_file():
+        raise ValueError(f"name {name!r} is a shipped preset; choose another name")
+    # the architecture is written out in full, so a later change of a default cannot reshape it
+    defaults = Preset(name=name).to_dict()
+    values = {k: v for k, v in preset.to_dict().items() if k in ARCHITECTURE or v != defaults[k]}
+    path = user_presets_dir() / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, values)
+    return path

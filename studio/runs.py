@@ -18,7 +18,7 @@ from typing import Sequence
 import pandas as pd
 
 from studio import checkpoints_dir
-from studio.atomic import write_json  # noqa: F401  (run.json's writer: runs.write_json)
+from studio.atomic import write_json  # run.json's writer (also used as runs.write_json)
 
 RUN_FILE, METRICS_FILE = "run.json", "metrics.jsonl"
 REPLAYED = ("step", "eval", "sample")  # rows a resume writes again for the steps it repeats
@@ -100,6 +100,38 @@ def list_runs() -> pd.DataFrame:
     folders = [p for p in root.iterdir() if (p / RUN_FILE).is_file()] if root.is_dir() else []
     rows = [run_summary(p) for p in folders]
     return pd.DataFrame(rows, columns=cols).sort_values("updated", ascending=False, ignore_index=True)
+
+
+def failure_message(e: BaseException) -> str:
+    """What a failed run says: a ValueError is already a sentence for the user; anything else
+    is a bug, named by its type."""
+    return str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+
+
+def record_failure(folder: str | Path, config: dict, message: str) -> bool:
+    """Mark a run that failed before it started (bad data, a model that cannot load) as the loop
+    marks its own failures: run.json "failed" with the error, a failed done row in metrics.jsonl.
+
+    Only a folder that exists and holds no run.json yet: a run that started records its own
+    failure, and a failure naming another run's folder must not touch that run."""
+    folder = run_dir(folder)
+    if not folder.is_dir() or (folder / RUN_FILE).is_file():
+        return False
+    write_json(folder / RUN_FILE, {**config, "status": "failed", "error": message})
+    with open(folder / METRICS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"type": "done", "step": 0, "time": round(time.time(), 3), "reason": "failed",
+                            "message": message}) + "\n")
+    return True
+
+
+def failed_before_start(folder: str | Path) -> bool:
+    """A run that failed and never saved a model: its name can be used again."""
+    folder = run_dir(folder)
+    try:
+        status = read_run(folder).get("status")
+    except (ValueError, json.JSONDecodeError):
+        return False
+    return status == "failed" and not (folder / "last").exists()
 
 
 def signature(folder: str | Path) -> tuple:

@@ -154,27 +154,6 @@ def _nucleus_tail(cum: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return remove & (p < 1)[:, None]
 
 
-@dataclass
-class RowParams:
-    """The settings of a batch as per-row tensors, built once per generation."""
-
-    temperature: torch.Tensor
-    top_k: torch.Tensor
-    top_p: torch.Tensor
-    penalty: torch.Tensor
-
-    @classmethod
-    def of(cls, settings: Sequence[DecodingSettings], device: torch.device | str = "cpu") -> "RowParams":
-        def col(name: str, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor([getattr(s, name) for s in settings], dtype=dtype, device=device)
-
-        return cls(col("temperature", torch.float32), col("top_k", torch.long),
-                   col("top_p", torch.float32), col("repetition_penalty", torch.float32))
-
-    def select(self, rows: torch.Tensor) -> "RowParams":
-        return RowParams(self.temperature[rows], self.top_k[rows], self.top_p[rows], self.penalty[rows])
-
-
 def _top_p_in_top(logits: torch.Tensor, p: torch.Tensor, kmax: int) -> torch.Tensor:
     """top_p when every row it touches already kept at most `kmax` tokens (top-k ran first): the
     same cut, computed on the `kmax` survivors instead of sorting the whole vocabulary."""
@@ -198,6 +177,27 @@ def _top_p_from_bottom(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return top_p(logits, p)
     remove = _nucleus_tail(cum, p)  # its last column is kept anyway: the m tokens hold more than 1 - p
     return logits.masked_fill(torch.zeros_like(logits, dtype=torch.bool).scatter(1, idx, remove), float("-inf"))
+
+
+@dataclass
+class RowParams:
+    """The settings of a batch as per-row tensors, built once per generation."""
+
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    penalty: torch.Tensor
+
+    @classmethod
+    def of(cls, settings: Sequence[DecodingSettings], device: torch.device | str = "cpu") -> "RowParams":
+        def col(name: str, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor([getattr(s, name) for s in settings], dtype=dtype, device=device)
+
+        return cls(col("temperature", torch.float32), col("top_k", torch.long),
+                   col("top_p", torch.float32), col("repetition_penalty", torch.float32))
+
+    def select(self, rows: torch.Tensor) -> "RowParams":
+        return RowParams(self.temperature[rows], self.top_k[rows], self.top_p[rows], self.penalty[rows])
 
 
 def process(input_ids: torch.Tensor, logits: torch.Tensor, params: RowParams) -> torch.Tensor:

@@ -1,9 +1,12 @@
 """Training: one run of the loop, from a config to a run folder (see `studio.runs` for its layout).
 
-`train(cfg, stop, on_event)` runs in the calling thread: AdamW with decoupled weight decay on
-matrices only, linear warmup then cosine to `min_lr_ratio` of the peak, gradient accumulation,
-clipping, autocast per the device policy, eval (val loss, perplexity) with sample generations,
-early stopping, `last`/`best` checkpoints plus resume state, and two faults handled in place:
+`train(cfg, stop, on_event)` runs in the calling thread and reads as nanoGPT's train.py does:
+`prepare(cfg)` builds everything a run needs into one `Run` (device, precision, model, tokenizer,
+token data, optimizer, accelerator, run folder, resume state), then one loop calls small named
+steps. AdamW with decoupled weight decay on matrices only, linear warmup then cosine to
+`min_lr_ratio` of the peak, gradient accumulation, clipping, autocast per the device policy, eval
+(val loss, perplexity) with sample generations, early stopping, `last`/`best` checkpoints plus
+resume state, and two faults handled in place:
 - a NaN/Inf loss or gradient skips the step and halves the learning rate; `nan_patience` in a
   row restore the last checkpoint;
 - out of memory halves the micro-batch and doubles the accumulation (same effective batch).
@@ -24,20 +27,24 @@ import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
 
-from studio import corpus, data, models, runs
-from studio.arch import context_length
+from studio import corpus, data, devices, memory, models, runs, tracking
+from studio.arch import BUILD_LOCK, context_length
 from studio.atomic import recover, replace_folder
 from studio.config import check_keys
-from studio.devices import PRECISIONS, pick_device, precision as device_precision
-from studio.presets import TrainSettings
+from studio.decoding import generate
+from studio.devices import PRECISIONS, Precision, pick_device
+from studio.evaluate import readable_text, score
+from studio.presets import Preset, TrainSettings
+from studio.sampling import DecodingSettings
+from studio.tokenizer import Tokenizer
 
-Event = dict
-Fault = Callable[[int], "str | None"]  # step -> "nan" | "oom" | None: test hook to inject faults
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,9 @@ class TrainConfig:
     sample_tokens: int = 32
     heldout_eval: bool = True  # built-in data: score the held-out questions at the end
     block_size: int = 0  # training window in tokens; 0 = the model's context
+    split_mode: str = "documents"  # validation split: "documents" (10% of them) | "sequential" (the last 10%)
+    eval_data: str = ""  # a data spec whose whole text scores the final model ("" = none)
+    report_to: str = "none"  # also mirror step/eval rows to: tensorboard | wandb | trackio
 
     def __post_init__(self) -> None:
         spec = models.resolve(self.model)  # a ValueError naming the choices when unknown
@@ -71,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"block_size must be >= 0 (0 = the model's context), got {self.block_size}")
         if not 1 <= self.sample_tokens <= 1024:
             raise ValueError(f"sample_tokens must be in [1, 1024], got {self.sample_tokens}")
+        data.check_split_mode(self.split_mode)
+        tracking.check_report_to(self.report_to)
         if self.settings is None:
             object.__setattr__(self, "settings", spec.preset.train if spec.preset else TrainSettings())
         if not self.out:
@@ -84,9 +96,9 @@ class TrainConfig:
     def from_dict(cls, values: dict, strict: bool = True) -> "TrainConfig":
         """The inverse of to_dict. Strict rejects unknown keys (a config file with a typo);
         lenient takes the config out of a run.json, which also holds status and reports."""
+        names = {f.name for f in fields(cls)}
         if strict:
             check_keys(cls, values, "train config")
-        names = {f.name for f in fields(cls)}
         values = {k: v for k, v in values.items() if k in names}
         if isinstance(values.get("settings"), dict):
             values["settings"] = TrainSettings.from_dict(values["settings"], "train config settings")
@@ -111,12 +123,13 @@ def lr_at(step: int, s: TrainSettings) -> float:
     return low + 0.5 * (1 + math.cos(math.pi * progress)) * (s.learning_rate - low)
 
 
-def resolve_precision(device: torch.device, name: str):
+def resolve_precision(device: torch.device, name: str) -> Precision:
+    """The device policy of `devices.precision`, plus "fast": the device's fast path."""
     if name == "fast":
         name = "fp32" if device.type == "mps" else "bf16"
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             name = "fp32"
-    return device_precision(device, name)
+    return devices.precision(device, name)
 
 
 def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.device) -> torch.optim.AdamW:
@@ -147,10 +160,8 @@ def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast) 
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
 
 
-def heldout_exact_match(loaded: "models.LoadedModel", examples: list[corpus.Example], max_new_tokens: int = 16) -> dict:
+def heldout_exact_match(loaded: models.LoadedModel, examples: list[corpus.Example], max_new_tokens: int = 16) -> dict:
     """Greedy answers to `examples`' questions: exact-match accuracy and the first few answers."""
-    from studio.decoding import DecodingSettings, generate
-
     settings = DecodingSettings(temperature=0.0, max_new_tokens=max_new_tokens, stop=("\n",))
     answers = [generate(loaded, corpus.format_exchange(e.question), [settings])[0].text for e in examples]
     shown = [{"question": e.question, "expected": e.answer, "answer": corpus.answer_of(a)}
@@ -161,8 +172,6 @@ def heldout_exact_match(loaded: "models.LoadedModel", examples: list[corpus.Exam
 # ---- resume state: safetensors for tensors, JSON for the rest (nothing pickled) ----
 
 def save_state(folder: Path, optimizer: torch.optim.Optimizer, trainer: dict) -> None:
-    from safetensors.torch import save_file
-
     def fill(tmp: Path) -> None:
         sd = optimizer.state_dict()
         tensors = {f"{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
@@ -178,8 +187,6 @@ def save_state(folder: Path, optimizer: torch.optim.Optimizer, trainer: dict) ->
 
 
 def load_state(folder: Path, optimizer: torch.optim.Optimizer, restore_rng: bool = True) -> dict:
-    from safetensors.torch import load_file
-
     recover(folder)  # a save that crashed between its renames left the last complete state aside
     trainer = json.loads((folder / "trainer.json").read_text())
     state: dict[int, dict] = {}
@@ -195,357 +202,459 @@ def load_state(folder: Path, optimizer: torch.optim.Optimizer, restore_rng: bool
     return trainer
 
 
-# ---- the run ----
 
-class _Run:
-    """One training run's state; `run()` is the loop."""
+# ---- one run: what prepare builds ----
 
-    def __init__(self, cfg: TrainConfig, stop, on_event, fault) -> None:
-        from accelerate import Accelerator
+@dataclass
+class TrainState:
+    """What the loop moves on; saved as state/trainer.json, so a resumed run goes on from it."""
 
-        self.cfg, self.s = cfg, cfg.settings
-        self.stop, self.on_event, self.fault = stop or threading.Event(), on_event, fault
-        device = pick_device(cfg.device)
-        # mixed precision is ours (autocast below), so one process can run many configs
-        self.acc = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
-        self.device = self.acc.device
-        self.main = self.acc.is_main_process
-        self.prec = resolve_precision(self.device, cfg.precision)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.prec.autocast == torch.float16)
-        self.dir = runs.run_dir(cfg.out)
-        self.metrics_file = None
-        self.t0 = time.time()
+    micro_batch: int  # examples per forward pass; out of memory halves it
+    step: int = 0  # optimizer steps done
+    lr_scale: float = 1.0  # halved by every non-finite step
+    best_val_loss: float = math.inf
+    bad_evals: int = 0  # evals in a row without improvement (early stopping)
 
-    # -- events --
-    def emit(self, type_: str, **fields) -> Event:
-        row = {"type": type_, "step": self.step, "time": round(time.time(), 3), **fields}
-        if self.main:
-            self.metrics_file.write(json.dumps(row) + "\n")
-            self.metrics_file.flush()
-            if self.on_event:
-                self.on_event(row)
-        return row
+    @property
+    def best_or_none(self) -> float | None:
+        return None if math.isinf(self.best_val_loss) else self.best_val_loss
+
+    def to_json(self, data_seed: int) -> dict:
+        return {"step": self.step, "lr_scale": self.lr_scale, "best_val_loss": self.best_or_none,
+                "bad_evals": self.bad_evals, "micro_batch": self.micro_batch, "data_seed": data_seed,
+                "data_position": self.step}
+
+    @classmethod
+    def from_json(cls, trainer: dict, micro_batch: int) -> TrainState:
+        """The saved state; the micro-batch is the smaller of the saved one and what fits now."""
+        best = trainer["best_val_loss"]
+        return cls(micro_batch=min(micro_batch, trainer["micro_batch"]), step=trainer["step"],
+                   lr_scale=trainer["lr_scale"], best_val_loss=math.inf if best is None else best,
+                   bad_evals=trainer["bad_evals"])
+
+
+@dataclass(frozen=True)
+class Run:
+    """Everything one run needs, built by `prepare`; the loop changes only `state`."""
+
+    cfg: TrainConfig
+    folder: Path
+    accelerator: Accelerator
+    precision: Precision
+    scaler: torch.amp.GradScaler
+    model: torch.nn.Module  # as the accelerator runs it (wrapped in DDP across processes)
+    loaded: models.LoadedModel  # the bare model with its tokenizer: saved, restored, sampled from
+    preset: Preset | None  # what the model was built from, kept in every checkpoint's meta
+    optimizer: torch.optim.AdamW
+    tokens: data.TokenData
+    heldout: list[corpus.Example]  # built-in data: the questions of samples and of the exact-match score
+    block_size: int
+    global_batch: int  # examples per optimizer step, over all processes
+    state: TrainState
+    info: dict  # params, device, precision, processes, data report: run.json holds them
+    fit_note: str | None  # how the memory fit changed the micro-batch, if it did
+    metrics: IO[str] | None  # metrics.jsonl, open on the main process only
+    on_event: Callable[[dict], None] | None
+    started: float  # time.time() when prepare began
+    eval_text: str  # the text the final model is scored on (cfg.eval_data), read and checked up front
+    tracker: tracking.Tracker | None  # mirrors step/eval rows (cfg.report_to), main process only
+
+    @property
+    def settings(self) -> TrainSettings:
+        return self.cfg.settings
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def elapsed_s(self) -> float:
+        return round(time.time() - self.started, 3)
+
+    def emit(self, row_type: str, **values) -> None:
+        """One row of metrics.jsonl, also handed to on_event (main process only)."""
+        if self.metrics is None:
+            return
+        row = {"type": row_type, "step": self.state.step, "time": round(time.time(), 3), **values}
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+        if self.tracker:
+            self.tracker.log(row)
+        if self.on_event:
+            self.on_event(row)
 
     def event(self, kind: str, message: str) -> None:
         self.emit("event", kind=kind, message=message)
 
     def set_status(self, status: str, **extra) -> None:
         if self.main:
-            run = {**self.cfg.to_dict(), **self.info, "status": status, **extra}
-            runs.write_json(self.dir / runs.RUN_FILE, run)
+            runs.write_json(self.folder / runs.RUN_FILE, {**self.cfg.to_dict(), **self.info, "status": status, **extra})
 
-    # -- setup --
-    def setup(self) -> None:
-        cfg = self.cfg
-        state_dir = self.dir / "state"
-        if cfg.resume and not (state_dir / "trainer.json").is_file():
-            raise ValueError(f"cannot resume: {self.dir} holds no saved state (state/trainer.json)")
-        if not cfg.resume and (self.dir / runs.RUN_FILE).is_file():
-            raise ValueError(f"run {self.dir} already exists: resume it, or choose another output name")
-        spec = models.resolve(cfg.model)
-        self.preset = spec.preset
-        documents = data.read_source(cfg.data, cfg.seed)
-        if cfg.resume:
-            from transformers import AutoModelForCausalLM
+    def __enter__(self) -> Run:
+        return self
 
-            tok = models.load_tokenizer(self.dir / "last")
-            model = AutoModelForCausalLM.from_pretrained(str(self.dir / "last"))
-        elif spec.source == "preset" and spec.preset.kind == "scratch":
-            tok = models.tokenizer_for(spec, documents.docs)
-            model = models.build_scratch(spec.preset, tok, cfg.seed)
-        else:
-            loaded = models.load(cfg.model, device="cpu", seed=cfg.seed)
-            model, tok = loaded.model, loaded.tokenizer
-        torch.manual_seed(cfg.seed)
-        self.tok = tok
-        context = context_length(model.config)
-        if cfg.block_size > context:
-            raise ValueError(f"block_size ({cfg.block_size}) exceeds the model's context ({context})")
-        self.block = cfg.block_size or context
-        with self.acc.main_process_first():  # one process writes the token cache, the others read it
-            self.tokens = data.prepare(documents, tok, data.token_cache_dir(), cfg.seed)
-        self.heldout = documents.heldout
-        n_params = model.num_parameters()
-        self.info = {"params": n_params, "device": str(self.device), "precision": self.prec.name,
-                     "processes": self.acc.num_processes, "data_report": self.tokens.report(n_params)}
-        world = self.acc.num_processes
-        self.global_batch = self.s.batch_size * self.s.grad_accum
-        if self.global_batch % world:
-            raise ValueError(f"the effective batch ({self.global_batch}) must divide by the processes ({world})")
-        self.micro = min(self.s.batch_size, self.global_batch // world)
-        self.grad_ckpt = cfg.grad_checkpointing
-        self.fit_note = self._fit(model) if cfg.fit_memory else None
-        if self.grad_ckpt:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        model.to(self.device).train()
-        self.opt = make_optimizer(model, self.s, self.device)
-        self.model = self.acc.prepare(model)
-        self.raw = self.acc.unwrap_model(self.model)
-        self.step, self.lr_scale, self.best, self.bad_evals = 0, 1.0, math.inf, 0
-        if cfg.resume:
-            self._resume()
-        if self.main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self.metrics_file = open(self.dir / runs.METRICS_FILE, "a", encoding="utf-8")
+    def __exit__(self, error_type, error, traceback) -> None:
+        """A failure becomes the last metrics row and run.json's status; the file closes either way."""
+        if error is not None:
+            message = runs.failure_message(error)
+            self.emit("done", reason="failed", message=message)
+            self.set_status("failed", error=message)
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.tracker:
+            self.tracker.close()
 
-    def _fit(self, model) -> str | None:
-        """Shrink the micro-batch (and turn on checkpointing) when the estimate exceeds the device."""
-        from studio.devices import memory as device_memory
-        from studio.memory import fit
 
-        budget = device_memory(self.device).available_bytes
-        if not budget:
-            return None
-        plan = fit(model.config, self.global_batch // self.acc.num_processes, self.block, int(budget * 0.9),
-                   self.prec.name, max_micro=self.micro, device=self.device.type)
-        if (plan.micro_batch, plan.checkpointing) == (self.micro, self.grad_ckpt):
-            return None
-        self.micro, self.grad_ckpt = plan.micro_batch, plan.checkpointing or self.grad_ckpt
-        return (f"memory fit: micro-batch {self.micro} x {plan.grad_accum} accumulation"
-                f"{', gradient checkpointing' if self.grad_ckpt else ''} to stay within "
-                f"{budget / 2**30:.1f} GB (estimated {plan.total_bytes / 2**30:.2f} GB)")
+def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) -> Run:
+    """Build the run; every check that can fail runs before metrics.jsonl is opened."""
+    started = time.time()
+    # mixed precision is ours (autocast in lm_loss), so one process can run many configs
+    accelerator = Accelerator(cpu=pick_device(cfg.device).type == "cpu", mixed_precision="no")
+    device = accelerator.device
+    precision = resolve_precision(device, cfg.precision)
+    folder = runs.run_dir(cfg.out)
+    _check_run_folder(cfg, folder)
+    spec = models.resolve(cfg.model)
+    documents = data.read_source(cfg.data, cfg.seed)
+    model, tokenizer = _starting_model(cfg, spec, folder, documents)
+    torch.manual_seed(cfg.seed)
+    block_size = _block_size(cfg, model)
+    with accelerator.main_process_first():  # one process writes the token cache, the others read it
+        tokens = data.prepare(documents, tokenizer, data.token_cache_dir(), cfg.seed, split_mode=cfg.split_mode)
+    eval_text = readable_text(cfg.eval_data, tokenizer, cfg.model) if cfg.eval_data else ""
+    n_params = model.num_parameters()
+    info = {"params": n_params, "device": str(device), "precision": precision.name,
+            "processes": accelerator.num_processes, "data_report": tokens.report(n_params)}
+    global_batch, micro_batch = _split_batch(cfg.settings, accelerator.num_processes)
+    checkpointing, fit_note = cfg.grad_checkpointing, None
+    if cfg.fit_memory:
+        micro_batch, checkpointing, fit_note = _fit_memory(
+            model, device, precision, global_batch // accelerator.num_processes, block_size, micro_batch,
+            checkpointing)
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.to(device).train()
+    optimizer = make_optimizer(model, cfg.settings, device)
+    wrapped = accelerator.prepare(model)
+    loaded = models.LoadedModel(models.ModelSpec(folder.name, "checkpoint"), accelerator.unwrap_model(wrapped),
+                                tokenizer, device)
+    state = TrainState(micro_batch)
+    if cfg.resume:
+        state = TrainState.from_json(_load_checked_state(folder, optimizer, restore_rng=True), micro_batch)
+    metrics = tracker = None
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        metrics = open(folder / runs.METRICS_FILE, "a", encoding="utf-8")
+        tracker = tracking.make_tracker(cfg.report_to, folder, cfg.to_dict())
+    return Run(cfg=cfg, folder=folder, accelerator=accelerator, precision=precision,
+               scaler=torch.amp.GradScaler(device.type, enabled=precision.autocast == torch.float16),
+               model=wrapped, loaded=loaded, preset=spec.preset, optimizer=optimizer, tokens=tokens,
+               heldout=documents.heldout, block_size=block_size, global_batch=global_batch, state=state, info=info,
+               fit_note=fit_note, metrics=metrics, on_event=on_event, started=started, eval_text=eval_text,
+               tracker=tracker)
 
-    def _trainer_state(self) -> dict:
-        return {"step": self.step, "lr_scale": self.lr_scale,
-                "best_val_loss": None if math.isinf(self.best) else self.best,
-                "bad_evals": self.bad_evals, "micro_batch": self.micro, "data_seed": self.cfg.seed,
-                "data_position": self.step}
 
-    def _load_state(self, restore_rng: bool) -> dict:
-        """Optimizer (and RNG) from state/, checked against last/; returns the trainer JSON."""
-        last = self.dir / "last"
-        trainer = load_state(self.dir / "state", self.opt, restore_rng)
-        saved_step = json.loads((last / models.MODEL_META).read_text()).get("step")
-        if saved_step != trainer["step"]:
-            raise ValueError(f"{self.dir}: last/ is at step {saved_step} but state/ at step {trainer['step']}")
-        return trainer
+def _check_run_folder(cfg: TrainConfig, folder: Path) -> None:
+    if cfg.resume and not (folder / "state" / "trainer.json").is_file():
+        raise ValueError(f"cannot resume: {folder} holds no saved state (state/trainer.json)")
+    if not cfg.resume and (folder / runs.RUN_FILE).is_file():
+        raise ValueError(f"run {folder} already exists: resume it, or choose another output name")
 
-    def _resume(self) -> None:
-        trainer = self._load_state(restore_rng=True)
-        self.step, self.lr_scale = trainer["step"], trainer["lr_scale"]
-        self.best = math.inf if trainer["best_val_loss"] is None else trainer["best_val_loss"]
-        self.bad_evals = trainer["bad_evals"]
-        self.micro = min(self.micro, trainer["micro_batch"])
 
-    # -- checkpoints --
-    def save(self, which: str) -> None:
-        if self.main:
-            path = self.dir / which
-            meta = {"preset": self.preset.to_dict() if self.preset else None, "step": self.step,
-                    "run": self.dir.name, "val_loss": None if math.isinf(self.best) else self.best}
-            models.save_model(self.raw, self.tok, path, meta)
-            if which == "last":
-                save_state(self.dir / "state", self.opt, self._trainer_state())
-            self.emit("checkpoint", which=which, path=str(path))
-        self.acc.wait_for_everyone()
+def _starting_model(cfg: TrainConfig, spec: models.ModelSpec, folder: Path,
+                    documents: data.Documents) -> tuple[torch.nn.Module, Tokenizer]:
+    """(model, tokenizer) on the CPU: the run's `last` to resume, a new scratch model, or the one to fine-tune."""
+    if cfg.resume:
+        # transformers' model classes take about a second to import: only a resume needs them here
+        from transformers import AutoModelForCausalLM
 
-    # -- one optimizer step --
-    def _micro_batches(self, x, y):
-        for i in range(0, len(x), self.micro):
-            yield x[i:i + self.micro].to(self.device), y[i:i + self.micro].to(self.device)
+        tokenizer = models.load_tokenizer(folder / "last")
+        with BUILD_LOCK:
+            return AutoModelForCausalLM.from_pretrained(str(folder / "last")), tokenizer
+    if spec.source == "preset" and spec.preset.kind == "scratch":
+        tokenizer = models.tokenizer_for(spec, documents.docs)
+        return models.build_scratch(spec.preset, tokenizer, cfg.seed), tokenizer
+    loaded = models.load(cfg.model, device="cpu", seed=cfg.seed)
+    return loaded.model, loaded.tokenizer
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, fault: str | None) -> float:
-        """Forward/backward over micro-batches; returns the mean loss (non-finite: nothing stepped)."""
-        n = len(x)
-        total = torch.zeros((), device=self.device)
-        chunks = list(self._micro_batches(x, y))
-        for i, (xb, yb) in enumerate(chunks):
-            sync = self.acc.no_sync(self.model) if i < len(chunks) - 1 else contextlib.nullcontext()
-            with sync:
-                if fault == "oom":
-                    raise torch.OutOfMemoryError("injected out of memory")
-                loss = lm_loss(self.model, xb, yb, self.prec.context())
-                if fault == "nan":
-                    loss = loss * float("nan")
-                self.scaler.scale(loss * (len(xb) / n)).backward()
-            total += loss.detach() * (len(xb) / n)
-        if self.acc.num_processes > 1:
-            total = self.acc.reduce(total, "mean")
-        loss_value = float(total)
-        if math.isfinite(loss_value) and self.s.grad_clip > 0:
-            self.scaler.unscale_(self.opt)
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
-            if not torch.isfinite(norm):
-                loss_value = math.nan
-        if math.isfinite(loss_value):
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
-        return loss_value
 
-    # -- eval and samples --
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean val loss over the same fixed windows at every eval (eval_batches x batch_size)."""
-        self.model.eval()
-        x, y = data.batch(self.tokens.val, self.s.eval_batches * self.s.batch_size, self.block, self.cfg.seed + 1, 0)
-        total = sum(float(lm_loss(self.model, xb, yb, self.prec.context())) * len(xb)
-                    for xb, yb in self._micro_batches(x, y))
-        self.model.train()
-        return total / len(x)
+def _block_size(cfg: TrainConfig, model: torch.nn.Module) -> int:
+    config = model.config
+    context = context_length(config)
+    if cfg.block_size > context:
+        raise ValueError(f"block_size ({cfg.block_size}) exceeds the model's context ({context})")
+    return cfg.block_size or context
 
-    def samples(self) -> None:
-        if not self.main:
-            return
-        from studio.decoding import DecodingSettings, generate
 
-        if self.heldout:
-            prompts = [corpus.format_exchange(e.question) for e in self.heldout[:2]]
-        else:
-            prompts = [self.tok.decode(self.tokens.val[:16].tolist())]
-        loaded = models.LoadedModel(models.ModelSpec(self.dir.name, "checkpoint"), self.raw, self.tok, self.device)
-        settings = DecodingSettings(temperature=0.0, max_new_tokens=self.cfg.sample_tokens, stop=("\nHuman:",))
-        self.raw.eval()
-        for prompt in prompts:
-            self.emit("sample", prompt=prompt, text=generate(loaded, prompt, [settings])[0].text)
-        self.raw.train()
+def _split_batch(settings: TrainSettings, processes: int) -> tuple[int, int]:
+    """(global batch, micro-batch): each process takes an equal share of every global batch."""
+    global_batch = settings.batch_size * settings.grad_accum
+    if global_batch % processes:
+        raise ValueError(f"the effective batch ({global_batch}) must divide by the processes ({processes})")
+    return global_batch, min(settings.batch_size, global_batch // processes)
 
-    def heldout_accuracy(self) -> dict | None:
-        """Built-in data: greedy answers to the held-out questions, scored by exact match."""
-        if not self.main or not self.heldout or not self.cfg.heldout_eval:
-            return None
-        loaded = models.LoadedModel(models.ModelSpec(self.dir.name, "checkpoint"), self.raw, self.tok, self.device)
-        self.raw.eval()
-        result = heldout_exact_match(loaded, self.heldout)
-        self.raw.train()
-        return result
 
-    def do_eval(self, train_losses: list[float]) -> tuple[float, bool]:
-        """Eval, samples, best checkpoint; returns (val_loss, early stop?)."""
-        val = self.evaluate()
-        row = {"val_loss": val, "val_ppl": math.exp(min(val, 50))}
-        if train_losses:
-            row["train_loss"] = sum(train_losses) / len(train_losses)
-        self.emit("eval", **row)
-        self.samples()
-        if val < self.best - self.s.early_stop_min_delta:
-            self.best, self.bad_evals = val, 0
-            self.save("best")
-        else:
-            self.bad_evals += 1
-        patience = self.s.early_stop_patience
-        return val, bool(patience and self.bad_evals >= patience)
+def _fit_memory(model: torch.nn.Module, device: torch.device, precision: Precision, batch: int, block_size: int,
+                micro_batch: int, checkpointing: bool) -> tuple[int, bool, str | None]:
+    """(micro-batch, checkpointing, note): smaller, then with checkpointing, when the estimate
+    exceeds the device; the note says what changed (None when nothing did)."""
+    budget = devices.memory(device).available_bytes
+    if not budget:
+        return micro_batch, checkpointing, None
+    plan = memory.fit(model.config, batch, block_size, int(budget * 0.9), precision.name, max_micro=micro_batch,
+                      device=device.type)
+    if (plan.micro_batch, plan.checkpointing) == (micro_batch, checkpointing):
+        return micro_batch, checkpointing, None
+    checkpointing = plan.checkpointing or checkpointing
+    note = (f"memory fit: micro-batch {plan.micro_batch} x {plan.grad_accum} accumulation"
+            f"{', gradient checkpointing' if checkpointing else ''} to stay within "
+            f"{budget / 2**30:.1f} GB (estimated {plan.total_bytes / 2**30:.2f} GB)")
+    return plan.micro_batch, checkpointing, note
 
-    # -- the loop --
-    def run(self) -> dict:
-        self.step = 0
-        self.info = {}
-        self.setup()
-        self.set_status("running")
-        if self.cfg.resume:
-            self.event("resume", f"resumed at step {self.step} from {self.dir / 'state'}")
-        else:
-            self.save("last")  # a checkpoint to restore from, and the run shows up at once
-        if self.fit_note:
-            self.event("fit", self.fit_note)
-        s, reason = self.s, "max_steps"
-        nan_run, since_eval = 0, []
-        last_log, tokens_since, last_eval = time.perf_counter(), 0, -1
-        last_loss, val = math.nan, math.nan
-        while self.step < s.max_steps:
-            if self.stop.is_set():
-                reason = "stopped"
-                self.event("stop", f"stop requested: stopped at step {self.step}")
-                break
-            for g in self.opt.param_groups:
-                g["lr"] = lr_at(self.step, s) * self.lr_scale
-            x, y = data.batch(self.tokens.train, self.global_batch, self.block, self.cfg.seed, self.step)
-            share = self.global_batch // self.acc.num_processes
-            x, y = (t[self.acc.process_index * share:(self.acc.process_index + 1) * share] for t in (x, y))
-            fault = self.fault(self.step) if self.fault else None
-            while True:
-                try:
-                    loss = self.train_step(x, y, fault)
-                    break
-                except (torch.OutOfMemoryError, RuntimeError) as e:
-                    if not is_oom(e):
-                        raise
-                    self.opt.zero_grad(set_to_none=True)
-                    free_memory(self.device)
-                    if self.micro == 1:
-                        raise ValueError(f"out of memory at step {self.step} even with a micro-batch of 1: "
-                                         "pick a smaller model, a shorter context, or another device") from None
-                    self.micro //= 2
-                    fault = None
-                    self.event("oom", f"out of memory at step {self.step}: micro-batch now {self.micro} x "
-                               f"{math.ceil(share / self.micro)} accumulation (same effective batch)")
-            self.step += 1
-            if not math.isfinite(loss):
-                nan_run += 1
-                self.lr_scale *= 0.5
-                self.event("nan", f"loss was not finite at step {self.step}: step skipped, "
-                           f"learning rate scaled to {self.lr_scale:g}x")
-                if nan_run >= self.cfg.nan_patience:
-                    self._restore()
-                    nan_run = 0
-                continue
-            nan_run, last_loss = 0, loss
-            since_eval.append(loss)
-            tokens_since += self.global_batch * x.shape[1]
-            if self.step % s.log_interval == 0 or self.step == s.max_steps:
-                now = time.perf_counter()
-                self.emit("step", loss=loss, lr=self.opt.param_groups[0]["lr"],
-                          tokens_per_s=tokens_since / max(now - last_log, 1e-9),
-                          elapsed_s=round(time.time() - self.t0, 3))
-                last_log, tokens_since = now, 0
-            stop_early = False
-            if self.step % s.eval_interval == 0:
-                val, stop_early = self.do_eval(since_eval)
-                since_eval, last_eval = [], self.step
-            if self.step % s.save_interval == 0:
-                self.save("last")
-            if stop_early:
-                reason = "early_stop"
-                self.event("early_stop", f"val loss did not improve by {s.early_stop_min_delta} "
-                           f"for {s.early_stop_patience} evals: stopped at step {self.step}")
-                break
-        if last_eval != self.step and self.step > 0:
-            val, _ = self.do_eval(since_eval)
-        self.save("last")
-        # a stop request is honoured now: scoring 200 held-out questions can wait for a finished run
-        accuracy = self.heldout_accuracy() if reason != "stopped" else None
-        summary = {"run_dir": str(self.dir), "steps": self.step, "train_loss": last_loss, "val_loss": val,
-                   "val_ppl": math.exp(min(val, 50)) if math.isfinite(val) else None,
-                   "best_val_loss": None if math.isinf(self.best) else self.best, "reason": reason,
-                   "elapsed_s": round(time.time() - self.t0, 3)}
-        if accuracy:  # the shown answers as sample rows; the score in the done row
-            summary["heldout_exact_match"] = accuracy["exact_match"]
-            for a in accuracy["answers"]:
-                self.emit("sample", prompt=corpus.format_exchange(a["question"]), text=a["answer"],
-                          expected=a["expected"], heldout=True)
-        self.emit("done", **summary)
-        self.set_status("stopped" if reason == "stopped" else "done")
-        return {**summary, "data": self.info.get("data_report")}
 
-    def _restore(self) -> None:
-        """Weights and optimizer of the last checkpoint; the step count, lowered LR and RNG go on,
-        so the batches that broke the run are not replayed."""
-        from safetensors.torch import load_file
+def _load_checked_state(folder: Path, optimizer: torch.optim.Optimizer, restore_rng: bool) -> dict:
+    """Optimizer (and RNG) from state/, checked against last/; returns the trainer JSON."""
+    trainer = load_state(folder / "state", optimizer, restore_rng)
+    saved_step = json.loads((folder / "last" / models.MODEL_META).read_text()).get("step")
+    if saved_step != trainer["step"]:
+        raise ValueError(f"{folder}: last/ is at step {saved_step} but state/ at step {trainer['step']}")
+    return trainer
 
-        self.acc.wait_for_everyone()
-        restored = self._load_state(restore_rng=False)["step"]
-        weights = load_file(str(self.dir / "last" / "model.safetensors"))
-        result = self.raw.load_state_dict(weights, strict=False)  # the tied lm_head is not stored
-        if result.unexpected_keys or set(result.missing_keys) - {"lm_head.weight"}:
-            raise ValueError(f"cannot restore {self.dir / 'last'}: its weights do not match the model")
-        self.event("restore", f"{self.cfg.nan_patience} non-finite steps in a row: restored the checkpoint "
-                   f"of step {restored}, learning rate stays at {self.lr_scale:g}x")
 
-    def close(self) -> None:
-        if self.metrics_file:
-            self.metrics_file.close()
-
+# ---- the loop ----
 
 def train(cfg: TrainConfig, stop: threading.Event | None = None,
-          on_event: Callable[[Event], None] | None = None, fault: Fault | None = None) -> dict:
+          on_event: Callable[[dict], None] | None = None) -> dict:
     """Run the whole loop in this thread; returns the summary (also the last metrics row)."""
-    run = _Run(cfg, stop, on_event, fault)
+    stop = stop or threading.Event()
+    with prepare(cfg, on_event) as run:
+        state, settings = run.state, run.settings
+        run.set_status("running")
+        if cfg.resume:
+            run.event("resume", f"resumed at step {state.step} from {run.folder / 'state'}")
+        else:
+            save(run, "last")  # a checkpoint to restore from, and the run shows up at once
+        if run.fit_note:
+            run.event("fit", run.fit_note)
+        reason, nonfinite_in_a_row, since_eval = "max_steps", 0, []
+        last_log, tokens_since_log, last_eval = time.perf_counter(), 0, -1
+        last_loss, val_loss = math.nan, math.nan
+        while state.step < settings.max_steps:
+            if stop.is_set():
+                reason = "stopped"
+                run.event("stop", f"stop requested: stopped at step {state.step}")
+                break
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr_at(state.step, settings) * state.lr_scale
+            x, y = next_batch(run)
+            loss = step_with_oom_retry(run, x, y)
+            state.step += 1
+            if not math.isfinite(loss):
+                nonfinite_in_a_row = skip_nonfinite_step(run, nonfinite_in_a_row + 1)
+                continue
+            nonfinite_in_a_row, last_loss = 0, loss
+            since_eval.append(loss)
+            tokens_since_log += run.global_batch * run.block_size
+            if state.step % settings.log_interval == 0 or state.step == settings.max_steps:
+                now = time.perf_counter()
+                run.emit("step", loss=loss, lr=run.optimizer.param_groups[0]["lr"],
+                         tokens_per_s=tokens_since_log / max(now - last_log, 1e-9), elapsed_s=run.elapsed_s())
+                last_log, tokens_since_log = now, 0
+            stop_early = False
+            if state.step % settings.eval_interval == 0:
+                val_loss, stop_early = evaluate(run, since_eval)
+                since_eval, last_eval = [], state.step
+            if state.step % settings.save_interval == 0:
+                save(run, "last")
+            if stop_early:
+                reason = "early_stop"
+                run.event("early_stop", f"val loss did not improve by {settings.early_stop_min_delta} "
+                          f"for {settings.early_stop_patience} evals: stopped at step {state.step}")
+                break
+        if last_eval != state.step and state.step > 0:
+            val_loss, _ = evaluate(run, since_eval)
+        save(run, "last")
+        return finish(run, reason, last_loss, val_loss)
+
+
+def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's share of the step's global batch, a pure function of (seed, step)."""
+    x, y = data.batch(run.tokens.train, run.global_batch, run.block_size, run.cfg.seed, run.state.step)
+    share = run.global_batch // run.accelerator.num_processes
+    first = run.accelerator.process_index * share
+    return x[first:first + share], y[first:first + share]
+
+
+def micro_batches(run: Run, x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    size = run.state.micro_batch
+    for i in range(0, len(x), size):
+        yield x[i:i + size].to(run.device), y[i:i + size].to(run.device)
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Forward/backward over micro-batches, clip, step; returns the mean loss (non-finite: nothing stepped)."""
+    total = torch.zeros((), device=run.device)
+    chunks = list(micro_batches(run, x, y))
+    for i, (xb, yb) in enumerate(chunks):
+        # processes average gradients once, on the last micro-batch
+        last = i == len(chunks) - 1
+        with contextlib.nullcontext() if last else run.accelerator.no_sync(run.model):
+            loss = lm_loss(run.model, xb, yb, run.precision.context())
+            run.scaler.scale(loss * (len(xb) / len(x))).backward()
+        total += loss.detach() * (len(xb) / len(x))
+    if run.accelerator.num_processes > 1:
+        total = run.accelerator.reduce(total, "mean")
+    loss_value = float(total)
+    if math.isfinite(loss_value) and run.settings.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.settings.grad_clip)
+        if not torch.isfinite(norm):
+            loss_value = math.nan
+    if math.isfinite(loss_value):
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_value
+
+
+def step_with_oom_retry(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
+    """`train_step`; out of memory halves the micro-batch and tries again (the same effective batch)."""
+    state = run.state
+    while True:
+        try:
+            return train_step(run, x, y)
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not is_oom(e):
+                raise
+        run.optimizer.zero_grad(set_to_none=True)
+        free_memory(run.device)
+        if state.micro_batch == 1:
+            raise ValueError(f"out of memory at step {state.step} even with a micro-batch of 1: "
+                             "pick a smaller model, a shorter context, or another device")
+        state.micro_batch //= 2
+        run.event("oom", f"out of memory at step {state.step}: micro-batch now {state.micro_batch} x "
+                  f"{math.ceil(len(x) / state.micro_batch)} accumulation (same effective batch)")
+
+
+def skip_nonfinite_step(run: Run, in_a_row: int) -> int:
+    """After a skipped NaN/Inf step: halve the learning rate; `nan_patience` in a row restore the
+    last checkpoint. Returns the count of non-finite steps in a row from here."""
+    run.state.lr_scale *= 0.5
+    run.event("nan", f"loss was not finite at step {run.state.step}: step skipped, "
+              f"learning rate scaled to {run.state.lr_scale:g}x")
+    if in_a_row < run.cfg.nan_patience:
+        return in_a_row
+    restore_last(run)
+    return 0
+
+
+def restore_last(run: Run) -> None:
+    """Weights and optimizer of the last checkpoint; the step count, lowered LR and RNG go on,
+    so the batches that broke the run are not replayed."""
+    run.accelerator.wait_for_everyone()
+    restored = _load_checked_state(run.folder, run.optimizer, restore_rng=False)["step"]
+    weights = load_file(str(run.folder / "last" / "model.safetensors"))
+    result = run.loaded.model.load_state_dict(weights, strict=False)  # the tied lm_head is not stored
+    if result.unexpected_keys or set(result.missing_keys) - {"lm_head.weight"}:
+        raise ValueError(f"cannot restore {run.folder / 'last'}: its weights do not match the model")
+    run.event("restore", f"{run.cfg.nan_patience} non-finite steps in a row: restored the checkpoint "
+              f"of step {restored}, learning rate stays at {run.state.lr_scale:g}x")
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    model.eval()
     try:
-        return run.run()
-    except BaseException as e:
-        if run.metrics_file:
-            run.emit("done", reason="failed", message=f"{type(e).__name__}: {e}")
-            run.set_status("failed", error=f"{type(e).__name__}: {e}")
-        raise
+        yield
     finally:
-        run.close()
+        model.train()
+
+
+@torch.no_grad()
+def mean_val_loss(run: Run) -> float:
+    """Mean val loss over the same fixed windows at every eval (eval_batches x batch_size)."""
+    settings = run.settings
+    x, y = data.batch(run.tokens.val, settings.eval_batches * settings.batch_size, run.block_size,
+                      run.cfg.seed + 1, 0)
+    with eval_mode(run.model):
+        total = sum(float(lm_loss(run.model, xb, yb, run.precision.context())) * len(xb)
+                    for xb, yb in micro_batches(run, x, y))
+    return total / len(x)
+
+
+def evaluate(run: Run, train_losses: list[float]) -> tuple[float, bool]:
+    """Eval row, samples, `best` checkpoint on improvement; returns (val loss, stop early?)."""
+    val_loss = mean_val_loss(run)
+    row = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
+    if train_losses:
+        row["train_loss"] = sum(train_losses) / len(train_losses)
+    run.emit("eval", **row)
+    write_samples(run)
+    state = run.state
+    if val_loss < state.best_val_loss - run.settings.early_stop_min_delta:
+        state.best_val_loss, state.bad_evals = val_loss, 0
+        save(run, "best")
+    else:
+        state.bad_evals += 1
+    patience = run.settings.early_stop_patience
+    return val_loss, bool(patience and state.bad_evals >= patience)
+
+
+def write_samples(run: Run) -> None:
+    """Greedy continuations of two held-out questions (built-in data) or of the val text's start."""
+    if not run.main:
+        return
+    if run.heldout:
+        prompts = [corpus.format_exchange(e.question) for e in run.heldout[:2]]
+    else:
+        prompts = [run.loaded.tokenizer.decode(run.tokens.val[:16].tolist())]
+    settings = DecodingSettings(temperature=0.0, max_new_tokens=run.cfg.sample_tokens, stop=("\nHuman:",))
+    with eval_mode(run.loaded.model):
+        for prompt in prompts:
+            run.emit("sample", prompt=prompt, text=generate(run.loaded, prompt, [settings])[0].text)
+
+
+def save(run: Run, which: str) -> None:
+    """The `last` or `best` model (HF format with the studio's meta); `last` also saves the resume state."""
+    if run.main:
+        path = run.folder / which
+        meta = {"preset": run.preset.to_dict() if run.preset else None, "step": run.state.step,
+                "run": run.folder.name, "val_loss": run.state.best_or_none}
+        models.save_model(run.loaded.model, run.loaded.tokenizer, path, meta)
+        if which == "last":
+            save_state(run.folder / "state", run.optimizer, run.state.to_json(run.cfg.seed))
+        run.emit("checkpoint", which=which, path=str(path))
+    run.accelerator.wait_for_everyone()
+
+
+def heldout_accuracy(run: Run) -> dict | None:
+    """Built-in data: greedy answers to the held-out questions, scored by exact match."""
+    if not run.main or not run.heldout or not run.cfg.heldout_eval:
+        return None
+    with eval_mode(run.loaded.model):
+        return heldout_exact_match(run.loaded, run.heldout)
+
+
+def finish(run: Run, reason: str, last_loss: float, val_loss: float) -> dict:
+    """The held-out score, the done row and run.json's final status; returns the summary."""
+    # a stop request is honoured now: scoring 200 held-out questions can wait for a finished run
+    accuracy = heldout_accuracy(run) if reason != "stopped" else None
+    summary = {"run_dir": str(run.folder), "steps": run.state.step, "train_loss": last_loss, "val_loss": val_loss,
+               "val_ppl": math.exp(min(val_loss, 50)) if math.isfinite(val_loss) else None,
+               "best_val_loss": run.state.best_or_none, "reason": reason, "elapsed_s": run.elapsed_s()}
+    if accuracy:  # the shown answers as sample rows; the score in the done row
+        summary["heldout_exact_match"] = accuracy["exact_match"]
+        for answer in accuracy["answers"]:
+            run.emit("sample", prompt=corpus.format_exchange(answer["question"]), text=answer["answer"],
+                     expected=answer["expected"], heldout=True)
+    if run.main and run.eval_text and reason != "stopped":  # the user's own eval text, every token scored
+        with eval_mode(run.loaded.model):
+            summary["score"] = {"data": run.cfg.eval_data, **score(run.loaded, run.eval_text).to_dict()}
+        run.emit("score", **summary["score"])
+    run.emit("done", **summary)
+    scored = {"score": summary["score"]} if "score" in summary else {}
+    run.set_status("stopped" if reason == "stopped" else "done", **scored)
+    return {**summary, "data": run.info.get("data_report")}

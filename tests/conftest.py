@@ -10,14 +10,11 @@ from studio.bench.browser import CHROMIUM, CHROMIUM_ARGS  # the one list, shared
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
-GPT2_RANKS = SHARED_DATA / "gpt2.tiktoken"
 GPT2_TOKENIZER_DIR = SHARED_DATA / "gpt2"
 ARTIFACTS = ROOT / "artifacts"
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # hub calls fail at once instead of retrying for ~23 s
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-if GPT2_RANKS.is_file():
-    os.environ.setdefault("STUDIO_GPT2_BPE", str(GPT2_RANKS))
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -29,11 +26,6 @@ def _scratch_dirs(tmp_path_factory):
         os.environ[var] = str(base / sub)
         (base / sub).mkdir()
     yield base
-
-
-def needs_gpt2_bpe():
-    if not os.environ.get("STUDIO_GPT2_BPE"):
-        pytest.skip("the GPT-2 BPE ranks file (../shared/data/gpt2.tiktoken) is not available")
 
 
 TINY = dict(name="tiny", n_layer=2, n_embd=32, n_head=2, block_size=64)
@@ -51,7 +43,6 @@ def _save_scratch(preset, tok) -> str:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(_scratch_dirs) -> str:
     """A 2-layer GPT-2-BPE model: run `tiny`."""
-    needs_gpt2_bpe()
     from studio.presets import Preset
     from studio.tokenizer import GPT2BPE
 
@@ -72,7 +63,6 @@ def tiny_char_checkpoint(_scratch_dirs) -> str:
 @pytest.fixture(scope="session")
 def long_checkpoint(_scratch_dirs) -> str:
     """A model slow enough to stop mid-reply: 1,024-token context (so 512 new tokens), ~9 ms a token here."""
-    needs_gpt2_bpe()
     from studio.presets import Preset
     from studio.tokenizer import GPT2BPE
 

@@ -114,7 +114,7 @@ def test_a_crash_between_the_renames_leaves_the_old_copy_and_the_next_save_keeps
 
 def test_a_crashed_model_save_still_loads(tiny_char_checkpoint):
     run = checkpoints_dir() / "crashed-save"
-    shutil.copytree(checkpoints_dir() / tiny_char_checkpoint, run)
+    shutil.copytree(checkpoints_dir() / tiny_char_checkpoint / "last", run / "last")  # the model alone
     crash_while_replacing("model", str(run / "last"), tiny_char_checkpoint)
     assert not (run / "last").exists()
     loaded = models.load("crashed-save")  # the run still resolves: its last complete model

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import CHROMIUM, ROOT, needs_gpt2_bpe
+from conftest import CHROMIUM, ROOT
 from studio import models
 from studio.__main__ import main
 from studio.bench import chat as chat_bench, memory as memory_bench, train as train_bench
@@ -63,7 +63,6 @@ def test_train_bench_reports_the_worst_architecture(monkeypatch):
 def test_cli_bench_train_json(monkeypatch, capsys):
     """`bench train` on a one-layer architecture: every documented field, plausible timings, and
     the studio loop learning exactly what a bare PyTorch loop learns."""
-    needs_gpt2_bpe()
     monkeypatch.setattr(train_bench, "TRAIN_ARCHS", {"t": (lambda: TINY_ARCH, 2, 32, 1e-3)})
     out = cli_json(capsys, "train", "--steps", "2")
     assert set(out) == {"device", "threads", "archs", "ratio", "speedup"}
@@ -119,7 +118,6 @@ def test_train_tab_bench_trains_the_same_run_both_ways():
     """`bench train-tab` in its own process (it points the checkpoints folder at a temp dir):
     one CLI run and one run started by clicking Start in a real browser, with the same settings
     (the bench fails if the tab's run.json settings differ from the CLI's)."""
-    needs_gpt2_bpe()
     if not CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium")
     out = subprocess.run([sys.executable, "-m", "studio", "bench", "train-tab", "--rounds", "1", "--steps", "30",

@@ -64,6 +64,59 @@ def test_bench_compare_json_shape():
     assert {"batched_s", "sequential_s", "ratio", "single_ratio"} <= set(out["v2"])
 
 
+def test_preset_new_saves_what_presets_lists():
+    r = run_cli("preset", "new", "cli-design", "--n-layer", "2", "--n-embd", "96", "--n-head", "3",
+                "--tokenizer", "char", "--vocab-size", "80", "--block-size", "64", "--json")
+    assert r.returncode == 0, r.stderr
+    made = json.loads(r.stdout.strip().splitlines()[-1])
+    listed = {p["name"]: p for p in json.loads(run_cli("presets", "--json").stdout.strip().splitlines()[-1])["presets"]}
+    assert made == listed["cli-design"] and (made["layers"], made["d_model"], made["vocab"]) == (2, 96, 80)
+    r = run_cli("preset", "new", "bad", "--n-layer", "2", "--n-embd", "100", "--n-head", "3")
+    assert r.returncode == 2 and r.stderr == "error: n_embd (100) must be divisible by n_head (3)\n"
+
+
+EVAL_TEXT = "Human: What is 2 plus 3?\nAssistant: 5\n\n" * 12 + "abcdefghijklmnopqrstuvwxyz"
+
+
+def test_eval_scores_two_models_on_the_same_bytes(tiny_char_checkpoint, tiny_checkpoint, tmp_path):
+    from studio import evaluate, models
+
+    path = tmp_path / "text.txt"
+    path.write_text(EVAL_TEXT)
+    r = run_cli("eval", "--model", tiny_char_checkpoint, "--model", tiny_checkpoint, "--data", str(path),
+                "--stride", "16", "--json")
+    assert r.returncode == 0, r.stderr
+    results = json.loads(r.stdout.strip().splitlines()[-1])["results"]
+    assert [set(x) for x in results] == [{"model", "loss", "ppl", "bits_per_byte", "tokens", "bytes"}] * 2
+    assert [x["model"] for x in results] == [tiny_char_checkpoint, tiny_checkpoint]
+    assert results[0]["bytes"] == results[1]["bytes"] == len(EVAL_TEXT.encode())
+    assert results[0]["tokens"] == len(EVAL_TEXT) > results[1]["tokens"]  # a character each vs BPE
+    expected = evaluate.score(models.load(tiny_checkpoint, device="cpu"), EVAL_TEXT, stride=16)
+    assert results[1]["bits_per_byte"] == pytest.approx(expected.bits_per_byte, rel=1e-5)
+    table = run_cli("eval", "--model", tiny_char_checkpoint, "--data", str(path))
+    assert table.returncode == 0 and "bits/byte" in table.stdout and tiny_char_checkpoint in table.stdout
+    bad = run_cli("eval", "--model", tiny_char_checkpoint, "--data", str(path), "--split", "train")
+    assert bad.returncode == 2 and "split must be one of ['all', 'val'], got 'train'" in bad.stderr
+
+
+def test_a_job_that_fails_at_setup_says_why_in_its_run_folder(tiny_char_checkpoint):
+    """The app's job: `train --config <run>/job.json`; the data file is gone before the run starts."""
+    from studio import checkpoints_dir, runs
+    from studio.training import TrainConfig
+
+    folder = checkpoints_dir() / "fails-at-setup"
+    folder.mkdir()
+    cfg = TrainConfig(model=tiny_char_checkpoint, data="/nonexistent/data.txt", out="fails-at-setup")
+    (folder / "job.json").write_text(json.dumps(cfg.to_dict()))
+    r = run_cli("train", "--config", str(folder / "job.json"), "--json")
+    assert r.returncode == 2 and "data file /nonexistent/data.txt not found" in r.stderr
+    run = runs.read_run(folder)
+    assert run["status"] == "failed" and run["error"] == "data file /nonexistent/data.txt not found"
+    assert run["model"] == tiny_char_checkpoint  # the config, as a started run's run.json holds it
+    done = runs.metric_rows(folder)[-1]
+    assert (done["type"], done["reason"], done["message"]) == ("done", "failed", run["error"])
+
+
 @pytest.mark.parametrize("error, code, expected", [
     (RuntimeError("boom"), 1, "error: RuntimeError: boom\n"),
     (OSError("disk full\nwhile saving"), 1, "error: OSError: disk full while saving\n"),

@@ -96,3 +96,45 @@ def test_builtin_source_keeps_heldout_apart():
 def test_a_single_document_is_split_at_paragraphs():
     train, val = data.split_docs(["\n\n".join(f"para {i}" for i in range(20))])
     assert len(train) == 18 and len(val) == 2
+
+
+def test_sequential_split_holds_out_exactly_the_last_tenth_of_the_file(tmp_path):
+    path = tmp_path / "book.txt"
+    text = "".join(f"line {i} of the book\n" + ("\n" if i % 7 == 0 else "") for i in range(60))  # 1,200+ chars
+    path.write_text(text)
+    documents = data.read_source(str(path))
+    train, val = data.split_source(documents, "sequential")
+    n_val = round(len(text) * 0.1)
+    assert val == [text[-n_val:]] and train == [text[:-n_val]]
+    assert data.eval_text(str(path), "val", split_mode="sequential") == text[-n_val:]
+    assert data.eval_text(str(path), "all") == text
+    # training's val tokens are that same text, then end-of-text
+    tok = CharTokenizer.from_texts([text])
+    tokens = data.prepare(documents, tok, tmp_path / "cache", split_mode="sequential")
+    assert tokens.val.tolist() == tok.encode(text[-n_val:]) + [tok.eos_id]
+    with pytest.raises(ValueError, match=r"split_mode must be one of \['documents', 'sequential'\], got 'last'"):
+        data.split_source(documents, "last")
+
+
+def test_eval_val_text_is_the_validation_split_training_holds_out(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps({"user": f"question {i}?", "assistant": f"answer {i}"}) + "\n" for i in range(30)))
+    documents = data.read_source(str(path))
+    tok = CharTokenizer.from_texts(documents.docs)
+    held_out = data.prepare(documents, tok, None, seed=3).val
+    text = data.eval_text(str(path), "val", seed=3)
+    # the held-out documents, in training's order, joined by a blank line
+    assert [tok.decode(part) for part in _split_at(held_out.tolist(), tok.eos_id)] == text.split("\n\n")
+    with pytest.raises(ValueError, match=r"split must be one of \['all', 'val'\], got 'train'"):
+        data.eval_text(str(path), "train")
+
+
+def _split_at(ids: list[int], eos: int) -> list[list[int]]:
+    parts, cur = [], []
+    for i in ids:
+        if i == eos:
+            parts.append(cur)
+            cur = []
+        else:
+            cur.append(i)
+    return parts

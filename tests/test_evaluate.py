@@ -6,7 +6,7 @@ import torch
 
 from studio import models
 from studio.evaluate import score, text_ids, windows
-from studio.presets import Preset
+from studio.presets import Preset, TrainSettings
 from studio.tokenizer import CharTokenizer, build_tokenizer
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n" * 6).strip()
@@ -75,3 +75,29 @@ def test_bad_stride_names_the_range():
     loaded = _loaded(CharTokenizer.from_texts([TEXT]))
     with pytest.raises(ValueError, match=r"stride must be in \[1, 31\]"):
         score(loaded, TEXT, stride=32)
+
+
+@pytest.mark.slow
+def test_a_run_scores_its_final_model_on_the_eval_data(tiny_char_checkpoint, tmp_path):
+    from studio import runs
+    from studio.training import TrainConfig, train
+
+    data, held = tmp_path / "train.txt", tmp_path / "eval.txt"
+    data.write_text("\n\n".join(f"Human: What is {i} plus 3?\nAssistant: {i + 3}" for i in range(40)))
+    held.write_text("Human: What is 2 plus 3?\nAssistant: 5")
+    cfg = TrainConfig(model=tiny_char_checkpoint, data=str(data), out="scored-run", device="cpu", fit_memory=False,
+                      eval_data=str(held), split_mode="sequential",
+                      settings=TrainSettings(max_steps=3, warmup_steps=1, batch_size=2, eval_interval=3,
+                                             eval_batches=1, log_interval=1))
+    summary = train(cfg)
+    run = runs.read_run("scored-run")
+    expected = score(models.load(str(runs.run_dir("scored-run") / "last"), device="cpu"), held.read_text())
+    assert run["score"] == summary["score"] == {"data": str(held), **expected.to_dict(), "model": "scored-run"}
+    rows = runs.metric_rows("scored-run")
+    assert [r["type"] for r in rows[-2:]] == ["score", "done"] and rows[-2]["bits_per_byte"] == expected.bits_per_byte
+    # text the model's characters cannot spell fails before training, naming the field
+    held.write_text("Zebra quartz!")
+    with pytest.raises(ValueError, match=r"eval_data: model .*cannot encode all of the text"):
+        train(TrainConfig(model=tiny_char_checkpoint, data=str(data), out="never-run", device="cpu",
+                          eval_data=str(held)))
+    assert not (runs.run_dir("never-run") / runs.RUN_FILE).exists()

@@ -9,7 +9,6 @@ import torch
 from conftest import GPT2_TOKENIZER_DIR, ROOT
 from studio import checkpoints_dir, decoding, models
 from studio.sampling import DecodingSettings
-from studio.workspace import Workspace
 
 
 @pytest.fixture
@@ -66,16 +65,6 @@ def test_checkpoint_saved_atomically_reloads_with_transformers(tiny_char_checkpo
     assert tiny_char_checkpoint in models.list_models()
 
 
-def test_workspace_caches_and_reloads_a_resaved_checkpoint(tiny_char_checkpoint):
-    ws = Workspace()
-    a = ws.model(tiny_char_checkpoint)
-    assert ws.model(tiny_char_checkpoint) is a
-    spec = models.resolve(tiny_char_checkpoint)
-    time.sleep(0.01)
-    models.save_model(a.model, a.tokenizer, spec.path, {"step": 6})
-    assert ws.model(tiny_char_checkpoint) is not a
-
-
 def test_pretrained_weights_offline_fail_fast_and_clearly(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf"), "STUDIO_CHECKPOINTS": str(tmp_path)}
     t0 = time.perf_counter()
@@ -100,7 +89,6 @@ def test_generate_streams_and_stops_at_max_tokens(tiny_char_checkpoint):
 def test_default_decoding_is_the_models_preset_else_the_plain_defaults(tiny_char_checkpoint, tmp_path):
     from dataclasses import replace
 
-    from studio.decoding import DecodingSettings
     from studio.presets import load_presets
 
     presets = load_presets()
@@ -112,3 +100,31 @@ def test_default_decoding_is_the_models_preset_else_the_plain_defaults(tiny_char
     shutil.copytree(tmp_path / "tuned" / "last", tmp_path / "bare")
     (tmp_path / "bare" / models.MODEL_META).unlink()  # a plain Hugging Face folder: no preset known
     assert models.default_decoding(str(tmp_path / "bare")) == DecodingSettings()
+
+
+def test_two_threads_loading_at_once_both_get_tied_weights(tiny_char_checkpoint, monkeypatch):
+    """transformers 5 swaps out `tie_weights` for the whole process while it builds a model: a load
+    that finishes while another thread's build is in that window would keep an untied lm_head on the
+    meta device ("Cannot copy out of meta tensor"). Model construction is serialized."""
+    import threading
+
+    from transformers import GPT2LMHeadModel
+
+    real_init, first = GPT2LMHeadModel.__init__, threading.Event()
+
+    def init(self, *args, **kw):  # the first build dawdles inside transformers' no-tie window
+        real_init(self, *args, **kw)
+        if not first.is_set():
+            first.set()
+            threading.Event().wait(1.0)
+
+    monkeypatch.setattr(GPT2LMHeadModel, "__init__", init)
+    results = {}
+    slow = threading.Thread(target=lambda: results.update(slow=models.load(tiny_char_checkpoint, device="cpu")))
+    slow.start()
+    assert first.wait(timeout=30)
+    results["fast"] = models.load(tiny_char_checkpoint, device="cpu")
+    slow.join()
+    for loaded in results.values():
+        assert not any(p.is_meta for p in loaded.model.parameters())
+        assert loaded.model.lm_head.weight.data_ptr() == loaded.model.transformer.wte.weight.data_ptr()

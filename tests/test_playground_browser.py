@@ -5,7 +5,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from conftest import ARTIFACTS, needs_gpt2_bpe
+from conftest import ARTIFACTS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -14,7 +14,6 @@ BOTH_FINISHED = "() => [1, 2].every(n => document.querySelector(`#play-out-${n} 
 
 
 def test_two_columns_stream_side_by_side(page):
-    needs_gpt2_bpe()
     page.get_by_role("tab", name="Playground", exact=True).click()
     page.locator("#play-prompt textarea").fill("The little robot")
     picker = page.get_by_label("Model", exact=True).nth(1)  # the Models tab's picker comes first

@@ -79,3 +79,47 @@ def test_unknown_preset_lists_the_known_ones():
         get_preset("nope")
     with pytest.raises(ValueError, match="expected a preset"):
         models.resolve("nope")
+
+
+def test_a_designed_preset_is_saved_in_the_checkpoints_folder_and_listed():
+    from studio import checkpoints_dir
+    from studio.memory import design
+    from studio.presets import design_preset, save_preset
+
+    preset = design_preset("my-v1", n_layer=3, n_embd=128, n_head=4, n_inner=512, block_size=128)
+    d = design(preset)
+    assert d["params"] == 7_044_352 and d["rule_of_thumb_tokens"] == 20 * 7_044_352  # v1's architecture
+    assert d["train_step_fp32_gb"] > d["train_fp32_gb"]  # activations come on top
+    path = save_preset(preset)
+    assert path == checkpoints_dir() / "_presets" / "my-v1.json"
+    names = list(load_presets())
+    assert names.index("my-v1") > names.index("v2")  # after the shipped ones
+    assert get_preset("my-v1") == load_preset_file(path) and get_preset("my-v1").d_ff == 512
+    assert models.resolve("my-v1").preset.n_layer == 3  # trainable as a preset at once
+
+
+def test_a_designed_preset_never_shadows_a_shipped_one():
+    from studio.presets import design_preset, save_preset, user_presets_dir
+
+    with pytest.raises(ValueError, match="name 'v1' is a shipped preset; choose another name"):
+        save_preset(design_preset("v1", n_layer=1, n_embd=64, n_head=2))
+    user_presets_dir().mkdir(parents=True, exist_ok=True)
+    (user_presets_dir() / "v2.json").write_text(json.dumps({"name": "v2", "n_layer": 1}))  # put there by hand
+    try:
+        assert load_presets()["v2"].n_layer == 4 and get_preset("v2").n_layer == 4
+    finally:
+        (user_presets_dir() / "v2.json").unlink()
+
+
+@pytest.mark.parametrize("name, arch, needle", [
+    ("../evil", {}, "name must be a plain name"),
+    ("ok", {"n_embd": 250}, "n_embd (250) must be divisible by n_head (4)"),  # a preset file's own message
+    ("ok", {"tokenizer": "gpt2", "vocab_size": 1000}, "vocab_size must be 50257 with the gpt2 tokenizer"),
+    ("ok", {"dropout": 1.0}, "dropout must be in [0, 1)"),
+])
+def test_a_bad_design_names_the_field(name, arch, needle):
+    from studio.presets import design_preset
+
+    with pytest.raises(ValueError) as e:
+        design_preset(name, **{"n_layer": 2, "n_embd": 128, "n_head": 4, **arch})
+    assert needle in str(e.value)

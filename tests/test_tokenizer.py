@@ -1,6 +1,5 @@
 import pytest
 
-from conftest import needs_gpt2_bpe
 from studio.tokenizer import (EOT, GPT2BPE, CharTokenizer, TrainedBPE, build_tokenizer, gpt2_ranks_source,
                               load_tokenizer)
 
@@ -8,7 +7,6 @@ TEXT = "Hello, world! Ünïcode — and numbers 1234.\nHuman: hi<|endoftext|>Ass
 
 
 def test_gpt2_bpe_from_ranks_file_matches_tiktoken_reference():
-    needs_gpt2_bpe()
     tok = GPT2BPE()
     assert tok.encode("Hello, world!") == [15496, 11, 995, 0]
     assert (tok.vocab_size, tok.eos_id) == (50257, 50256)

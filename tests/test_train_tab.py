@@ -1,4 +1,5 @@
 """The Train tab over HTTP and in a browser: start, watch, stop, load the checkpoint."""
+import html
 import re
 import time
 
@@ -12,8 +13,9 @@ from studio import models, runs
 pytestmark = pytest.mark.slow
 
 # model, data kind, file, saved chat, hub name, run name, device, precision, then the tab's settings in order:
-# learning_rate, warmup_steps, max_steps, batch_size, grad_accum, eval_interval, save_interval, patience
-SETTINGS = [1e-3, 2, 2000, 4, 1, 10, 10, 0]
+# learning_rate, warmup_steps, max_steps, batch_size, grad_accum, eval_interval, save_interval, patience,
+# then the run options: validation split mode, report_to, eval file
+SETTINGS = [1e-3, 2, 2000, 4, 1, 10, 10, 0, "documents", "none", None]
 
 
 def wait_for(fn, timeout=90, every=0.5):
@@ -64,6 +66,32 @@ def test_a_saved_chat_is_training_data(client, tiny_checkpoint):
     assert "from 1 documents (1 rated-down replies left out)" in plan, plan
     with pytest.raises(Exception, match="saved chat"):
         client.predict(tiny_checkpoint, "saved chat", None, None, "", "cpu", "auto", *SETTINGS, api_name="/train_plan")
+
+
+def test_a_run_that_fails_at_setup_says_why(client, tiny_checkpoint):
+    """Not "failed · step 0/0": the reason is in /train_status, run.json, the status line and the events."""
+    from studio import jobs
+    from studio.ui.train import _progress_html, events_table
+
+    client.predict(tiny_checkpoint, "hub dataset", None, None, "nope", "fails-early", "cpu", "auto", *SETTINGS,
+                   api_name="/train_start")
+    status = wait_for(lambda: (s := client.predict("fails-early", api_name="/train_status"))["state"] == "failed" and s)
+    reason = "hub dataset 'nope' is not known"
+    assert reason in status["error"] and status["max_steps"] == 2000
+    run = runs.read_run(runs.run_dir("fails-early"))
+    assert run["status"] == "failed" and reason in run["error"]
+    df = runs.read_metrics(runs.run_dir("fails-early"))
+    shown = _progress_html(jobs.run_progress(jobs.TrainingJob(), runs.run_dir("fails-early"), df))
+    assert "<b>failed</b> · step 0/2000" in shown and html.escape(reason) in shown
+    assert events_table(df).iloc[0].kind == "failed" and reason in events_table(df).iloc[0].message
+    # a run that never started leaves its name free
+    client.predict(tiny_checkpoint, "built-in corpus", None, None, "", "fails-early", "cpu", "auto", *SETTINGS,
+                   api_name="/train_start")
+    assert client.predict("fails-early", api_name="/train_status")["state"] in ("starting", "running")
+    client.predict(api_name="/train_stop")
+    final = wait_for(lambda: (s := client.predict("fails-early", api_name="/train_status"))["state"]
+                     in ("stopped", "done", "failed") and s)
+    assert final["state"] == "stopped" and "error" not in final, final
 
 
 @pytest.mark.browser

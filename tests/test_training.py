@@ -6,9 +6,10 @@ import sys
 import threading
 
 import pytest
+import torch
 
 from conftest import ROOT
-from studio import checkpoints_dir, models, runs
+from studio import checkpoints_dir, models, runs, training
 from studio.corpus import builtin_examples
 from studio.presets import TrainSettings
 from studio.training import TrainConfig, lr_at, train
@@ -27,6 +28,32 @@ def settings(**kw):
     base = dict(learning_rate=3e-3, warmup_steps=2, max_steps=8, batch_size=4, grad_accum=2,
                 eval_interval=4, eval_batches=2, save_interval=4, log_interval=1)
     return TrainSettings(**{**base, **kw})
+
+
+def inject_faults(monkeypatch, fault):
+    """Faults around the real step, asked once per step (a retry runs clean): fault(step) == "oom"
+    raises out of memory before the step; "nan" turns every loss of the step into NaN, so the step
+    itself meets a non-finite loss."""
+    real_step, real_loss = training.train_step, training.lm_loss
+    asked, nan_now = set(), [False]
+
+    def step(run, x, y):
+        kind = fault(run.state.step) if run.state.step not in asked else None
+        asked.add(run.state.step)
+        if kind == "oom":
+            raise torch.OutOfMemoryError("injected out of memory")
+        nan_now[0] = kind == "nan"
+        try:
+            return real_step(run, x, y)
+        finally:
+            nan_now[0] = False
+
+    def loss(*args):
+        value = real_loss(*args)
+        return value * math.nan if nan_now[0] else value
+
+    monkeypatch.setattr(training, "train_step", step)
+    monkeypatch.setattr(training, "lm_loss", loss)
 
 
 def step_losses(name):
@@ -94,10 +121,10 @@ def test_resume_continues_the_same_curve(tiny_char_checkpoint, small_data):
     assert kinds == ["stop", "resume"]
 
 
-def test_nan_steps_are_skipped_then_the_last_checkpoint_restored(tiny_char_checkpoint, small_data):
+def test_nan_steps_are_skipped_then_the_last_checkpoint_restored(tiny_char_checkpoint, small_data, monkeypatch):
     s = settings(max_steps=10, save_interval=2)
-    summary = train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="nan", settings=s, nan_patience=3),
-                    fault=lambda step: "nan" if step in (4, 5, 6) else None)
+    inject_faults(monkeypatch, lambda step: "nan" if step in (4, 5, 6) else None)
+    summary = train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="nan", settings=s, nan_patience=3))
     events = [r for r in runs.metric_rows("nan") if r["type"] == "event"]
     assert [e["kind"] for e in events] == ["nan", "nan", "nan", "restore"]
     assert "restored the checkpoint of step 4" in events[-1]["message"]
@@ -108,12 +135,11 @@ def test_nan_steps_are_skipped_then_the_last_checkpoint_restored(tiny_char_check
     assert lrs[8] == pytest.approx(lr_at(7, s) / 8)  # halved three times
 
 
-def test_out_of_memory_halves_the_micro_batch_and_keeps_the_curve(tiny_char_checkpoint, small_data):
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_curve(tiny_char_checkpoint, small_data, monkeypatch):
     s = settings(max_steps=5, grad_accum=1)
     train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="no-oom", settings=s))
-    fired = []
-    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="oom", settings=s),
-          fault=lambda step: "oom" if step == 2 and not fired.append(step) else None)
+    inject_faults(monkeypatch, lambda step: "oom" if step == 2 else None)
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="oom", settings=s))
     events = [r for r in runs.metric_rows("oom") if r["type"] == "event"]
     assert [e["kind"] for e in events] == ["oom"] and "micro-batch now 2 x 2" in events[0]["message"]
     a, b = step_losses("no-oom"), step_losses("oom")

@@ -1,4 +1,4 @@
-"""Pieces every tab shares: the model picker and the one way errors reach the user."""
+"""Pieces every tab shares: the model picker, the data choice, and the one way errors reach the user."""
 from __future__ import annotations
 
 import functools
@@ -6,10 +6,14 @@ from typing import Callable
 
 import gradio as gr
 
+from studio import chat
+from studio.data import HUB, hub_source
 from studio.sampling import NAMED, DecodingSettings
 from studio.workspace import DEFAULT_MODEL, Workspace
 
 MODEL_QUEUE = "model"  # every event that runs a model shares this queue (concurrency_id)
+DATA_KINDS = ["built-in corpus", "file", "saved chat", "hub dataset"]
+HUB_EXAMPLE = "databricks-dolly-15k"  # the data module takes the short names of data.HUB, not dataset ids
 
 
 class Pickers:
@@ -37,6 +41,26 @@ class Pickers:
     def refresh(self, *values):
         choices = self.ws.list_models()
         return [gr.Dropdown(choices=choices, value=v) for v in values]
+
+
+def data_spec(kind: str, file, saved: str, hub: str) -> str:
+    """The engine's data spec ("builtin", a file path, "hub:<name>") from a data choice's fields."""
+    if kind not in DATA_KINDS:
+        raise ValueError(f"data kind must be one of {DATA_KINDS}, got {kind!r}")
+    if kind == "file":  # Gradio hands in only files uploaded to its own temp folder
+        if not file:
+            raise ValueError("data file: upload a file, or pick the built-in corpus")
+        return str(file if isinstance(file, str) else file.name)
+    if kind == "saved chat":
+        if not saved:
+            raise ValueError("saved chat: none chosen; save a conversation in the Chat tab first")
+        return str(chat.chat_file(saved, "saved chat"))
+    if kind == "hub dataset":
+        if not (hub or "").strip():
+            raise ValueError(f"hub dataset: name one of {', '.join(HUB)}, e.g. {HUB_EXAMPLE}")
+        hub_source(hub.strip())  # a known name, before a run starts on it
+        return f"hub:{hub.strip()}"
+    return "builtin"
 
 
 def user_errors(fn: Callable) -> Callable:

@@ -1,14 +1,19 @@
-"""Models tab: pick a preset or checkpoint, see its architecture, size and memory, load it, try it."""
+"""Models tab: pick a preset or checkpoint, see its architecture, size and memory, load it, try it;
+design a new preset; score several models on the same text (Evaluate)."""
 from __future__ import annotations
 
 import gradio as gr
 import pandas as pd
 
-from studio import decoding, devices, models
-from studio.memory import preset_table
-from studio.presets import load_presets
-from studio.ui.common import MODEL_QUEUE, Pickers, user_errors
-from studio.workspace import Workspace
+from studio import data, decoding, devices, evaluate, models
+from studio.memory import design, preset_table
+from studio.presets import DEFAULT_VOCAB, TOKENIZERS, Preset, design_preset, load_presets, save_preset
+from studio.ui import plots
+from studio.ui.common import DATA_KINDS, MODEL_QUEUE, Pickers, data_spec, user_errors
+from studio.workspace import DEFAULT_MODEL, Workspace
+
+DESIGN_FIELDS = ("n_layer", "n_embd", "n_head", "n_inner", "block_size", "tokenizer", "vocab_size", "dropout")
+EVAL_KINDS = [k for k in DATA_KINDS if k != "saved chat"]
 
 
 def human_gb(gb: float) -> str:
@@ -31,6 +36,35 @@ def _describe_markdown(info: dict) -> str:
     if info["source_note"]:
         lines += ["", f"*Source:* {info['source_note']}"]
     return "\n".join(lines)
+
+
+def designed(name: str, *values) -> Preset:
+    """The form's preset (the name, then DESIGN_FIELDS in order), validated as a preset file is."""
+    arch = dict(zip(DESIGN_FIELDS, values))
+    for key in DESIGN_FIELDS:
+        if key not in ("tokenizer", "dropout"):
+            if arch[key] is None:
+                raise ValueError(f"{key} must be a whole number, got nothing")
+            arch[key] = int(arch[key])
+    arch["dropout"] = float(arch["dropout"] or 0)
+    return design_preset(name, **arch)
+
+
+def design_markdown(name: str, *values) -> str:
+    """What the designed model costs, or the reason it is not a valid preset (as a preset file says it)."""
+    try:
+        d = design(designed((name or "").strip() or "unnamed", *values))
+    except ValueError as e:
+        return f"**Not a valid preset:** {e}"
+    return "\n".join([
+        f"### {d['params']:,} parameters ({d['params'] / 1e6:.2f}M)",
+        "| inference fp32 | inference bf16 | training fp32 (AdamW) | training bf16 autocast | "
+        f"one training step, batch {d['batch']} x {d['context']} (fp32) |",
+        "|---|---|---|---|---|",
+        "| " + " | ".join(human_gb(d[k]) for k in ("infer_fp32_gb", "infer_bf16_gb", "train_fp32_gb",
+                                                   "train_bf16_gb", "train_step_fp32_gb")) + " |", "",
+        f"A ~20 tokens/parameter run needs **{d['rule_of_thumb_tokens']:,} training tokens**.",
+        "" if (name or "").strip() else "Name it to save it."])
 
 
 def device_table() -> pd.DataFrame:
@@ -58,6 +92,43 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
             max_new = gr.Slider(1, 256, value=48, step=1, label="Max new tokens", scale=1)
         gen_btn = gr.Button("Generate")
         output = gr.Textbox(label="Output", lines=6, interactive=False)
+    with gr.Accordion("Design a model", open=False):
+        with gr.Row():
+            d_name = gr.Textbox(label="name", placeholder="my-model")
+            d_fields = {
+                "n_layer": gr.Number(value=4, precision=0, minimum=1, label="layers"),
+                "n_embd": gr.Number(value=256, precision=0, minimum=1, label="width (d_model)"),
+                "n_head": gr.Number(value=4, precision=0, minimum=1, label="heads"),
+                "n_inner": gr.Number(value=0, precision=0, minimum=0, label="feed-forward width (0 = 4 x width)"),
+            }
+        with gr.Row():
+            d_fields.update({
+                "block_size": gr.Number(value=128, precision=0, minimum=1, label="context"),
+                "tokenizer": gr.Dropdown(list(TOKENIZERS), value="gpt2", label="tokenizer"),
+                "vocab_size": gr.Number(value=DEFAULT_VOCAB["gpt2"], precision=0, minimum=1,
+                                        label="vocabulary (gpt2: 50257; char/bpe: the target size)"),
+                "dropout": gr.Number(value=0.0, minimum=0, maximum=0.99, label="dropout"),
+            })
+        design_md = gr.Markdown()
+        with gr.Row():
+            save_btn = gr.Button("Save preset", variant="primary")
+            save_status = gr.Textbox(label="Saved", interactive=False)
+    with gr.Accordion("Evaluate: score models on the same text", open=False):
+        with gr.Row():
+            e_models = pickers.model(label="Models to score", value=[DEFAULT_MODEL], multiselect=True, scale=3)
+            e_kind = gr.Radio(EVAL_KINDS, value="built-in corpus", label="Text", scale=2)
+        with gr.Row():
+            e_file = gr.File(label="Text file", file_types=list(data.FILE_TYPES))
+            e_hub = gr.Textbox(label="Hub dataset name", placeholder="tiny_shakespeare")
+            with gr.Column():
+                e_split = gr.Radio(list(data.SPLITS), value="val", label="Split",
+                                   info="all of it, or the validation split a run with seed 0 held out")
+                e_mode = gr.Dropdown(list(data.SPLIT_MODES), value="documents", label="Validation split mode")
+                e_stride = gr.Number(value=0, precision=0, minimum=0, label="Stride (0 = half the context)")
+        eval_btn = gr.Button("Evaluate", variant="primary")
+        with gr.Row():
+            eval_df = gr.Dataframe(interactive=False, scale=3)
+            eval_plot = gr.Plot(label="bits per byte", scale=2)
     with gr.Accordion("All presets", open=False):
         presets_df = gr.Dataframe(interactive=False)
     with gr.Accordion("Devices", open=False):
@@ -87,10 +158,39 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         table = preset_table(list(load_presets().values()))
         return table.round(3)
 
+    @user_errors
+    def save(name: str, *values):
+        path = save_preset(designed(name, *values))
+        return f"saved {path.name}: train it as preset {path.stem}", all_presets()
+
+    def vocab_for(tokenizer: str):
+        return DEFAULT_VOCAB.get(tokenizer, gr.skip())
+
+    @user_errors
+    def score(names: list[str], kind: str, file, hub: str, split: str, mode: str, stride: float, dev: str,
+              progress=gr.Progress()):
+        spec = data_spec(kind, file, None, hub)
+        progress(0, desc=f"reading {spec}")
+        results = evaluate.compare(names if isinstance(names, list) else [names], spec, split,
+                                   int(stride or 0), 0, mode, load=lambda name: ws.model(name, device=dev))
+        table = pd.DataFrame([r.to_dict() for r in results])
+        chart = plots.bar_chart("bits per byte (lower is better)", table["model"].tolist(),
+                                table["bits_per_byte"].tolist(), "bits per byte")
+        return table.round({"loss": 4, "ppl": 2, "bits_per_byte": 4}), chart
+
     model.change(describe, model, info_md, api_name="describe", queue=False)
     load_btn.click(load, [model, device, seed], status, api_name="load_model", concurrency_id=MODEL_QUEUE)
     gen_btn.click(generate, [model, prompt, max_new, device, seed], output, api_name="generate",
                   concurrency_id=MODEL_QUEUE)
+    design_inputs = [d_name, *(d_fields[k] for k in DESIGN_FIELDS)]
+    d_fields["tokenizer"].change(vocab_for, d_fields["tokenizer"], d_fields["vocab_size"], queue=False,
+                                 api_visibility="private")
+    gr.on([c.change for c in design_inputs], design_markdown, design_inputs, design_md, queue=False,
+          api_name="design_preset")
+    demo.load(design_markdown, design_inputs, design_md, queue=False, api_visibility="private")
+    save_btn.click(save, design_inputs, [save_status, presets_df], api_name="save_preset")
+    eval_btn.click(score, [e_models, e_kind, e_file, e_hub, e_split, e_mode, e_stride, device], [eval_df, eval_plot],
+                   api_name="evaluate", concurrency_id=MODEL_QUEUE)
     demo.load(describe, model, info_md, api_visibility="private")
     demo.load(all_presets, None, presets_df, api_name="presets")
     demo.load(device_table, None, devices_df, api_name="devices")

@@ -49,3 +49,12 @@ def run_figures(df: pd.DataFrame) -> tuple[go.Figure, go.Figure, go.Figure, go.F
 def overlay(runs: dict[str, pd.DataFrame], kind: str = "eval", column: str = "val_loss") -> go.Figure:
     """Several runs' curves of one metric on one chart."""
     return line_chart(f"{column} by run", [(name, _rows(df, kind, column), column) for name, df in runs.items()])
+
+
+def bar_chart(title: str, names: list[str], values: list[float], y_title: str) -> go.Figure:
+    """One bar per name (e.g. each model's bits per byte), its value written on it."""
+    if not names:
+        return _empty(title)
+    fig = go.Figure(go.Bar(x=names, y=values, text=[f"{v:.3f}" for v in values], textposition="auto"))
+    fig.update_layout(title=title, height=HEIGHT, margin=dict(l=40, r=10, t=40, b=30), yaxis_title=y_title)
+    return fig

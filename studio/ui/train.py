@@ -5,36 +5,36 @@ on a timer, so the page can be reloaded or opened twice without touching the run
 """
 from __future__ import annotations
 
+import html
 import tempfile
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from studio import chat, devices, jobs, runs
-from studio.data import FILE_TYPES, HUB, hub_source
+from studio import chat, data, devices, jobs, runs, tracking
 from studio.names import plain_name, shown
 from studio.presets import TrainSettings
 from studio.ui import plots
-from studio.ui.common import Pickers, user_errors
+from studio.ui.common import DATA_KINDS, HUB_EXAMPLE, Pickers, data_spec, user_errors
 from studio.workspace import Workspace
 
-DATA_KINDS = ["built-in corpus", "file", "saved chat", "hub dataset"]
 POLL_S = 1.5  # redraw at least every 2 s, as promised in the tab's spec
 SETTING_FIELDS = ("learning_rate", "warmup_steps", "max_steps", "batch_size", "grad_accum",
                   "eval_interval", "save_interval", "early_stop_patience")
 
 
-def _progress_html(p: jobs.Progress) -> str:
+def _progress_html(p: jobs.RunProgress) -> str:
     pct = 100 * p.fraction
     eta = f" · ETA {p.eta_s / 60:.1f} min" if p.eta_s is not None else ""
     rate = f" · {p.seconds_per_step:.2f} s/step" if p.seconds_per_step else ""
-    return (f"<div style='font-size:0.9em'>{p.run} · <b>{p.state}</b> · step {p.step}/{p.max_steps}{rate}{eta}</div>"
+    why = f"<div style='color:#b91c1c'>{html.escape(p.error)}</div>" if p.error else ""
+    return (f"<div style='font-size:0.9em'>{p.run} · <b>{p.state}</b> · step {p.step}/{p.max_steps}{rate}{eta}</div>{why}"
             f"<div style='background:#eee;border-radius:4px;height:12px'>"
             f"<div style='background:#f97316;width:{pct:.1f}%;height:12px;border-radius:4px'></div></div>")
 
 
-def plan_markdown(p: jobs.Plan) -> str:
+def plan_markdown(p: jobs.RunPlan) -> str:
     gb = 1024**3
     e = p.estimate
     have = f"{p.available_bytes / gb:.1f} GB available on {p.device}" if p.available_bytes else p.device
@@ -73,11 +73,14 @@ def samples_markdown(df: pd.DataFrame) -> str:
 
 
 def events_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Events (early stop, NaN recovery, OOM shrink, ...) newest first."""
+    """Events (early stop, NaN recovery, OOM shrink, ...) and a failure's reason, newest first."""
     cols = ["step", "kind", "message"]
-    if not len(df) or not {"type", *cols} <= set(df.columns):
+    if not len(df) or not {"type", "step", "message"} <= set(df.columns):
         return pd.DataFrame(columns=cols)
-    return df[df["type"] == "event"][cols].iloc[::-1]
+    failed = (df["type"] == "done") & (df["reason"] == "failed") if "reason" in df else False
+    rows = df[(df["type"] == "event") | failed].copy()
+    rows["kind"] = rows["kind"].where(rows["type"] == "event", "failed") if "kind" in rows else "failed"
+    return rows[cols].iloc[::-1]
 
 
 def picked_runs(names: list[str] | None) -> list[str]:
@@ -94,14 +97,22 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         with gr.Column(scale=2):
             model = pickers.model(label="Model to train", value="v1")
             data_kind = gr.Radio(DATA_KINDS, value="built-in corpus", label="Data")
-            data_file = gr.File(label=f"Data file ({' '.join(FILE_TYPES)})", visible=False, file_types=list(FILE_TYPES))
+            data_file = gr.File(label=f"Data file ({' '.join(data.FILE_TYPES)})", visible=False, file_types=list(data.FILE_TYPES))
             data_chat = gr.Dropdown([], label="Saved chat", visible=False, allow_custom_value=True,
                                     info=f"conversations saved in the Chat tab ({chat.CHATS_DIR}/ of the checkpoints folder)")
-            data_hub = gr.Textbox(label="Hub dataset name", placeholder=", ".join(HUB), visible=False)
+            data_hub = gr.Textbox(label="Hub dataset name", placeholder=HUB_EXAMPLE, visible=False,
+                                  info=f"one of: {', '.join(data.HUB)}")
             run_name = gr.Textbox(label="Run name", placeholder="left empty: model-date-time")
             with gr.Row():
                 device = gr.Dropdown(list(devices.DEVICES), value="auto", label="Device")
                 precision = gr.Dropdown(list(devices.PRECISIONS), value="auto", label="Precision")
+            with gr.Row():
+                split_mode = gr.Dropdown(list(data.SPLIT_MODES), value="documents", label="Validation split",
+                                         info="10% of the documents, or the last 10% of the text (nanoGPT)")
+                report_to = gr.Dropdown(list(tracking.REPORT_TO), value="none", label="Also log to",
+                                        info="TensorBoard writes into the run folder")
+            eval_file = gr.File(label="Eval file (optional): the final model is scored on it (bits per byte)",
+                                file_types=list(data.FILE_TYPES))
         with gr.Column(scale=3):
             with gr.Row():
                 fields = {name: gr.Number(value=getattr(defaults, name), label=name.replace("_", " "),
@@ -135,25 +146,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     seen = gr.State(None)  # (files' signature, job state) last drawn, to skip identical redraws
     timer = gr.Timer(POLL_S)
 
-    def data_spec(kind: str, file, saved: str, hub: str) -> str:
-        if kind not in DATA_KINDS:
-            raise ValueError(f"data kind must be one of {DATA_KINDS}, got {kind!r}")
-        if kind == "file":  # Gradio hands in only files uploaded to its own temp folder
-            if not file:
-                raise ValueError("data file: upload a file, or pick the built-in corpus")
-            return str(file if isinstance(file, str) else file.name)
-        if kind == "saved chat":
-            if not saved:
-                raise ValueError("saved chat: none chosen; save a conversation in the Chat tab first")
-            return str(chat.chat_file(saved, "saved chat"))
-        if kind == "hub dataset":
-            if not (hub or "").strip():
-                raise ValueError(f"hub dataset: name one of {', '.join(HUB)}")
-            hub_source(hub.strip())  # a known name, before a run starts on it
-            return f"hub:{hub.strip()}"
-        return "builtin"
-
-    def settings_of(values: list) -> dict:
+    def settings_of(values: list) -> dict:  # the tab's settings: the first len(SETTING_FIELDS) values
         return {name: (float(v) if name == "learning_rate" else int(v)) for name, v in zip(SETTING_FIELDS, values)}
 
     # the parameter names are what `gradio_client` users see, and what the errors name
@@ -162,16 +155,22 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         s = jobs.default_settings(ws.model_id(model))
         return [getattr(s, name) for name in SETTING_FIELDS]
 
+    def options_of(values: list) -> dict:
+        """The run options after the settings: split mode, report_to, eval file."""
+        mode, report, evaluated = values[len(SETTING_FIELDS):]
+        path = (evaluated if isinstance(evaluated, str) else evaluated.name) if evaluated else ""
+        return {"split_mode": mode or "documents", "report_to": report or "none", "eval_data": path}
+
     @user_errors
-    def check(model, data, data_file, saved_chat, hub_dataset, device, precision, *values):
-        cfg = jobs.make_config(ws.model_id(model), data_spec(data, data_file, saved_chat, hub_dataset),
-                               settings_of(values), "", device, precision)
+    def check(model, data_kind, data_file, saved_chat, hub_dataset, device, precision, *values):
+        cfg = jobs.make_config(ws.model_id(model), data_spec(data_kind, data_file, saved_chat, hub_dataset),
+                               settings_of(values), "", device, precision, **options_of(values))
         return plan_markdown(jobs.plan(cfg))
 
     @user_errors
-    def start(model, data, data_file, saved_chat, hub_dataset, run_name, device, precision, *values):
-        cfg = jobs.make_config(ws.model_id(model), data_spec(data, data_file, saved_chat, hub_dataset),
-                               settings_of(values), run_name, device, precision)
+    def start(model, data_kind, data_file, saved_chat, hub_dataset, run_name, device, precision, *values):
+        cfg = jobs.make_config(ws.model_id(model), data_spec(data_kind, data_file, saved_chat, hub_dataset),
+                               settings_of(values), run_name, device, precision, **options_of(values))
         run_dir = jobs.start(ws.training, cfg)
         gr.Info(f"training started: {run_dir.name}")
         return run_dir.name, None
@@ -203,7 +202,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         if current == last:  # the progress line is a function of the files and the state: nothing to redraw
             return [gr.skip()] * 8 + [last]
         df = runs.read_metrics(run_dir)
-        prog = jobs.progress(ws.training, run_dir, df)
+        prog = jobs.run_progress(ws.training, run_dir, df)
         if last is not None and current[0] == last[0]:  # nothing new written: only the state line may change
             return [_progress_html(prog)] + [gr.skip()] * 7 + [current]
         return [_progress_html(prog), *plots.run_figures(df), samples_markdown(df), events_table(df),
@@ -235,13 +234,14 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                 gr.Textbox(visible=kind == "hub dataset"))
 
     setting_inputs = list(fields.values())
+    option_inputs = [split_mode, report_to, eval_file]
     data_inputs = [data_kind, data_file, data_chat, data_hub]
     data_kind.change(toggle, data_kind, [data_file, data_chat, data_hub], queue=False, api_visibility="private")
     model.change(prefill, model, setting_inputs, queue=False, api_name="train_defaults")
     demo.load(prefill, model, setting_inputs, queue=False, api_visibility="private")
-    check_btn.click(check, [model, *data_inputs, device, precision, *setting_inputs], plan_md,
+    check_btn.click(check, [model, *data_inputs, device, precision, *setting_inputs, *option_inputs], plan_md,
                     api_name="train_plan")
-    start_btn.click(start, [model, *data_inputs, run_name, device, precision, *setting_inputs],
+    start_btn.click(start, [model, *data_inputs, run_name, device, precision, *setting_inputs, *option_inputs],
                     [watched, seen], api_name="train_start").then(list_all, None, [runs_df, compare], queue=False)
     stop_btn.click(stop, None, plan_md, api_name="train_stop", queue=False)
     resume_btn.click(resume, watched, [watched, seen], api_name="train_resume")
