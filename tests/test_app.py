@@ -57,5 +57,5 @@ def test_evaluate_endpoint_scores_an_uploaded_text(client, tiny_char_checkpoint,
     expected = score(models.load(tiny_char_checkpoint, device="cpu"), text, stride=8)
     assert row["model"] == tiny_char_checkpoint and row["bytes"] == len(text.encode())
     assert row["bits_per_byte"] == pytest.approx(expected.bits_per_byte, abs=1e-4)
-    with pytest.raises(Exception, match="data: upload a file"):
+    with pytest.raises(Exception, match="data file: upload a file"):
         client.predict([tiny_char_checkpoint], "file", None, "", "all", "documents", 0, "cpu", api_name="/evaluate")
