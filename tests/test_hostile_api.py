@@ -63,22 +63,24 @@ def stamp(path: Path):
     return path.lstat().st_mtime_ns if os.path.lexists(path) else None
 
 
-def defaults(endpoint: str, params: list[dict], model: str, field: str) -> list:
-    """Each parameter's default (else its example), made small and cheap, with `field`'s companions
-    set so that the hostile value is what the call depends on (a data file only counts with data = file)."""
-    data_for = {"data_file": "file", "saved_chat": "saved chat", "hub_dataset": "hub dataset"}
+def defaults(endpoint: str, params: list[dict], model: str, tested: dict) -> list:
+    """Each parameter's default (else its example), made small and cheap, with the tested field's
+    companions set so that the hostile value is what the call depends on (a data file only counts
+    when the data choice is "file", a hub name when it is "hub dataset")."""
     small = {"max new tokens": 4, "max steps": 2, "batch size": 2, "eval interval": 1, "save interval": 1,
              "warmup steps": 0, "Max new tokens": 4, "Columns": 2}
+    source = "file" if tested["component"] == "File" else "hub dataset" if tested["label"].startswith("Hub") \
+        else "saved chat" if tested["label"] == "Saved chat" else "built-in corpus"
     values = []
     for p in params:
-        name, label = p["parameter_name"], p.get("label") or ""
+        name, label, kind = p["parameter_name"], p.get("label") or "", p["python_type"]["type"]
         value = p["parameter_default"] if p.get("parameter_has_default") else p.get("example_input")
-        if label.startswith("Model"):
+        if label.startswith("Model") and not kind.startswith("list["):
             value = model
-        elif name in ("message", "text", "system", "hub_dataset", "run_name"):
+        elif kind.startswith("Literal[") and "'built-in corpus'" in kind:  # which data a call uses
+            value = source
+        elif name in ("message", "text", "system", "hub_dataset", "hub", "run_name"):
             value = {"message": "hi", "text": "Human: hi"}.get(name, "")
-        elif name == "data":
-            value = data_for.get(field, "built-in corpus")
         elif name == "history":
             value = [{"role": role, "content": [{"type": "text", "text": text}]}
                      for role, text in (("user", "hi"), ("assistant", "hello"))]
@@ -135,7 +137,7 @@ def test_hostile_values_on_every_string_parameter(which, request, tiny_char_chec
             if not string_like(p):
                 continue
             for bad in HOSTILE:
-                args = defaults(endpoint, params, tiny_char_checkpoint, p["parameter_name"])
+                args = defaults(endpoint, params, tiny_char_checkpoint, p)
                 args[i] = [bad] if p["python_type"]["type"].startswith("list[") else bad
                 calls += 1
                 try:

@@ -34,3 +34,28 @@ def test_inside_refuses_escapes_and_symlinks(tmp_path):
     os.symlink(tmp_path, root / "link")
     with pytest.raises(ValueError, match="outside"):
         inside(root, root / "link" / "x")
+
+
+@pytest.mark.parametrize("value", ["../../x", "/tmp/x", "..", "~", "x" * 5000, "a\x00b"])
+def test_the_train_tab_takes_run_names_not_paths(value):
+    from studio import jobs
+
+    with pytest.raises(ValueError, match="^run name must be a plain name"):
+        jobs.make_config("v1", "builtin", {}, name=value)
+    with pytest.raises(ValueError, match="^run name must be a plain name"):
+        jobs.resume(jobs.TrainingJob(), value)
+
+
+def test_an_empty_run_name_is_made_from_the_model_name():
+    from studio import jobs
+
+    cfg = jobs.make_config("v1", "builtin", {"max_steps": 5}, name="  ")
+    assert plain_name(cfg.out, "run name").startswith("v1-")
+
+
+def test_the_training_job_writes_only_inside_the_checkpoints_folder(tmp_path):
+    from studio.jobs import TrainingJob
+
+    with pytest.raises(ValueError, match="outside"):
+        TrainingJob().start({}, tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists()

@@ -68,16 +68,18 @@ def test_a_saved_chat_is_training_data(client, tiny_checkpoint):
         client.predict(tiny_checkpoint, "saved chat", None, None, "", "cpu", "auto", *SETTINGS, api_name="/train_plan")
 
 
-def test_a_run_that_fails_at_setup_says_why(client, tiny_checkpoint):
+def test_a_run_that_fails_at_setup_says_why(client, tiny_checkpoint, tmp_path):
     """Not "failed · step 0/0": the reason is in /train_status, run.json, the status line and the events."""
+    from gradio_client import handle_file
+
     from studio import jobs
     from studio.ui.train import _progress_html, events_table
 
-    # a known hub name passes the tab's checks; offline, the run fails when it reads the data
-    client.predict(tiny_checkpoint, "hub dataset", None, None, "wikitext-2", "fails-early", "cpu", "auto", *SETTINGS,
-                   api_name="/train_start")
+    (tmp_path / "empty.txt").write_text("")  # found only when the run reads it
+    client.predict(tiny_checkpoint, "file", handle_file(str(tmp_path / "empty.txt")), None, "", "fails-early", "cpu",
+                   "auto", *SETTINGS, api_name="/train_start")
     status = wait_for(lambda: (s := client.predict("fails-early", api_name="/train_status"))["state"] == "failed" and s)
-    reason = "needs the internet, and the Hugging Face hub cannot be"
+    reason = "no usable documents"
     assert reason in status["error"] and status["max_steps"] == 2000
     run = runs.read_run(runs.run_dir("fails-early"))
     assert run["status"] == "failed" and reason in run["error"]

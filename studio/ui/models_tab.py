@@ -167,12 +167,14 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         return DEFAULT_VOCAB.get(tokenizer, gr.skip())
 
     @user_errors
-    def score(names: list[str], kind: str, file, hub: str, split: str, mode: str, stride: float, dev: str,
+    def score(model_names: list[str], kind: str, file, hub: str, split: str, mode: str, stride: float, dev: str,
               progress=gr.Progress()):
+        chosen = [ws.model_id(name, "model names")  # every name checked before any model loads
+                  for name in (model_names if isinstance(model_names, list) else [model_names])]
         spec = data_spec(kind, file, None, hub)
         progress(0, desc=f"reading {spec}")
-        results = evaluate.compare(names if isinstance(names, list) else [names], spec, split,
-                                   int(stride or 0), 0, mode, load=lambda name: ws.model(name, device=dev))
+        results = evaluate.compare(chosen, spec, split, int(stride or 0), 0, mode,
+                                   load=lambda name: ws.model(name, device=dev, field="model names"))
         table = pd.DataFrame([r.to_dict() for r in results])
         chart = plots.bar_chart("bits per byte (lower is better)", table["model"].tolist(),
                                 table["bits_per_byte"].tolist(), "bits per byte")
