@@ -523,13 +523,22 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
     """Forward/backward over micro-batches, clip, step; returns the mean loss (non-finite: nothing stepped)."""
     total = torch.zeros((), device=run.device)
     chunks = list(micro_batches(run, x, y))
+    # every micro-batch weighs by its share of the global batch's scored targets (answer-only loss
+    # scores a different number in each), so the step is the mean over all of them; processes
+    # average their gradients, hence the factor of the process count
+    scored = (y != data.IGNORE).sum().to(run.device)
+    processes = run.accelerator.num_processes
+    if processes > 1:
+        scored = run.accelerator.reduce(scored, "sum")
+    scored = max(1, int(scored))
     for i, (xb, yb) in enumerate(chunks):
         # processes average gradients once, on the last micro-batch
         last = i == len(chunks) - 1
+        share = int((yb != data.IGNORE).sum()) * processes / scored
         with contextlib.nullcontext() if last else run.accelerator.no_sync(run.model):
             loss = lm_loss(run.model, xb, yb, run.precision.context())
-            run.scaler.scale(loss * (len(xb) / len(x))).backward()
-        total += loss.detach() * (len(xb) / len(x))
+            run.scaler.scale(loss * share).backward()
+        total += loss.detach() * share
     if run.accelerator.num_processes > 1:
         total = run.accelerator.reduce(total, "mean")
     loss_value = float(total)
