@@ -2,8 +2,10 @@
 
 Generated deterministically from a seed: small instruction tasks (`TASKS`) that a ~1M-parameter
 character-level model learns in minutes on a laptop CPU (the `lesson` preset), each
-"Human: <question>" then "Assistant: <answer>". Each task teaches one skill: reading the
-instruction format, copying, mapping letters, counting, comparing, arithmetic.
+"Human: <question>" then "Assistant: <answer>". Each task teaches one skill besides the
+instruction format: copying, finding a position, counting, comparing, arithmetic. (Writing a
+word in capitals was tried and left out: copying through the a -> A map was still at 0% when
+the other tasks were learned.)
 
 The held-out rule: for every task, no held-out input (the word, the numbers, the digits) appears
 in that task's training examples. The held-out inputs are drawn first from the seed
@@ -68,8 +70,6 @@ TASKS = (
          "single-digit addition, 100 facts; a held-out pair's swapped twin is trained, so order must not matter"),
     Task("repeat", lambda r: _word(r, 3, 3), lambda w: (f"Repeat the word {w}.", w),
          "copying: three letters at a fixed offset from the answer"),
-    Task("capitals", lambda r: _word(r, 3, 3), lambda w: (f"Write {w} in capitals.", w.upper()),
-         "copying through a 26-letter map (a -> A)"),
     Task("first", lambda r: _word(r, 3, 8), lambda w: (f"What is the first letter of {w}?", w[0]),
          "finding a position: the letter right after the instruction"),
     Task("length", lambda r: _word(r, 2, 9), lambda w: (f"How many letters are in {w}?", str(len(w))),
