@@ -5,6 +5,7 @@
     python -m studio chat --model M [--system S] [decoding flags]   (one reply line per stdin line)
     python -m studio train --preset v1 --data builtin --max-steps 300 --out checkpoints/demo [--resume] [--json]
     python -m studio train --config run/job.json [--json]   (a TrainConfig as JSON: what the app runs)
+    python -m studio lesson [--seed S] [--max-steps N] [--json]   (the 5-minute lesson and its report)
     python -m studio bench train|memory|chat|compare|train-tab [--json]
     python -m studio compare --model M --prompt P --setting "temperature=0.7,top_k=50" --setting ... [--json]
     python -m studio eval --model M [--model M2 ...] --data FILE|builtin|hub:NAME [--stride S] [--split all|val] [--json]
@@ -21,6 +22,7 @@ import os
 import sys
 import time
 
+STARTED = time.time()  # the lesson's wall time counts from here, imports included
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -174,49 +176,15 @@ def train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
-    import signal
-    import threading
-
-    # Ctrl-C (or the app's Stop) finishes the current step, saves `last` and exits cleanly; set
-    # before the slow imports, so a Stop right after Start stops the run instead of killing it
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     from pathlib import Path
 
-    from tqdm import tqdm
-
     from studio import runs
-    from studio.training import train
 
     cfg = None
     try:
         cfg = train_config(args)
-        bars: list = []  # made at the first event, so an early error prints alone
-
-        def show(event: dict) -> None:
-            if not bars:
-                bars.append(tqdm(total=cfg.settings.max_steps, desc=cfg.out, unit="step", file=sys.stderr))
-            bar = bars[0]
-            bar.n = event["step"]
-            if event["type"] == "step":
-                bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}")
-            elif event["type"] == "eval":
-                bar.write(f"step {event['step']}: val loss {event['val_loss']:.4f}, ppl {event['val_ppl']:.1f}")
-            elif event["type"] == "score":
-                bar.write(f"score on {event['data']}: loss {event['loss']:.4f}, "
-                          f"bits per byte {event['bits_per_byte']:.4f}")
-            elif event["type"] == "sample" and not args.json:
-                bar.write(f"  {event['prompt']!r} -> {event['text']!r}")
-            elif event["type"] == "event":
-                bar.write(f"[{event['kind']}] {event['message']}")
-            bar.refresh()
-
-        try:
-            summary = train(cfg, stop=stop, on_event=show)
-        finally:
-            for bar in bars:
-                bar.close()
+        summary = train_with_progress(cfg, stop, args.json)
     except BaseException as e:
         if args.config:  # the app's job: its run folder exists, and the page reads why from run.json
             folder = runs.run_dir(cfg.out) if cfg else Path(args.config).parent
@@ -225,7 +193,72 @@ def cmd_train(args: argparse.Namespace) -> dict:
     if not args.json:
         print(f"{summary['reason']} after {summary['steps']} steps: val loss {summary['val_loss']:.4f}; "
               f"run in {summary['run_dir']}")
-    return {k: summary[k] for k in ("run_dir", "steps", "train_loss", "val_loss", "val_ppl", "score") if k in summary}
+    return {k: summary[k] for k in ("run_dir", "steps", "train_loss", "val_loss", "val_ppl", "score",
+                                    "heldout_exact_match", "heldout_per_task") if k in summary}
+
+
+def stop_on_signals():
+    """Ctrl-C (or the app's Stop) finishes the current step, saves `last` and exits cleanly; set
+    before the slow imports, so a Stop right after Start stops the run instead of killing it."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def train_with_progress(cfg, stop, quiet_samples: bool) -> dict:
+    """`training.train` with a progress bar on stderr and eval, score, sample and event lines."""
+    from tqdm import tqdm
+
+    from studio.training import train
+
+    bars: list = []  # made at the first event, so an early error prints alone
+
+    def show(event: dict) -> None:
+        if not bars:
+            bars.append(tqdm(total=cfg.settings.max_steps, desc=cfg.out, unit="step", file=sys.stderr))
+        bar = bars[0]
+        bar.n = event["step"]
+        if event["type"] == "step":
+            bar.set_postfix(loss=f"{event['loss']:.3f}", lr=f"{event['lr']:.2e}")
+        elif event["type"] == "eval":
+            line = f"step {event['step']}: val loss {event['val_loss']:.4f}, ppl {event['val_ppl']:.1f}"
+            if "heldout_exact_match" in event:
+                tasks = ", ".join(f"{t} {a:.0%}" for t, a in event["heldout_per_task"].items())
+                line += f"; held-out exact match {event['heldout_exact_match']:.0%} ({tasks})"
+            bar.write(line)
+        elif event["type"] == "score":
+            bar.write(f"score on {event['data']}: loss {event['loss']:.4f}, "
+                      f"bits per byte {event['bits_per_byte']:.4f}")
+        elif event["type"] == "sample" and not quiet_samples:
+            bar.write(f"  {event['prompt']!r} -> {event['text']!r}")
+        elif event["type"] == "event":
+            bar.write(f"[{event['kind']}] {event['message']}")
+        bar.refresh()
+
+    try:
+        return train(cfg, stop=stop, on_event=show)
+    finally:
+        for bar in bars:
+            bar.close()
+
+
+def cmd_lesson(args: argparse.Namespace) -> dict:
+    stop = stop_on_signals()
+    from studio import lesson
+
+    changes = {"max_steps": args.max_steps} if args.max_steps else {}
+    summary = train_with_progress(lesson.config(args.seed, args.out or "", **changes), stop, args.json)
+    if summary["reason"] == "stopped":
+        raise ValueError(f"the lesson was stopped at step {summary['steps']}; its run is in {summary['run_dir']}")
+    rep = lesson.report(summary["run_dir"])
+    rep["seconds"] = round(time.time() - STARTED, 1)
+    if not args.json:
+        print(lesson.format_report(rep))
+    return {k: rep[k] for k in ("seconds", "heldout_exact_match", "per_task", "before", "after", "run_dir")}
 
 
 def cmd_bench_train(args: argparse.Namespace) -> dict:
@@ -312,6 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--" + name.replace("_", "-"), type=kind)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("lesson", help="the 5-minute lesson: train the lesson preset on the built-in corpus, "
+                       "then report held-out exact match before and after")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, help="train this many steps instead of the preset's (a quick try)")
+    p.add_argument("--out", help="run name or folder (default lesson-<YYYYmmdd-HHMMSS>)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_lesson)
 
     p = sub.add_parser("chat", help="chat: one reply line on stdout per message line on stdin")
     p.add_argument("--model", required=True, help="preset name, run in checkpoints/, or model folder")

@@ -1,19 +1,33 @@
 """The built-in corpus: short question/answer exchanges in the chat template, and their scoring.
 
-Generated deterministically from a seed: simple tasks (arithmetic, reversing and spelling
-words, next weekday, opposites, counting) that a 7M-parameter model learns in minutes on a
-laptop, each "Human: <question>" then "Assistant: <answer>". Its held-out questions never appear in training, so exact-match accuracy on them shows
-a completion model turning into an instruction follower. `format_exchange` is the chat
-template every data source and the Chat tab share.
+Generated deterministically from a seed: small instruction tasks (`TASKS`) that a ~1M-parameter
+character-level model learns in minutes on a laptop CPU (the `lesson` preset), each
+"Human: <question>" then "Assistant: <answer>". Each task teaches one skill besides the
+instruction format: copying, finding a position, counting, comparing, arithmetic. (Writing a
+word in capitals was tried and left out: copying through the a -> A map was still at 0% when
+the other tasks were learned.)
 
+The held-out rule: for every task, no held-out input (the word, the numbers, the digits) appears
+in that task's training examples. The held-out inputs are drawn first from the seed
+(`HELDOUT_PER_TASK` per task); training draws reject them. So exact match on the held-out
+questions measures generalization, never recall. (The same word may appear in another task's
+training, e.g. a held-out "Repeat the word kqv." beside a trained "How many letters are in kqv?":
+that task's skill is still untested on it.) "What is 4 plus 5?" is always in training: it is
+the Chat tab's first question, never held out.
+
+`format_exchange` is the chat template every data source and the Chat tab share.
 This module imports nothing from the studio, so tokenizers, models and data can all build on it.
 """
 from __future__ import annotations
 
 import random
+import string
 from dataclasses import dataclass
+from typing import Callable, Hashable
 
 HUMAN, ASSISTANT = "Human: ", "Assistant: "
+HELDOUT_PER_TASK = 25
+CHAT_DEMO = ("add", (4, 5))  # "What is 4 plus 5?": trained, so the Chat tab answers "9"
 
 
 def format_exchange(question: str, answer: str | None = None) -> str:
@@ -26,71 +40,105 @@ def format_exchange(question: str, answer: str | None = None) -> str:
 class Example:
     question: str
     answer: str
+    task: str = ""  # the corpus task it comes from ("" for exchanges from elsewhere)
 
     @property
     def text(self) -> str:
         return format_exchange(self.question, self.answer)
 
 
-_WORDS = ("cat dog sun moon tree bird fish star book lamp frog cake rain snow ship road king "
-          "milk door hand rose wind gold salt leaf bell coat drum fork kite nest owl pear ring "
-          "sock tent vase wolf yarn zinc apple bread chair grape house lemon mouse pilot river "
-          "stone tiger water zebra").split()
-_DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
-_OPPOSITES = {"hot": "cold", "big": "small", "up": "down", "fast": "slow", "happy": "sad", "light": "dark",
-              "open": "closed", "old": "new", "wet": "dry", "early": "late", "full": "empty", "high": "low",
-              "hard": "soft", "long": "short", "rich": "poor", "loud": "quiet", "near": "far", "thick": "thin"}
-_OPPOSITES.update({v: k for k, v in list(_OPPOSITES.items())})
+@dataclass(frozen=True)
+class Task:
+    """One skill: `draw` an input from the seed's generator, `render` it as (question, answer)."""
+
+    name: str
+    draw: Callable[[random.Random], Hashable]
+    render: Callable[[Hashable], tuple[str, str]]
+    why: str  # what it teaches and why a small model learns it in minutes
+
+    def example(self, x: Hashable) -> Example:
+        return Example(*self.render(x), task=self.name)
 
 
-def _task(rng: random.Random) -> Example:
-    kind = rng.randrange(7)
-    if kind == 0:
-        a, b = rng.randrange(20), rng.randrange(20)
-        return Example(f"What is {a} plus {b}?", str(a + b))
-    if kind == 1:
-        a, b = rng.randrange(10, 30), rng.randrange(10)
-        return Example(f"What is {a} minus {b}?", str(a - b))
-    if kind == 2:
-        w = rng.choice(_WORDS)
-        return Example(f"Reverse the word {w}.", w[::-1])
-    if kind == 3:
-        w = rng.choice(_WORDS)
-        return Example(f"Write {w} in capitals.", w.upper())
-    if kind == 4:
-        i = rng.randrange(7)
-        return Example(f"What day comes after {_DAYS[i]}?", _DAYS[(i + 1) % 7])
-    if kind == 5:
-        w = rng.choice(sorted(_OPPOSITES))
-        return Example(f"What is the opposite of {w}?", _OPPOSITES[w])
-    a = rng.randrange(1, 10)
-    n = rng.randrange(2, 5)
-    return Example(f"Count from {a} to {a + n}.", " ".join(str(i) for i in range(a, a + n + 1)))
+def _word(rng: random.Random, lo: int, hi: int) -> str:
+    return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(lo, hi)))
 
 
-def builtin_examples(n_train: int = 20_000, n_heldout: int = 200, seed: int = 0) -> tuple[list[Example], list[Example]]:
-    """(train, held-out) exchanges; no held-out question appears in train.
+TASKS = (
+    Task("add", lambda r: (r.randrange(10), r.randrange(10)),
+         lambda x: (f"What is {x[0]} plus {x[1]}?", str(x[0] + x[1])),
+         "single-digit addition, 100 facts; a held-out pair's swapped twin is trained, so order must not matter"),
+    Task("repeat", lambda r: _word(r, 3, 3), lambda w: (f"Repeat the word {w}.", w),
+         "copying: three letters at a fixed offset from the answer"),
+    Task("first", lambda r: _word(r, 3, 8), lambda w: (f"What is the first letter of {w}?", w[0]),
+         "finding a position: the letter right after the instruction"),
+    Task("length", lambda r: _word(r, 2, 9), lambda w: (f"How many letters are in {w}?", str(len(w))),
+         "counting: the distance from the word's start to the question mark"),
+    Task("largest", lambda r: tuple(r.sample(range(10), r.randint(3, 5))),
+         lambda xs: (f"Which is largest: {', '.join(map(str, xs))}?", str(max(xs))),
+         "comparing ten digits"),
+    Task("next", lambda r: r.randrange(999), lambda n: (f"What number comes after {n}?", str(n + 1)),
+         "counting on: add one to the last digit, carrying on a 9"),
+)
+TASK_NAMES = tuple(t.name for t in TASKS)
 
-    >>> train, held = builtin_examples(50, 5)
-    >>> len(held), {e.question for e in held} & {e.question for e in train}
-    (5, set())
-    """
+
+def heldout_inputs(seed: int = 0, per_task: int = HELDOUT_PER_TASK) -> dict[str, set]:
+    """The held-out inputs of every task, drawn first from the seed."""
     rng = random.Random(seed)
-    heldout: dict[str, Example] = {}
-    while len(heldout) < n_heldout:
-        e = _task(rng)
-        heldout.setdefault(e.question, e)
-    train: list[Example] = []
+    held: dict[str, set] = {}
+    for task in TASKS:
+        inputs: set = set()
+        while len(inputs) < per_task:
+            x = task.draw(rng)
+            if (task.name, x) == CHAT_DEMO:
+                continue
+            if task.name == "add" and (x[0] == x[1] or (x[1], x[0]) in inputs):
+                continue  # "add" is held out by ordered pair: the swapped pair stays in training
+            inputs.add(x)
+        held[task.name] = inputs
+    return held
+
+
+def builtin_examples(n_train: int = 50_000, n_heldout: int = HELDOUT_PER_TASK * len(TASKS),
+                     seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """(train, held-out) exchanges, tasks in equal shares; no held-out input is in its task's training.
+
+    >>> train, held = builtin_examples(50, 14)
+    >>> len(held), {e.question for e in held} & {e.question for e in train}
+    (14, set())
+    """
+    per_task = -(-n_heldout // len(TASKS))
+    held = heldout_inputs(seed, per_task)
+    heldout = [task.example(x) for task in TASKS for x in sorted(held[task.name], key=str)]
+    # balanced: the first n_heldout of the tasks interleaved
+    by_task = [heldout[i * per_task:(i + 1) * per_task] for i in range(len(TASKS))]
+    heldout = [e for group in zip(*by_task) for e in group][:n_heldout]
+    rng = random.Random(f"train-{seed}")
+    train = [next(t for t in TASKS if t.name == CHAT_DEMO[0]).example(CHAT_DEMO[1])]
     while len(train) < n_train:
-        e = _task(rng)
-        if e.question not in heldout:
-            train.append(e)
-    return train, list(heldout.values())
+        task = TASKS[rng.randrange(len(TASKS))]
+        x = task.draw(rng)
+        if x not in held[task.name]:
+            train.append(task.example(x))
+    rng.shuffle(train)
+    return train[:n_train], heldout
 
 
 def builtin_texts(seed: int = 0) -> list[str]:
     """The training documents of the built-in corpus (what char/BPE tokenizers are built from)."""
     return [e.text for e in builtin_examples(seed=seed)[0]]
+
+
+def balanced_subset(examples: list[Example], per_task: int) -> list[Example]:
+    """The first `per_task` examples of every task, in task order: a fixed, balanced eval subset."""
+    counts: dict[str, int] = {}
+    out = []
+    for e in examples:
+        if counts.get(e.task, 0) < per_task:
+            counts[e.task] = counts.get(e.task, 0) + 1
+            out.append(e)
+    return out
 
 
 def answer_of(completion: str) -> str:
@@ -100,8 +148,17 @@ def answer_of(completion: str) -> str:
 
 def exact_match(answers: list[str], examples: list[Example]) -> float:
     """Share of examples whose answer equals the expected one exactly (after trimming)."""
+    return per_task_match(answers, examples)[0]
+
+
+def per_task_match(answers: list[str], examples: list[Example]) -> tuple[float, dict[str, float]]:
+    """(overall exact match, {task: exact match}) of the answers given to `examples`."""
     if len(answers) != len(examples):
         raise ValueError(f"answers ({len(answers)}) and examples ({len(examples)}) differ in length")
     if not examples:
-        return 0.0
-    return sum(answer_of(a) == e.answer for a, e in zip(answers, examples)) / len(examples)
+        return 0.0, {}
+    hits: dict[str, list[bool]] = {}
+    for a, e in zip(answers, examples):
+        hits.setdefault(e.task, []).append(answer_of(a) == e.answer)
+    overall = sum(sum(h) for h in hits.values()) / len(examples)
+    return overall, {task: sum(h) / len(h) for task, h in hits.items()}

@@ -24,7 +24,7 @@ import torch
 
 from studio import checkpoints_dir
 from studio.atomic import replacing
-from studio.corpus import Example, builtin_examples, format_exchange
+from studio.corpus import ASSISTANT, HUMAN, Example, builtin_examples, format_exchange
 from studio.hub import hub_reachable
 from studio.names import shown
 
@@ -222,6 +222,25 @@ class TokenData:
     skipped: int = 0
     rated_down: int = 0
     heldout: list[Example] = field(default_factory=list)
+    # answer-only loss (chat-formatted sources): 1 on the tokens of every assistant turn and the
+    # end-of-text closing it, aligned with train/val; None when the source has no exchanges
+    train_mask: np.ndarray | None = None
+    val_mask: np.ndarray | None = None
+    _turns: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def has_answers(self) -> bool:
+        return self.train_mask is not None
+
+    def split(self, which: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(tokens, answer mask, turn starts) of "train" or "val", the arguments `batch` takes after
+        the tokens; the turn starts are found once per split."""
+        tokens, mask = (self.train, self.train_mask) if which == "train" else (self.val, self.val_mask)
+        if mask is None:
+            return tokens, None, None
+        if which not in self._turns:
+            self._turns[which] = turn_starts(mask)
+        return tokens, mask, self._turns[which]
 
     def report(self, n_params: int) -> dict:
         """Tokens and tokens per parameter, against the ~20 tokens/parameter rule of thumb (Chinchilla)."""
@@ -232,14 +251,56 @@ class TokenData:
                 "rule_of_thumb_tokens": 20 * n_params}
 
 
-def _encode_docs(docs: list[str], tok, progress: Callable[[float, str], None] | None) -> np.ndarray:
+def answer_spans(doc: str) -> list[tuple[int, int]]:
+    """Character spans of the assistant turns of a chat-formatted document: from after each
+    "Assistant:" to the next "\nHuman: " or the end.
+
+    >>> d = format_exchange("Hi?", "Hello.")
+    >>> [d[a:b] for a, b in answer_spans(d)]
+    [' Hello.']
+    """
+    spans, marker, turn = [], ASSISTANT.rstrip(), "\n" + HUMAN
+    at = doc.find(marker) if doc.startswith(marker) else doc.find("\n" + marker)
+    while at >= 0:
+        begin = doc.index(marker, at) + len(marker)
+        end = doc.find(turn, begin)
+        end = len(doc) if end < 0 else end
+        spans.append((begin, end))
+        at = doc.find("\n" + marker, end)
+    return spans
+
+
+def _encode_docs(docs: list[str], tok, progress: Callable[[float, str], None] | None,
+                 answers: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Tokens of the documents, end-of-text after each; with `answers`, also the answer mask
+    (each document is encoded piece by piece at its turn boundaries, so the mask is exact)."""
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
-    chunks, step = [], max(1, len(docs) // 20)
+    chunks, masks, step = [], [], max(1, len(docs) // 20)
     for i, doc in enumerate(docs):
-        chunks.append(np.asarray(tok.encode(doc) + [tok.eos_id], dtype=dtype))
+        if answers:
+            ids, mask, cut = [], [], 0
+            for begin, end in answer_spans(doc) + [(len(doc), len(doc))]:
+                for text, flag in ((doc[cut:begin], 0), (doc[begin:end], 1)):
+                    piece = tok.encode(text) if text else []
+                    ids += piece
+                    mask += [flag] * len(piece)
+                cut = end
+            ids.append(tok.eos_id)
+            mask.append(mask[-1] if mask else 0)  # the end-of-text closing an answer is learned too
+            masks.append(np.asarray(mask, dtype=np.uint8))
+        else:
+            ids = tok.encode(doc) + [tok.eos_id]
+        chunks.append(np.asarray(ids, dtype=dtype))
         if progress and i % step == 0:
             progress(i / len(docs), f"tokenizing {i:,}/{len(docs):,} documents")
-    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
+    if not chunks:
+        return np.zeros(0, dtype=dtype), (np.zeros(0, dtype=np.uint8) if answers else None)
+    return np.concatenate(chunks), (np.concatenate(masks) if answers else None)
+
+
+def is_chat(documents: "Documents") -> bool:
+    """Every document is a chat exchange (the built-in corpus, saved chats, Q/A tables)."""
+    return bool(documents.docs) and all(answer_spans(d) for d in documents.docs)
 
 
 SPLIT_MODES = ("documents", "sequential")
@@ -296,43 +357,70 @@ def token_cache_dir() -> Path:
 
 
 def prepare(documents: Documents, tok, cache_dir: Path | None, seed: int = 0,
-            progress: Callable[[float, str], None] | None = None, split_mode: str = "documents") -> TokenData:
-    """Tokenize and split documents, reading/writing `cache_dir/<key>.{train,val}.npy` when given."""
+            progress: Callable[[float, str], None] | None = None, split_mode: str = "documents",
+            answers: bool = False) -> TokenData:
+    """Tokenize and split documents, reading/writing `cache_dir/<key>.{train,val}.npy` when given.
+    `answers`: also the answer masks of chat documents (`answer_spans`), for answer-only loss."""
     if not documents.docs:
         raise ValueError(f"{documents.source}: no usable documents ({documents.skipped} malformed rows skipped, "
                          f"{documents.rated_down} rated down)")
     check_split_mode(split_mode)
+    answers = answers and split_mode == "documents"  # a sequential cut does not keep whole exchanges
     key = hashlib.sha256(f"{_source_key(documents.source, seed)}|{tokenizer_fingerprint(tok)}|{seed}|{split_mode}"
-                         .encode()).hexdigest()[:20]
-    paths = [Path(cache_dir) / f"{key}.{part}.npy" for part in ("train", "val")] if cache_dir else None
+                         f"{'|answers' if answers else ''}".encode()).hexdigest()[:20]
+    parts = ("train", "val", "train_mask", "val_mask") if answers else ("train", "val")
+    paths = [Path(cache_dir) / f"{key}.{part}.npy" for part in parts] if cache_dir else None
     if paths and all(p.is_file() for p in paths):
-        train, val = (np.load(p, allow_pickle=False) for p in paths)
+        arrays = [np.load(p, allow_pickle=False) for p in paths]
     else:
         train_docs, val_docs = split_source(documents, split_mode, seed)
-        train, val = _encode_docs(train_docs, tok, progress), _encode_docs(val_docs, tok, progress)
+        (train, train_mask), (val, val_mask) = (_encode_docs(d, tok, progress, answers) for d in (train_docs, val_docs))
+        arrays = [train, val, train_mask, val_mask] if answers else [train, val]
         if paths:
             paths[0].parent.mkdir(parents=True, exist_ok=True)
-            for p, arr in zip(paths, (train, val)):
+            for p, arr in zip(paths, arrays):
                 with replacing(p) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no suffix
                     np.save(f, arr, allow_pickle=False)
+    train, val = arrays[:2]
+    masks = arrays[2:] if answers else [None, None]
     if progress:
         progress(1.0, f"{len(train):,} train and {len(val):,} val tokens")
     return TokenData(documents.source, train, val, len(documents.docs), documents.skipped, documents.rated_down,
-                     documents.heldout)
+                     documents.heldout, *masks)
 
 
 # ---- tokens -> batches ----
 
-def batch(tokens: np.ndarray, n: int, block: int, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(tokens: np.ndarray, n: int, block: int, seed: int, step: int, mask: np.ndarray | None = None,
+          turns: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` random windows of `block` tokens and their next tokens, a pure function of (seed, step).
 
-    Returns (x, y), both (n, block) int64; y is x shifted by one token.
+    Returns (x, y), both (n, block) int64; y is x shifted by one token. With an answer `mask`,
+    windows start where turns start (`turn_starts(mask)`, or `turns` when given) and targets
+    outside the answers are IGNORE (-100), which the loss skips: only answers are learned.
     """
     if len(tokens) < 2:
         raise ValueError(f"need at least 2 tokens to train on, got {len(tokens)}")
     block = min(block, len(tokens) - 1)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    starts = torch.randint(0, len(tokens) - block, (n,), generator=gen).tolist()
+    if mask is None:
+        starts = torch.randint(0, len(tokens) - block, (n,), generator=gen).tolist()
+    else:
+        firsts = turn_starts(mask) if turns is None else turns
+        firsts = firsts[firsts + block < len(tokens)]
+        firsts = firsts if len(firsts) else np.zeros(1, dtype=np.int64)
+        starts = firsts[torch.randint(0, len(firsts), (n,), generator=gen).numpy()].tolist()
     x = np.stack([tokens[s:s + block] for s in starts]).astype(np.int64)
     y = np.stack([tokens[s + 1:s + 1 + block] for s in starts]).astype(np.int64)
+    if mask is not None:
+        y[np.stack([mask[s + 1:s + 1 + block] for s in starts]) == 0] = IGNORE
     return torch.from_numpy(x), torch.from_numpy(y)
+
+
+IGNORE = -100  # the target F.cross_entropy skips by default
+
+
+def turn_starts(mask: np.ndarray) -> np.ndarray:
+    """Offsets where a human turn starts: 0 and every token after an answer's last one
+    (a document's first token, after the closing end-of-text, or a "\nHuman:" within it)."""
+    return np.concatenate([[0], np.flatnonzero(mask[:-1] > mask[1:]) + 1])

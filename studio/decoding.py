@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 import pandas as pd
 import torch
 
+from studio.arch import context_length
 from studio.models import LoadedModel
 from studio.sampling import DecodingSettings, RowParams, process, sample
 
@@ -276,3 +277,48 @@ def comparison_table(columns: Sequence[Column]) -> pd.DataFrame:
     rows = [{"column": i + 1, **{k: v for k, v in c.settings.to_dict().items() if k != "stop"},
              "stop": "|".join(c.settings.stop), **c.metrics, "text": c.text} for i, c in enumerate(columns)]
     return pd.DataFrame(rows)
+
+
+# ---- many prompts at once ----
+
+@torch.inference_mode()
+def greedy_batch(loaded: LoadedModel, prompts: Sequence[str], max_new_tokens: int,
+                 stop: str = "\n", batch_size: int = 256) -> list[str]:
+    """Greedy completions of many prompts (e.g. held-out questions), cut at `stop` or end-of-text.
+
+    Prompts of the same token length run as one batch, so no padding or attention mask is
+    needed; a KV cache carries each batch, and a batch ends when every row has stopped.
+    """
+    tok, model = loaded.tokenizer, loaded.model
+    room = max(1, context_length(model.config) - max_new_tokens)
+    encoded = [_encode_prompt(loaded, p, room) for p in prompts]
+    groups: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        groups.setdefault(len(ids), []).append(i)
+    stop_ids = {i for i in range(tok.vocab_size) if stop and stop in _safe_decode(tok, i)} if stop else set()
+    stop_ids.add(tok.eos_id)
+    stop_t = torch.tensor(sorted(stop_ids), device=loaded.device)
+    out: list[str] = [""] * len(prompts)
+    for rows in groups.values():
+        for first in range(0, len(rows), batch_size):
+            chunk = rows[first:first + batch_size]
+            ids = torch.tensor([encoded[i] for i in chunk], device=loaded.device)
+            new, cache, done = [], None, torch.zeros(len(chunk), dtype=torch.bool, device=loaded.device)
+            for _ in range(max_new_tokens):
+                result = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                ids, cache = result.logits[:, -1].argmax(-1, keepdim=True), result.past_key_values
+                new.append(ids[:, 0])
+                done |= torch.isin(ids[:, 0], stop_t)
+                if bool(done.all()):
+                    break
+            for row, i in enumerate(chunk):
+                text = tok.decode(torch.stack(new)[:, row].tolist()) if new else ""
+                out[i] = _cut_at_stop(text, [s for s in (stop, "<|endoftext|>") if s])[0]
+    return out
+
+
+def _safe_decode(tok, i: int) -> str:
+    try:
+        return tok.decode([i])
+    except Exception:  # an id a tokenizer cannot show alone (e.g. half a multi-byte character)
+        return ""

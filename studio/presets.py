@@ -31,6 +31,9 @@ ARCHITECTURE = ("name", "kind", "n_layer", "n_embd", "n_head", "n_inner", "block
 DEFAULT_VOCAB = {"gpt2": 50257, "bpe": 8192, "char": 98}  # char: a size before the data is seen
 
 
+LOSS_ON = ("auto", "answers", "all")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """The knobs of a training run that a preset gives defaults for."""
@@ -49,6 +52,10 @@ class TrainSettings:
     log_interval: int = 10
     early_stop_patience: int = 0  # evals without improvement before stopping; 0 = off
     early_stop_min_delta: float = 0.0
+    # which tokens the loss scores: "answers" = only the assistant turns of chat-formatted data
+    # (the questions are inputs, not something to predict), "all" = every token, "auto" =
+    # answers when every document is a chat exchange (built-in corpus, saved chats), else all
+    loss_on: str = "auto"
 
     def __post_init__(self) -> None:
         if not 0 < self.learning_rate <= 1:
@@ -68,6 +75,8 @@ class TrainSettings:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if self.early_stop_min_delta < 0:
             raise ValueError(f"early_stop_min_delta must be >= 0, got {self.early_stop_min_delta}")
+        if self.loss_on not in LOSS_ON:
+            raise ValueError(f"loss_on must be one of {list(LOSS_ON)}, got {self.loss_on!r}")
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "train") -> "TrainSettings":

@@ -38,7 +38,7 @@ from studio import corpus, data, devices, memory, models, runs, tracking
 from studio.arch import BUILD_LOCK, context_length
 from studio.atomic import recover, replace_folder
 from studio.config import check_keys
-from studio.decoding import generate
+from studio.decoding import generate, greedy_batch
 from studio.devices import PRECISIONS, Precision, pick_device
 from studio.evaluate import readable_text, score
 from studio.presets import Preset, TrainSettings
@@ -154,19 +154,27 @@ def free_memory(device: torch.device) -> None:
 
 
 def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast) -> torch.Tensor:
-    """Mean next-token cross-entropy; logits are upcast so the softmax runs in fp32."""
+    """Mean next-token cross-entropy over the scored targets (data.IGNORE ones are skipped; a
+    window with none scores 0, not NaN); logits are upcast so the softmax runs in fp32."""
     with autocast:
         logits = model(input_ids=x, use_cache=False).logits  # (B, T, vocab)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+    total = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=data.IGNORE,
+                            reduction="sum")
+    return total / (y != data.IGNORE).sum().clamp(min=1)
 
 
-def heldout_exact_match(loaded: models.LoadedModel, examples: list[corpus.Example], max_new_tokens: int = 16) -> dict:
-    """Greedy answers to `examples`' questions: exact-match accuracy and the first few answers."""
-    settings = DecodingSettings(temperature=0.0, max_new_tokens=max_new_tokens, stop=("\n",))
-    answers = [generate(loaded, corpus.format_exchange(e.question), [settings])[0].text for e in examples]
-    shown = [{"question": e.question, "expected": e.answer, "answer": corpus.answer_of(a)}
-             for e, a in zip(examples[:3], answers)]
-    return {"exact_match": corpus.exact_match(answers, examples), "heldout": len(examples), "answers": shown}
+def heldout_exact_match(loaded: models.LoadedModel, examples: list[corpus.Example],
+                        max_new_tokens: int | None = None) -> dict:
+    """Greedy answers to `examples`' questions, batched: exact match overall and per task, and the
+    first few answers. New tokens: the longest expected answer's plus 2 (room for the stop)."""
+    if max_new_tokens is None:
+        max_new_tokens = max((len(loaded.tokenizer.encode(" " + e.answer)) for e in examples), default=0) + 2
+    answers = greedy_batch(loaded, [corpus.format_exchange(e.question) for e in examples], max_new_tokens)
+    overall, per_task = corpus.per_task_match(answers, examples)
+    firsts = {e.task: i for i, e in reversed(list(enumerate(examples)))}  # one question of every task
+    shown = [{"question": examples[i].question, "expected": examples[i].answer, "answer": corpus.answer_of(answers[i])}
+             for i in sorted(firsts.values())[:8]]
+    return {"exact_match": overall, "per_task": per_task, "heldout": len(examples), "answers": shown}
 
 
 # ---- resume state: safetensors for tensors, JSON for the rest (nothing pickled) ----
@@ -322,8 +330,10 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     model, tokenizer = _starting_model(cfg, spec, folder, documents)
     torch.manual_seed(cfg.seed)
     block_size = _block_size(cfg, model)
+    answers = answer_loss(cfg, documents)
     with accelerator.main_process_first():  # one process writes the token cache, the others read it
-        tokens = data.prepare(documents, tokenizer, data.token_cache_dir(), cfg.seed, split_mode=cfg.split_mode)
+        tokens = data.prepare(documents, tokenizer, data.token_cache_dir(), cfg.seed, split_mode=cfg.split_mode,
+                              answers=answers)
     eval_text = readable_text(cfg.eval_data, tokenizer, cfg.model) if cfg.eval_data else ""
     n_params = model.num_parameters()
     info = {"params": n_params, "device": str(device), "precision": precision.name,
@@ -355,6 +365,19 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
                heldout=documents.heldout, block_size=block_size, global_batch=global_batch, state=state, info=info,
                fit_note=fit_note, metrics=metrics, on_event=on_event, started=started, eval_text=eval_text,
                tracker=tracker)
+
+
+def answer_loss(cfg: TrainConfig, documents: data.Documents) -> bool:
+    """Whether the loss scores only the answers (settings.loss_on; "auto": chat data does)."""
+    loss_on = cfg.settings.loss_on
+    if loss_on == "all":
+        return False
+    chat = data.is_chat(documents) and cfg.split_mode == "documents"
+    if loss_on == "answers" and not chat:
+        raise ValueError(f"loss_on 'answers' needs chat-formatted data split by documents (every document an "
+                         f"exchange, as {corpus.format_exchange('question', 'answer')!r}); {documents.source} is "
+                         f"not: use loss_on 'all' or 'auto'")
+    return chat
 
 
 def _check_run_folder(cfg: TrainConfig, folder: Path) -> None:
@@ -437,6 +460,8 @@ def train(cfg: TrainConfig, stop: threading.Event | None = None,
             run.event("resume", f"resumed at step {state.step} from {run.folder / 'state'}")
         else:
             save(run, "last")  # a checkpoint to restore from, and the run shows up at once
+            if run.heldout and cfg.heldout_eval:  # the untrained model's score: the "before" of the lesson
+                run.emit("eval", **eval_row(run, [], show=True))
         if run.fit_note:
             run.event("fit", run.fit_note)
         reason, nonfinite_in_a_row, since_eval = "max_steps", 0, []
@@ -482,7 +507,8 @@ def train(cfg: TrainConfig, stop: threading.Event | None = None,
 
 def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
     """This process's share of the step's global batch, a pure function of (seed, step)."""
-    x, y = data.batch(run.tokens.train, run.global_batch, run.block_size, run.cfg.seed, run.state.step)
+    tokens, mask, turns = run.tokens.split("train")
+    x, y = data.batch(tokens, run.global_batch, run.block_size, run.cfg.seed, run.state.step, mask, turns)
     share = run.global_batch // run.accelerator.num_processes
     first = run.accelerator.process_index * share
     return x[first:first + share], y[first:first + share]
@@ -498,13 +524,22 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
     """Forward/backward over micro-batches, clip, step; returns the mean loss (non-finite: nothing stepped)."""
     total = torch.zeros((), device=run.device)
     chunks = list(micro_batches(run, x, y))
+    # every micro-batch weighs by its share of the global batch's scored targets (answer-only loss
+    # scores a different number in each), so the step is the mean over all of them; processes
+    # average their gradients, hence the factor of the process count
+    scored = (y != data.IGNORE).sum().to(run.device)
+    processes = run.accelerator.num_processes
+    if processes > 1:
+        scored = run.accelerator.reduce(scored, "sum")
+    scored = max(1, int(scored))
     for i, (xb, yb) in enumerate(chunks):
         # processes average gradients once, on the last micro-batch
         last = i == len(chunks) - 1
+        share = int((yb != data.IGNORE).sum()) * processes / scored
         with contextlib.nullcontext() if last else run.accelerator.no_sync(run.model):
             loss = lm_loss(run.model, xb, yb, run.precision.context())
-            run.scaler.scale(loss * (len(xb) / len(x))).backward()
-        total += loss.detach() * (len(xb) / len(x))
+            run.scaler.scale(loss * share).backward()
+        total += loss.detach() * share
     if run.accelerator.num_processes > 1:
         total = run.accelerator.reduce(total, "mean")
     loss_value = float(total)
@@ -577,20 +612,43 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 def mean_val_loss(run: Run) -> float:
     """Mean val loss over the same fixed windows at every eval (eval_batches x batch_size)."""
     settings = run.settings
-    x, y = data.batch(run.tokens.val, settings.eval_batches * settings.batch_size, run.block_size,
-                      run.cfg.seed + 1, 0)
+    tokens, mask, turns = run.tokens.split("val")
+    x, y = data.batch(tokens, settings.eval_batches * settings.batch_size, run.block_size, run.cfg.seed + 1, 0,
+                      mask, turns)
     with eval_mode(run.model):
         total = sum(float(lm_loss(run.model, xb, yb, run.precision.context())) * len(xb)
                     for xb, yb in micro_batches(run, x, y))
     return total / len(x)
 
 
-def evaluate(run: Run, train_losses: list[float]) -> tuple[float, bool]:
-    """Eval row, samples, `best` checkpoint on improvement; returns (val loss, stop early?)."""
+HELDOUT_SUBSET_PER_TASK = 5  # questions per task scored at every eval: a quick, fixed, balanced subset
+
+
+def eval_row(run: Run, train_losses: list[float], show: bool = False) -> dict:
+    """Val loss, and with held-out questions (built-in data) the exact match on a fixed subset;
+    `show` also emits a few of its answers as held-out sample rows."""
     val_loss = mean_val_loss(run)
     row = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
     if train_losses:
         row["train_loss"] = sum(train_losses) / len(train_losses)
+    accuracy = heldout_accuracy(run, corpus.balanced_subset(run.heldout, HELDOUT_SUBSET_PER_TASK))
+    if accuracy:
+        row.update(heldout_exact_match=accuracy["exact_match"], heldout_per_task=accuracy["per_task"])
+        if show:
+            emit_answers(run, accuracy)
+    return row
+
+
+def emit_answers(run: Run, accuracy: dict) -> None:
+    for answer in accuracy["answers"]:
+        run.emit("sample", prompt=corpus.format_exchange(answer["question"]), text=answer["answer"],
+                 expected=answer["expected"], heldout=True)
+
+
+def evaluate(run: Run, train_losses: list[float]) -> tuple[float, bool]:
+    """Eval row, samples, `best` checkpoint on improvement; returns (val loss, stop early?)."""
+    row = eval_row(run, train_losses)
+    val_loss = row["val_loss"]
     run.emit("eval", **row)
     write_samples(run)
     state = run.state
@@ -630,26 +688,24 @@ def save(run: Run, which: str) -> None:
     run.accelerator.wait_for_everyone()
 
 
-def heldout_accuracy(run: Run) -> dict | None:
-    """Built-in data: greedy answers to the held-out questions, scored by exact match."""
-    if not run.main or not run.heldout or not run.cfg.heldout_eval:
+def heldout_accuracy(run: Run, examples: list[corpus.Example]) -> dict | None:
+    """Built-in data: greedy answers to held-out questions, scored by exact match."""
+    if not run.main or not examples or not run.cfg.heldout_eval:
         return None
     with eval_mode(run.loaded.model):
-        return heldout_exact_match(run.loaded, run.heldout)
+        return heldout_exact_match(run.loaded, examples)
 
 
 def finish(run: Run, reason: str, last_loss: float, val_loss: float) -> dict:
     """The held-out score, the done row and run.json's final status; returns the summary."""
     # a stop request is honoured now: scoring 200 held-out questions can wait for a finished run
-    accuracy = heldout_accuracy(run) if reason != "stopped" else None
+    accuracy = heldout_accuracy(run, run.heldout) if reason != "stopped" else None
     summary = {"run_dir": str(run.folder), "steps": run.state.step, "train_loss": last_loss, "val_loss": val_loss,
                "val_ppl": math.exp(min(val_loss, 50)) if math.isfinite(val_loss) else None,
                "best_val_loss": run.state.best_or_none, "reason": reason, "elapsed_s": run.elapsed_s()}
     if accuracy:  # the shown answers as sample rows; the score in the done row
-        summary["heldout_exact_match"] = accuracy["exact_match"]
-        for answer in accuracy["answers"]:
-            run.emit("sample", prompt=corpus.format_exchange(answer["question"]), text=answer["answer"],
-                     expected=answer["expected"], heldout=True)
+        summary.update(heldout_exact_match=accuracy["exact_match"], heldout_per_task=accuracy["per_task"])
+        emit_answers(run, accuracy)
     if run.main and run.eval_text and reason != "stopped":  # the user's own eval text, every token scored
         with eval_mode(run.loaded.model):
             summary["score"] = {"data": run.cfg.eval_data, **score(run.loaded, run.eval_text).to_dict()}

@@ -1,16 +1,57 @@
-"""The built-in corpus: deterministic from its seed, held-out questions never trained on, and
-exact match scoring right answers as right and wrong ones as wrong."""
+"""The built-in corpus: deterministic from its seed, the held-out rule (no held-out input in its
+task's training), and exact match scoring right answers as right and wrong ones as wrong."""
+import re
+
 import pytest
 
-from studio.corpus import Example, answer_of, builtin_examples, builtin_texts, exact_match, format_exchange
+from studio.corpus import (CHAT_DEMO, HELDOUT_PER_TASK, TASK_NAMES, TASKS, Example, answer_of, balanced_subset,
+                           builtin_examples, builtin_texts, exact_match, format_exchange, per_task_match)
 
 
 def test_the_same_seed_gives_the_same_corpus():
     assert builtin_texts(seed=0) == builtin_texts(seed=0)
     assert builtin_texts(seed=0) != builtin_texts(seed=1)
-    train, heldout = builtin_examples(500, 50, seed=2)
-    assert len(train) == 500 and len(heldout) == len({e.question for e in heldout}) == 50
+    train, heldout = builtin_examples(500, 14, seed=2)
+    assert len(train) == 500 and len(heldout) == len({e.question for e in heldout}) == 14
     assert not {e.question for e in heldout} & {e.question for e in train}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_heldout_input_appears_in_its_tasks_training(seed):
+    train, heldout = builtin_examples(seed=seed)
+    assert {e.task for e in heldout} == set(TASK_NAMES) and len(heldout) == HELDOUT_PER_TASK * len(TASKS)
+    assert {e.task for e in train} == set(TASK_NAMES)
+    by_task = {name: {e.question for e in train if e.task == name} for name in TASK_NAMES}
+    for task in TASKS:  # the input is what the question holds besides the instruction's words
+        held = [e for e in heldout if e.task == task.name]
+        assert len(held) == HELDOUT_PER_TASK
+        assert not {e.question for e in held} & by_task[task.name], task.name
+    trained_inputs = {name: {_input(q) for q in qs} for name, qs in by_task.items()}
+    for e in heldout:
+        assert _input(e.question) not in trained_inputs[e.task], e
+    # addition is held out by ordered pair: the swapped question is trained, so it is learnable
+    for e in heldout:
+        if e.task == "add":
+            a, b = re.findall(r"\d+", e.question)
+            assert f"What is {b} plus {a}?" in by_task["add"]
+
+
+def _input(question: str) -> str:
+    """A question's input: its words that are not the task's fixed wording (numbers, the word)."""
+    fixed = {"What", "is", "plus", "Repeat", "the", "word", "first", "letter", "of",
+             "How", "many", "letters", "are", "Which", "largest", "number", "comes", "after"}
+    return " ".join(w for w in re.findall(r"[A-Za-z0-9]+", question) if w not in fixed)
+
+
+def test_the_chat_demo_is_trained_and_every_answer_is_right():
+    train, heldout = builtin_examples()
+    assert Example("What is 4 plus 5?", "9", "add") in train and CHAT_DEMO == ("add", (4, 5))
+    for e in train[:2000] + heldout:
+        if e.task == "add":
+            a, b = map(int, re.findall(r"\d+", e.question))
+            assert e.answer == str(a + b)
+        elif e.task == "repeat":
+            assert e.answer == e.question.split()[-1].rstrip(".") and len(e.answer) == 3
 
 
 def test_examples_are_exchanges_in_the_chat_template():
@@ -27,3 +68,13 @@ def test_exact_match_scores_the_answer_before_the_first_newline():
     assert exact_match([" 55", ""], examples) == 0.0
     with pytest.raises(ValueError, match="differ in length"):
         exact_match([" 5"], examples)
+
+
+def test_per_task_scores_and_the_balanced_subset():
+    _, heldout = builtin_examples(50)
+    subset = balanced_subset(heldout, 2)
+    assert len(subset) == 2 * len(TASKS) and {e.task for e in subset} == set(TASK_NAMES)
+    assert subset == balanced_subset(heldout, 2)  # fixed: the same questions at every eval
+    answers = [e.answer if e.task == "add" else "?" for e in subset]
+    overall, per_task = per_task_match(answers, subset)
+    assert overall == pytest.approx(1 / len(TASKS)) and per_task["add"] == 1.0 and per_task["next"] == 0.0

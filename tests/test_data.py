@@ -89,7 +89,7 @@ def test_batches_are_a_function_of_seed_and_step():
 
 def test_builtin_source_keeps_heldout_apart():
     docs = data.read_source("builtin")
-    assert len(docs.docs) == 20_000 and len(docs.heldout) == 200
+    assert len(docs.docs) == 50_000 and len(docs.heldout) == corpus.HELDOUT_PER_TASK * len(corpus.TASKS)
     assert not {e.text for e in docs.heldout} & set(docs.docs)
 
 
@@ -138,3 +138,32 @@ def _split_at(ids: list[int], eos: int) -> list[list[int]]:
         else:
             cur.append(i)
     return parts
+
+
+def test_answer_mask_covers_each_answer_and_its_end_of_text(tmp_path):
+    docs = data.Documents("chat", [corpus.format_exchange(f"Say {c}{c}.", c * 2) for c in "abcdefghijkl"])
+    assert data.is_chat(docs) and not data.is_chat(data.Documents("txt", ["plain text", docs.docs[0]]))
+    tok = CharTokenizer.from_texts(docs.docs)
+    td = data.prepare(docs, tok, tmp_path, answers=True)
+    assert len(list(tmp_path.glob("*.npy"))) == 4  # tokens and masks are cached together
+    again = data.prepare(docs, tok, tmp_path, answers=True)
+    assert np.array_equal(td.train_mask, again.train_mask)
+    scored = tok.decode(td.train[td.train_mask == 1].tolist())
+    assert scored.count("<|endoftext|>") == (td.train == tok.eos_id).sum() == 11
+    assert scored.replace("<|endoftext|>", "|").startswith(" ") and "Say" not in scored and "Assistant" not in scored
+    assert len(data.prepare(docs, tok, None).train) == len(td.train)  # the same tokens either way
+
+
+def test_answer_batches_start_at_exchanges_and_score_only_answers():
+    docs = [corpus.format_exchange(f"Repeat {w}.", w) for w in ("ab", "cde", "fghi", "jk", "lmn")] * 4
+    tok = CharTokenizer.from_texts(docs)
+    tokens, mask = data._encode_docs(docs, tok, None, answers=True)
+    x, y = data.batch(tokens, 8, 40, seed=0, step=3, mask=mask)
+    starts = {tok.encode("Human: R")[0]}
+    assert {int(v) for v in x[:, 0]} == starts  # every window starts with an exchange
+    for row_x, row_y in zip(x, y):
+        kept = row_y[row_y != data.IGNORE]
+        assert len(kept) > 0
+        answer = tok.decode(kept.tolist()).split("<|endoftext|>")[0]
+        assert tok.decode(row_x.tolist()).startswith(f"Human: Repeat{answer}.")
+    assert (data.batch(tokens, 8, 40, seed=0, step=3, mask=mask)[1] == y).all()

@@ -236,8 +236,11 @@ def test_heldout_exact_match_scores_greedy_answers(tiny_char_checkpoint):
     _, heldout = builtin_examples(10, 4)
     result = heldout_exact_match(loaded, heldout, max_new_tokens=4)
     assert result["heldout"] == 4 and result["exact_match"] == 0.0  # an untrained model
-    assert [a["question"] for a in result["answers"]] == [e.question for e in heldout[:3]]
+    # one shown answer per task: the four held-out questions are of four tasks
+    assert [a["question"] for a in result["answers"]] == [e.question for e in heldout]
+    assert set(result["per_task"]) == {e.task for e in heldout}
     # held-out answers set to the model's own greedy ones score; one changed answer does not
     own = [replace(e, answer=a["answer"]) for e, a in zip(heldout, result["answers"])]
     own[2] = replace(own[2], answer=own[2].answer + " 7")
-    assert heldout_exact_match(loaded, own, max_new_tokens=4)["exact_match"] == 2 / 3
+    scored = heldout_exact_match(loaded, own, max_new_tokens=4)
+    assert scored["exact_match"] == 3 / 4 and scored["per_task"][own[2].task] == 0.0
