@@ -208,11 +208,10 @@ def run_progress(job: TrainingJob, run_dir: Path, df) -> RunProgress:
     status = job.status()
     live = status.run_dir == run_dir and status.state in ("running", "stopping", "failed")
     state = status.state if live else run.get("status", "starting")  # run.json: done | stopped | failed
-    steps = df[df["type"] == "step"] if len(df) and "type" in df else df
     step = int(df["step"].max()) if len(df) and "step" in df else 0
     max_steps = int(run.get("settings", {}).get("max_steps", 0)) or step
     error = (run.get("error") or (status.message if live else "")) if state == "failed" else ""
-    return RunProgress(run_dir.name, state, step, max_steps, runs.step_rate(steps) if len(steps) else None, error)
+    return RunProgress(run_dir.name, state, step, max_steps, runs.step_rate(df), error)
 
 
 def shown_run(job: TrainingJob, watched: str) -> Path | None:

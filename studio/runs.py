@@ -142,11 +142,16 @@ def signature(folder: str | Path) -> tuple:
 
 
 def step_rate(df: pd.DataFrame) -> float | None:
-    """Seconds per optimizer step over the step rows logged so far (None before two of them)."""
-    if not len(df) or "type" not in df or "elapsed_s" not in df:
+    """Seconds per optimizer step from the step rows' wall-clock times (None before two of them).
+
+    Only the rows since the latest resume count: the time a run lay stopped is no step's time.
+    """
+    if not len(df) or "type" not in df or "time" not in df:
         return None
-    steps = df[(df["type"] == "step") & df["elapsed_s"].notna()]
+    resumes = df[(df["type"] == "event") & (df["kind"] == "resume")] if "kind" in df else df.iloc[0:0]
+    steps = df[(df["type"] == "step") & df["time"].notna()]
+    if len(resumes):
+        steps = steps[steps.index > resumes.index[-1]]
     if len(steps) < 2 or steps["step"].iloc[-1] == steps["step"].iloc[0]:
         return None
-    return float((steps["elapsed_s"].iloc[-1] - steps["elapsed_s"].iloc[0])
-                 / (steps["step"].iloc[-1] - steps["step"].iloc[0]))
+    return float((steps["time"].iloc[-1] - steps["time"].iloc[0]) / (steps["step"].iloc[-1] - steps["step"].iloc[0]))

@@ -70,7 +70,7 @@ def write_run(name: str, status: str, max_steps: int) -> None:
 
 
 def test_run_progress_measures_seconds_per_step_and_the_eta():
-    df = pd.DataFrame([{"type": "step", "step": s, "elapsed_s": s * 0.5} for s in (10, 20, 30)]
+    df = pd.DataFrame([{"type": "step", "step": s, "time": 1000 + s * 0.5} for s in (10, 20, 30)]
                       + [{"type": "eval", "step": 30, "val_loss": 2.0}])
     write_run("eta-running", "running", 100)  # a run started from the CLI: run.json is the truth
     p = jobs.run_progress(TrainingJob(), runs.run_dir("eta-running"), df)
@@ -79,6 +79,11 @@ def test_run_progress_measures_seconds_per_step_and_the_eta():
     assert p.fraction == pytest.approx(0.3)
     status = jobs.status_dict(TrainingJob(), runs.run_dir("eta-running"), df)
     assert status["eta_s"] == pytest.approx(35.0) and status["last_eval"] == {"step": 30, "val_loss": 2.0}
+    # the second step row is enough for an ETA (the run showed none at step 18 of 2000)
+    two = pd.DataFrame([{"type": "step", "step": 10, "time": 1037.0}, {"type": "step", "step": 20, "time": 1074.0}])
+    p = jobs.run_progress(TrainingJob(), runs.run_dir("eta-running"), two)
+    assert p.seconds_per_step == pytest.approx(3.7) and p.eta_s == pytest.approx(3.7 * 80)
+    assert jobs.run_progress(TrainingJob(), runs.run_dir("eta-running"), two.iloc[:1]).eta_s is None
     write_run("eta-done", "done", 100)
     assert jobs.run_progress(TrainingJob(), runs.run_dir("eta-done"), df).eta_s is None  # nothing left to wait for
 

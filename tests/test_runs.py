@@ -29,6 +29,18 @@ def test_resume_replaces_the_rows_it_repeats():
     assert list(steps.step) == [1, 2, 3] and list(steps.loss) == [9, 8, 6.5]
 
 
+def test_step_rate_is_measured_on_the_step_rows_since_the_last_resume():
+    rows = [{"type": "step", "step": s, "time": 100 + 2 * s} for s in (10, 20)]
+    rows += [{"type": "eval", "step": 20, "time": 150}]
+    assert runs.step_rate(pd.DataFrame(rows)) == pytest.approx(2.0)
+    # an hour stopped, then resumed at step 20: the pause is no step's time
+    rows += [{"type": "event", "step": 20, "time": 3800, "kind": "resume", "message": "resumed at step 20"},
+             {"type": "step", "step": 30, "time": 3810}]
+    assert runs.step_rate(pd.DataFrame(rows)) is None  # one step row since the resume
+    rows += [{"type": "step", "step": 40, "time": 3815}]
+    assert runs.step_rate(pd.DataFrame(rows)) == pytest.approx(0.5)
+
+
 def test_list_runs_and_run_dir(tmp_path):
     write_run("listed", [{"type": "step", "step": 5, "time": 1, "loss": 1.0},
                          {"type": "eval", "step": 5, "time": 1, "val_loss": 1.5, "val_ppl": 4.48}])

@@ -137,3 +137,18 @@ def test_browser_starts_a_run_sees_the_loss_chart_and_stops(page, browser, app_u
     finally:
         page.screenshot(path=str(ARTIFACTS / "train_tab_stopped.png"), full_page=True)
     assert runs.read_run(runs.run_dir("browser-run"))["status"] == "stopped"
+
+
+def test_the_lesson_is_an_endpoint_that_takes_nothing(client):
+    endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/lesson_start"]
+    assert endpoint["parameters"] == []  # the lesson's settings are its preset's, nothing to choose
+
+
+@pytest.mark.browser
+def test_browser_the_lesson_comes_first_and_is_the_default(page):
+    page.get_by_role("tab", name="Train", exact=True).click()
+    expect(page.get_by_role("button", name="Start the lesson", exact=True)).to_be_visible()
+    expect(page.get_by_text("New here? Start with the lesson.")).to_be_visible()
+    expect(page.get_by_label("Model to train", exact=True)).to_have_value("lesson")
+    expect(page.get_by_label("built-in corpus", exact=True)).to_be_checked()
+    expect(page.get_by_label("max steps", exact=True)).to_have_value("4000")  # the lesson preset's settings

@@ -1,4 +1,5 @@
-"""Train tab: pick a model and data, check the fit, start/stop/resume, watch the curves live.
+"""Train tab: the lesson first (one click), then pick a model and data, check the fit,
+start/stop/resume, watch the curves live, and read a finished built-in run's before/after report.
 
 The training itself runs in its own process (`studio.jobs`); this tab only reads run folders,
 on a timer, so the page can be reloaded or opened twice without touching the run.
@@ -12,7 +13,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from studio import chat, data, devices, jobs, runs, tracking
+from studio import chat, data, devices, jobs, lesson, runs, tracking
+from studio.corpus import HUMAN
 from studio.names import plain_name, shown
 from studio.presets import TrainSettings
 from studio.ui import plots
@@ -65,6 +67,55 @@ def plan_markdown(p: jobs.RunPlan) -> str:
     return "\n\n".join(lines)
 
 
+LESSON_INTRO = (
+    "**New here? Start with the lesson.** One click trains a blank model (about a million parameters, one "
+    "token per character) on the built-in corpus: short instructions such as *What is 4 plus 5?* with their "
+    "answers. It starts out producing noise; within minutes it answers questions it has never seen. Watch the "
+    "loss fall, then the held-out exact match (questions kept out of training) climb the moment the model "
+    "starts following instructions. At the end the same held-out questions are shown answered before and "
+    "after training, and the model is ready in the Chat tab.")
+
+
+def lesson_report(run_dir: Path) -> dict | None:
+    """The before/after report of a finished run on the built-in data; None for any other run."""
+    try:
+        return lesson.report(run_dir)
+    except ValueError:  # not finished, or not scored on held-out questions
+        return None
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def report_markdown(rep: dict) -> str:
+    return (f"### Before and after: {Path(rep['run_dir']).name}\n"
+            f"{rep['steps']} steps in {rep['seconds']:.0f} s. Held-out exact match: **{_pct(rep['before'])}** "
+            f"untrained, **{_pct(rep['after'])}** trained (questions never seen in training).")
+
+
+def answers_table(rep: dict) -> pd.DataFrame:
+    """The same held-out questions answered by the untrained and the trained model."""
+    rows = [{"question": a["question"].removeprefix(HUMAN).split("\n")[0], "expected": a["expected"],
+             "untrained": a["before"], "trained": a["after"]} for a in rep["answers"]]
+    return pd.DataFrame(rows, columns=["question", "expected", "untrained", "trained"])
+
+
+def tasks_table(rep: dict) -> pd.DataFrame:
+    """Exact match per task, untrained (the step-0 eval's subset) and trained (the whole held-out set)."""
+    before = rep.get("before_per_task") or {}
+    rows = [{"task": t, "untrained": _pct(before.get(t)), "trained": _pct(acc)} for t, acc in rep["per_task"].items()]
+    return pd.DataFrame(rows, columns=["task", "untrained", "trained"])
+
+
+def report_view(run_dir: Path) -> list:
+    """The report's components: the group shown or hidden, the summary, answers and per-task tables."""
+    rep = lesson_report(run_dir)
+    if rep is None:
+        return [gr.Group(visible=False), "", pd.DataFrame(), pd.DataFrame()]
+    return [gr.Group(visible=True), report_markdown(rep), answers_table(rep), tasks_table(rep)]
+
+
 def samples_markdown(df: pd.DataFrame) -> str:
     if not len(df) or "type" not in df:
         return ""
@@ -93,9 +144,12 @@ def picked_runs(names: list[str] | None) -> list[str]:
 
 def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     defaults = TrainSettings()
+    with gr.Row(equal_height=True):
+        gr.Markdown(LESSON_INTRO)
+        lesson_btn = gr.Button("Start the lesson", variant="primary", scale=0, min_width=200)
     with gr.Row():
         with gr.Column(scale=2):
-            model = pickers.model(label="Model to train", value="v1")
+            model = pickers.model(label="Model to train", value=lesson.PRESET)
             data_kind = gr.Radio(DATA_KINDS, value="built-in corpus", label="Data")
             data_file = gr.File(label=f"Data file ({' '.join(data.FILE_TYPES)})", visible=False, file_types=list(data.FILE_TYPES))
             data_chat = gr.Dropdown([], label="Saved chat", visible=False, allow_custom_value=True,
@@ -127,9 +181,16 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     progress = gr.HTML()
     with gr.Accordion("Run status (JSON)", open=False):
         status_json = gr.JSON()
+    with gr.Group(visible=False) as report_box:
+        report_md = gr.Markdown()
+        with gr.Row():
+            answers_df = gr.Dataframe(label="held-out questions, answered before and after training",
+                                      interactive=False, max_height=320, scale=3)
+            tasks_df = gr.Dataframe(label="exact match per task", interactive=False, max_height=320, scale=1)
     with gr.Row():
-        loss_plot, ppl_plot = gr.Plot(label="loss"), gr.Plot(label="perplexity")
+        loss_plot, accuracy_plot = gr.Plot(label="loss"), gr.Plot(label="held-out exact match")
     with gr.Row():
+        ppl_plot = gr.Plot(label="perplexity")
         lr_plot, speed_plot = gr.Plot(label="learning rate"), gr.Plot(label="tokens/s")
     with gr.Row():
         samples_md = gr.Markdown(label="latest samples")
@@ -176,6 +237,12 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         return run_dir.name, None
 
     @user_errors
+    def start_lesson():
+        run_dir = jobs.start(ws.training, lesson.config())
+        gr.Info(f"the lesson started: {run_dir.name}")
+        return run_dir.name, None
+
+    @user_errors
     def stop():
         status = ws.training.stop()
         return f"stop requested for {status.run_dir.name}"
@@ -192,21 +259,24 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
             return {"state": "idle"}
         return jobs.status_dict(ws.training, run_dir, runs.read_metrics(run_dir))
 
+    drawn = [progress, loss_plot, accuracy_plot, ppl_plot, lr_plot, speed_plot, samples_md, events_df, status_json,
+             report_box, report_md, answers_df, tasks_df]
+
     def poll(name: str, last):
         run_dir = jobs.shown_run(ws.training, name)
         if run_dir is None:
-            return [gr.skip()] * 8 + [last]
+            return [gr.skip()] * len(drawn) + [last]
         # what was drawn: the files' signature and the job's state (a process can end without writing)
         state = ws.training.status().state
         current = (runs.signature(run_dir), state)
         if current == last:  # the progress line is a function of the files and the state: nothing to redraw
-            return [gr.skip()] * 8 + [last]
+            return [gr.skip()] * len(drawn) + [last]
         df = runs.read_metrics(run_dir)
         prog = jobs.run_progress(ws.training, run_dir, df)
         if last is not None and current[0] == last[0]:  # nothing new written: only the state line may change
-            return [_progress_html(prog)] + [gr.skip()] * 7 + [current]
+            return [_progress_html(prog)] + [gr.skip()] * (len(drawn) - 1) + [current]
         return [_progress_html(prog), *plots.run_figures(df), samples_markdown(df), events_table(df),
-                jobs.status_dict(ws.training, run_dir, df), current]
+                jobs.status_dict(ws.training, run_dir, df), *report_view(run_dir), current]
 
     def list_all():
         table = runs.list_runs()
@@ -243,11 +313,12 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                     api_name="train_plan")
     start_btn.click(start, [model, *data_inputs, run_name, device, precision, *setting_inputs, *option_inputs],
                     [watched, seen], api_name="train_start").then(list_all, None, [runs_df, compare], queue=False)
+    lesson_btn.click(start_lesson, None, [watched, seen], api_name="lesson_start").then(
+        list_all, None, [runs_df, compare], queue=False)
     stop_btn.click(stop, None, plan_md, api_name="train_stop", queue=False)
     resume_btn.click(resume, watched, [watched, seen], api_name="train_resume")
-    timer.tick(poll, [watched, seen], [progress, loss_plot, ppl_plot, lr_plot, speed_plot, samples_md,
-                                       events_df, status_json, seen], api_visibility="private", queue=False,
-               show_progress="hidden")  # a loading overlay on nine components every tick costs the browser CPU
+    timer.tick(poll, [watched, seen], [*drawn, seen], api_visibility="private", queue=False,
+               show_progress="hidden")  # a loading overlay on every drawn component each tick costs the browser CPU
     gr.Button("Refresh status", size="sm").click(status, watched, status_json, api_name="train_status",
                                                  queue=False)
     demo.load(list_all, None, [runs_df, compare], api_name="train_runs")
