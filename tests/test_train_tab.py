@@ -36,7 +36,9 @@ def client(app_url):
 def test_client_starts_reads_stops_and_the_checkpoint_loads(client, tiny_checkpoint):
     client.predict(tiny_checkpoint, "built-in corpus", None, None, "", "tab-run", "cpu", "auto", *SETTINGS,
                    api_name="/train_start")
-    status = wait_for(lambda: (s := client.predict("tab-run", api_name="/train_status")).get("last_eval") and s)
+    # the step-0 eval (the untrained model's score) comes first: wait for a step row and a later eval
+    status = wait_for(lambda: (s := client.predict("tab-run", api_name="/train_status")).get("last_step")
+                      and s.get("last_eval", {}).get("step", 0) > 0 and s)
     assert status["state"] == "running" and status["max_steps"] == 2000
     assert status["last_step"]["loss"] > 0 and status["last_eval"]["val_ppl"] > 1
     # a second start while one runs is refused with a clear message
