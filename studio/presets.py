@@ -49,6 +49,7 @@ class TrainSettings:
     log_interval: int = 10
     early_stop_patience: int = 0  # evals without improvement before stopping; 0 = off
     early_stop_min_delta: float = 0.0
+    beta2: float = 0.95  # AdamW's second-moment decay; small batches (nanoGPT's char recipe) like 0.99
 
     def __post_init__(self) -> None:
         if not 0 < self.learning_rate <= 1:
@@ -68,6 +69,8 @@ class TrainSettings:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if self.early_stop_min_delta < 0:
             raise ValueError(f"early_stop_min_delta must be >= 0, got {self.early_stop_min_delta}")
+        if not 0 < self.beta2 < 1:
+            raise ValueError(f"beta2 must be in (0, 1), got {self.beta2}")
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "train") -> "TrainSettings":

@@ -137,7 +137,7 @@ def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.devic
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=s.learning_rate, betas=(0.9, 0.95),
+    return torch.optim.AdamW(groups, lr=s.learning_rate, betas=(0.9, s.beta2),
                              fused=device.type in ("cpu", "cuda"))
 
 
