@@ -7,11 +7,13 @@ states for training. Activations depend on batch and sequence; `estimate` adds t
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from studio.arch import count_parameters, gpt2_config
 from studio.presets import Preset
+
+if TYPE_CHECKING:  # pandas takes ~1 s to import: only the tables need it, not a training process
+    import pandas as pd
 
 GB = 1024**3
 
@@ -64,6 +66,8 @@ def design(preset: Preset, batch: int = 16) -> dict:
 
 
 def preset_table(presets: list[Preset]) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.DataFrame([preset_row(p) for p in presets])
 
 
