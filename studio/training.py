@@ -44,6 +44,7 @@ from studio.config import check_keys
 from studio.decoding import generate
 from studio.devices import PRECISIONS, Precision, pick_device
 from studio.evaluate import readable_text, score
+from studio.head import CHUNKED_MIN_VOCAB, chunked_lm_loss
 from studio.presets import Preset, TrainSettings
 from studio.sampling import DecodingSettings
 from studio.tokenizer import Tokenizer
@@ -143,7 +144,7 @@ def _probe_key(model: torch.nn.Module, device: torch.device, batch: int, block_s
     c = model.config
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     shape = f"L{c.n_layer}-D{c.n_embd}-H{c.n_head}-F{c.n_inner or 4 * c.n_embd}-V{c.vocab_size}"
-    ckpt = "-ckpt" if getattr(model, "is_gradient_checkpointing", False) else ""
+    ckpt = "-ckpt" if getattr(model, "is_activation_checkpointing", False) else ""
     return f"{where}:{torch.get_num_threads()}t:{shape}{ckpt}:{batch}x{block_size}:torch{torch.__version__}"
 
 
@@ -214,8 +215,22 @@ def free_memory(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
+def chunked_head(model: torch.nn.Module) -> bool:
+    """Whether `lm_loss` computes the output layer and loss in chunks (`studio.head`) for `model`:
+    a GPT-2 with a bias-free head and a big vocabulary. A DDP wrapper (several processes) has no
+    `transformer`: it keeps the plain path, whose forward goes through the wrapper's gradient hooks."""
+    head = getattr(model, "lm_head", None)
+    return (hasattr(model, "transformer") and isinstance(head, torch.nn.Linear) and head.bias is None
+            and head.out_features >= CHUNKED_MIN_VOCAB)
+
+
 def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast) -> torch.Tensor:
-    """Mean next-token cross-entropy; logits are upcast so the softmax runs in fp32."""
+    """Mean next-token cross-entropy, the softmax in fp32; for big vocabularies the (B, T, vocab)
+    logits are never made (`chunked_head`)."""
+    if chunked_head(model):
+        with autocast:
+            hidden = model.transformer(input_ids=x, use_cache=False).last_hidden_state  # (B, T, D)
+        return chunked_lm_loss(hidden, model.lm_head.weight, y)
     with autocast:
         logits = model(input_ids=x, use_cache=False).logits  # (B, T, vocab)
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
