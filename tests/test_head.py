@@ -115,3 +115,32 @@ def test_bad_shapes():
         chunked_lm_loss(h, w, y[:, :-1])
     with pytest.raises(ValueError, match="weight must be"):
         chunked_lm_loss(h, w[:, :-1], y)
+
+
+def test_training_loss_takes_the_chunked_head_for_big_vocabularies_only():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from studio import training
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=5000, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                     resid_pdrop=0, embd_pdrop=0, attn_pdrop=0, activation_function="gelu_pytorch_tanh")
+    model = GPT2LMHeadModel(cfg)
+    assert training.chunked_head(model)
+    assert not training.chunked_head(GPT2LMHeadModel(GPT2Config(vocab_size=98, n_embd=16, n_layer=1, n_head=2)))
+    assert not training.chunked_head(torch.nn.parallel.DistributedDataParallel.__new__(
+        torch.nn.parallel.DistributedDataParallel))  # a DDP wrapper: the plain path, through its hooks
+    x, y = torch.randint(0, 5000, (2, 16)), torch.randint(0, 5000, (2, 16))
+    fp32 = torch.autocast("cpu", enabled=False)
+    logits = model(input_ids=x, use_cache=False).logits
+    plain_loss = F.cross_entropy(logits.view(-1, 5000), y.view(-1))
+    plain_loss.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    loss = training.lm_loss(model, x, y, fp32)
+    loss.backward()
+    torch.testing.assert_close(loss, plain_loss)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-4, atol=1e-6, msg=n)
+    with torch.no_grad():  # eval: the loss-only path
+        torch.testing.assert_close(training.lm_loss(model, x, y, fp32), plain_loss.detach())
