@@ -244,7 +244,7 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
 def cmd_bench_peer(args: argparse.Namespace) -> dict:
     from studio.bench import peer
 
-    return peer.run(args.rounds, args.shared, (lambda msg: None) if args.json else print)
+    return peer.run(args.rounds, args.shared, (lambda msg: None) if args.json else print, args.steps)
 
 
 def cmd_bench_train_tab(args: argparse.Namespace) -> dict:
@@ -387,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="rounds of one run each, order alternating; medians")
     p.add_argument("--shared", help="folder holding peers/nanogpt and data/tinyshakespeare.txt "
                    "(default: the workspace's shared folder)")
+    p.add_argument("--steps", type=int, default=0, help="shorter runs for both, to check the harness "
+                   "(default 0: the recipe's 2000 steps)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench_peer)
     p = bench.add_parser("train-tab", help="training tokens/s with the Train tab open in a browser vs the CLI")

@@ -90,17 +90,19 @@ def _timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> dict:
     return {"seconds": seconds, "load_before": load_before, "load_after": os.getloadavg()[0], "stdout": out.stdout}
 
 
-def run_nanogpt(folder: Path, env: dict[str, str]) -> dict:
-    r = _timed([sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_ARGS], folder, env)
+def run_nanogpt(folder: Path, env: dict[str, str], steps: int = 0) -> dict:
+    shorter = [f"--max_iters={steps}", f"--lr_decay_iters={steps}", f"--eval_interval={steps}"] if steps else []
+    r = _timed([sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_ARGS, *shorter], folder, env)
     evals = VAL_LOSS.findall(r.pop("stdout"))
     if not evals:
         raise ValueError("nanoGPT printed no val loss")
     return {**r, "steps": int(evals[-1][0]), "val_loss": float(evals[-1][2])}
 
 
-def run_studio(text: Path, out: Path, env: dict[str, str]) -> dict:
+def run_studio(text: Path, out: Path, env: dict[str, str], steps: int = 0) -> dict:
+    shorter = ["--max-steps", str(steps), "--eval-interval", str(steps)] if steps else []
     r = _timed([sys.executable, "-m", "studio", "train", "--preset", PRESET, "--data", str(text),
-                "--split-mode", "sequential", "--out", str(out), "--json"], ROOT, env)
+                "--split-mode", "sequential", "--out", str(out), "--json", *shorter], ROOT, env)
     summary = json.loads(r.pop("stdout").strip().splitlines()[-1])
     run_info = json.loads((out / "run.json").read_text())
     return {**r, "steps": summary["steps"], "val_loss": summary["val_loss"],
@@ -117,11 +119,14 @@ def score_same_text(run: Path, text: Path) -> float:
     return score(models.load(str(run / "last"), device="cpu"), val, batch_size=64).loss
 
 
-def run(rounds: int = 3, shared: Path | None = None, log: Callable[[str], None] = print) -> dict:
+def run(rounds: int = 3, shared: Path | None = None, log: Callable[[str], None] = print, steps: int = 0) -> dict:
     """Alternating whole-command runs of nanoGPT and the studio; medians over `rounds`. `log`
-    gets one line per command (time, val loss, load average before -> after)."""
+    gets one line per command (time, val loss, load average before -> after). `steps` (0 = the
+    recipe's 2000) shortens both runs alike, for a quick check of the harness."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0 (0 = the recipe's 2000), got {steps}")
     peer, text = locate(Path(shared) if shared else shared_dir())
     rows = []
     with tempfile.TemporaryDirectory(prefix="studio-bench-peer-") as tmp:
@@ -135,10 +140,10 @@ def run(rounds: int = 3, shared: Path | None = None, log: Callable[[str], None] 
             row: dict = {"round": i, "order": list(order)}
             for who in order:
                 if who == "nanogpt":
-                    row["nanogpt"] = run_nanogpt(nano, env)
+                    row["nanogpt"] = run_nanogpt(nano, env, steps)
                 else:
                     out = scratch / "runs" / f"studio-{i}"
-                    row["studio"] = run_studio(text, out, env)
+                    row["studio"] = run_studio(text, out, env, steps)
                     row["studio"]["val_loss_same_text"] = score_same_text(out, text)
                 r = row[who]
                 log(f"round {i} {who}: {r['seconds']:.1f} s, val loss {r['val_loss']:.4f}"
@@ -152,7 +157,7 @@ def run(rounds: int = 3, shared: Path | None = None, log: Callable[[str], None] 
               "ratio": med([r["ratio"] for r in rows]),
               "nanogpt_val_loss": med([r["nanogpt"]["val_loss"] for r in rows]),
               "studio_val_loss_same_text": med([r["studio"]["val_loss_same_text"] for r in rows]),
-              "rounds": rounds}
+              "rounds": rounds, **({"steps": steps} if steps else {})}
     log(f"nanoGPT {result['nanogpt_s']:.1f} s, the studio {result['studio_s']:.1f} s: ratio {result['ratio']:.3f} "
         f"(goal <= 0.75); val loss nanoGPT {result['nanogpt_val_loss']:.4f}, the studio on the same text "
         f"{result['studio_val_loss_same_text']:.4f} (goal <= nanoGPT + 0.02)")
