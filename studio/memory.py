@@ -88,8 +88,11 @@ ATTN_SCORE_TENSORS = 3
 LOGIT_BYTES = {"fp32": 20, "bf16": 16, "fp16": 16}
 # The chunked head (`studio.head`, vocabularies >= CHUNKED_MIN_VOCAB in one process) keeps one
 # chunk's fp32 logits and its softmax temporaries (CHUNK_TEMPS x rows x vocab x 4 bytes) and the
-# head's fp32 weight gradient (vocab x n_embd x 4), computed in the forward, until the backward.
+# head's fp32 weight gradient (vocab x n_embd x 4), computed in the forward, until the backward;
+# the allocator holds about HEAD_BYTES_PER_VOCAB more per vocabulary entry at the peak (fitted
+# with `python -m studio bench memory`: v1, v2 at 50,257 and tiny-tale at 8,192 within 11%).
 CHUNK_TEMPS = 3
+HEAD_BYTES_PER_VOCAB = 3072
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,7 @@ def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing
     extra_cast = 2 * params if precision != "fp32" else 0
     if a["vocab"] >= CHUNKED_MIN_VOCAB if chunked is None else chunked:
         rows = min(tokens, default_chunk_rows(a["vocab"]))
-        logits = CHUNK_TEMPS * rows * a["vocab"] * 4 + a["vocab"] * a["n_embd"] * 4
+        logits = (CHUNK_TEMPS * rows * 4 + a["n_embd"] * 4 + HEAD_BYTES_PER_VOCAB) * a["vocab"]
     else:
         logits = tokens * a["vocab"] * LOGIT_BYTES.get(precision, 20)
     return Estimate(weights=4 * params + extra_cast, grads=4 * params, optimizer=8 * params,
