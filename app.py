@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import studio
+
+    studio.interactive_threads()  # before torch loads (through the UI)
     from studio.ui import build_app
     from studio.workspace import ModelAccess, Workspace
 

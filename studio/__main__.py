@@ -6,7 +6,7 @@
     python -m studio train --preset v1 --data builtin --max-steps 300 --out checkpoints/demo [--resume] [--json]
     python -m studio train --config run/job.json [--json]   (a TrainConfig as JSON: what the app runs)
     python -m studio lesson [--seed S] [--max-steps N] [--json]   (the 5-minute lesson and its report)
-    python -m studio bench train|memory|chat|compare|train-tab [--json]
+    python -m studio bench train|memory|chat|compare|train-tab|peer [--json]
     python -m studio compare --model M --prompt P --setting "temperature=0.7,top_k=50" --setting ... [--json]
     python -m studio eval --model M [--model M2 ...] --data FILE|builtin|hub:NAME [--stride S] [--split all|val] [--json]
     python -m studio preset new NAME --n-layer L --n-embd E --n-head H [--n-inner F ...] [--json]
@@ -154,7 +154,7 @@ def cmd_bench_chat(args: argparse.Namespace) -> dict:
 
 TRAIN_FLAGS = {"max_steps": int, "batch_size": int, "grad_accum": int, "learning_rate": float,
                "warmup_steps": int, "eval_interval": int, "eval_batches": int, "save_interval": int,
-               "log_interval": int, "early_stop_patience": int}
+               "log_interval": int, "early_stop_patience": int, "beta2": float}
 
 
 def train_config(args: argparse.Namespace):
@@ -177,6 +177,10 @@ def train_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> dict:
     stop = stop_on_signals()
+    if not 0 <= args.nice <= 19:
+        raise ValueError(f"nice must be in [0, 19], got {args.nice}")
+    if args.nice:
+        os.nice(args.nice)
     from pathlib import Path
 
     from studio import runs
@@ -270,6 +274,12 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
     return result
 
 
+def cmd_bench_peer(args: argparse.Namespace) -> dict:
+    from studio.bench import peer
+
+    return peer.run(args.rounds, args.shared, (lambda msg: None) if args.json else print, args.steps)
+
+
 def cmd_bench_train_tab(args: argparse.Namespace) -> dict:
     from studio.bench import train_tab
 
@@ -339,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-data", default="", help="score the final model on this data's whole text "
                    "(builtin | a file | hub:<name>): loss, perplexity, bits per byte in run.json")
     p.add_argument("--report-to", default="none", help="also log to tensorboard (in the run folder) | wandb | trackio")
+    p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by N (0-19), so "
+                   "interactive work (chat) gets the cores first; the app's runs use 10")
     p.add_argument("--lr", dest="learning_rate", type=float)
     for name, kind in TRAIN_FLAGS.items():
         if name != "learning_rate":
@@ -412,6 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--steps", type=int, default=6, help="timed steps per measurement (train)")
         p.add_argument("--json", action="store_true")
         p.set_defaults(fn=cmd_bench_train)
+    p = bench.add_parser("peer", help="the studio against nanoGPT's laptop recipe, whole commands, same model")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of one run each, order alternating; medians")
+    p.add_argument("--shared", help="folder holding peers/nanogpt and data/tinyshakespeare.txt "
+                   "(default: the workspace's shared folder)")
+    p.add_argument("--steps", type=int, default=0, help="shorter runs for both, to check the harness "
+                   "(default 0: the recipe's 2000 steps)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_bench_peer)
     p = bench.add_parser("train-tab", help="training tokens/s with the Train tab open in a browser vs the CLI")
     p.add_argument("--model", default="v1")
     p.add_argument("--rounds", type=int, default=2, help="rounds of one CLI run and one tab run, order alternating")
@@ -434,10 +454,19 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split("\n")).strip()
 
 
+# commands that answer a person while something else may keep the cores busy: passive OpenMP
+# threads (set before torch loads); training and the training benchmarks keep OpenMP's default
+INTERACTIVE = {"generate", "chat", "compare", ("bench", "chat"), ("bench", "compare")}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Errors are one line on stderr: a ValueError (bad input) exits 2, anything
     else exits 1 with its type named (`error: OSError: ...`), Ctrl-C exits 130 without a word."""
     args = build_parser().parse_args(argv)
+    if args.command in INTERACTIVE or (args.command, getattr(args, "bench", None)) in INTERACTIVE:
+        import studio
+
+        studio.interactive_threads()
     try:
         result = args.fn(args)
     except ValueError as e:

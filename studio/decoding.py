@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
-import pandas as pd
 import torch
 
 from studio.arch import context_length
 from studio.models import LoadedModel
 from studio.sampling import DecodingSettings, RowParams, process, sample
+
+if TYPE_CHECKING:  # pandas takes ~1 s to import: only the tables need it, not a training process
+    import pandas as pd
 
 
 # ---- generation ----
@@ -257,6 +259,8 @@ def sweep(loaded: LoadedModel, prompt: str, base: DecodingSettings, name: str,
     cast = int if name == "top_k" else float
     settings = [base.with_(**{name: cast(v)}) for v in values]
     columns = generate(loaded, prompt, settings, fast=fast)
+    import pandas as pd
+
     return pd.DataFrame([{name: cast(v), **c.metrics, "text": c.text} for v, c in zip(values, columns)])
 
 
@@ -276,6 +280,8 @@ def comparison_table(columns: Sequence[Column]) -> pd.DataFrame:
     """One row per column: its settings, metrics and text (what the CSV export holds)."""
     rows = [{"column": i + 1, **{k: v for k, v in c.settings.to_dict().items() if k != "stop"},
              "stop": "|".join(c.settings.stop), **c.metrics, "text": c.text} for i, c in enumerate(columns)]
+    import pandas as pd
+
     return pd.DataFrame(rows)
 
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from studio import ROOT, checkpoints_dir, data, devices, memory, models, runs, training
+from studio import ROOT, checkpoints_dir, data, devices, memory, models, runs, training, training_env
 from studio.arch import count_parameters
 from studio.devices import pick_device
 from studio.names import inside, plain_name
@@ -28,6 +28,7 @@ from studio.training import TrainConfig
 
 JOB_FILE = "job.json"
 LOG_FILE = "train.log"
+TRAIN_NICE = 10  # the run's priority below the app's (CPU weight ~1/10 when both want the cores)
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,11 @@ class TrainingJob:
             job = run_dir / JOB_FILE
             job.write_text(json.dumps(config, indent=1))
             log = open(run_dir / LOG_FILE, "ab")
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            # the run keeps OpenMP's spinning threads (fast steps) at a lower priority, so this
+            # app's chat, with its passive threads, still gets the cores first
+            env = {**training_env(os.environ), "PYTHONUNBUFFERED": "1"}
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "studio", "train", "--config", str(job), "--json"],
+                [sys.executable, "-m", "studio", "train", "--config", str(job), "--json", "--nice", str(TRAIN_NICE)],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)  # Ctrl-C in the app's terminal must not hit the run
             log.close()

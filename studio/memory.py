@@ -7,11 +7,14 @@ states for training. Activations depend on batch and sequence; `estimate` adds t
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from studio.arch import count_parameters, gpt2_config
+from studio.head import CHUNKED_MIN_VOCAB, default_chunk_rows
 from studio.presets import Preset
+
+if TYPE_CHECKING:  # pandas takes ~1 s to import: only the tables need it, not a training process
+    import pandas as pd
 
 GB = 1024**3
 
@@ -64,6 +67,8 @@ def design(preset: Preset, batch: int = 16) -> dict:
 
 
 def preset_table(presets: list[Preset]) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.DataFrame([preset_row(p) for p in presets])
 
 
@@ -81,6 +86,13 @@ ATTN_SCORE_TENSORS = 3
 # temporary (fp32: 5 x 4 bytes); under bf16 autocast the logits are bf16 before the fp32 upcast.
 # Calibrated against measured peaks with `python -m studio bench memory`.
 LOGIT_BYTES = {"fp32": 20, "bf16": 16, "fp16": 16}
+# The chunked head (`studio.head`, vocabularies >= CHUNKED_MIN_VOCAB in one process) keeps one
+# chunk's fp32 logits and its softmax temporaries (CHUNK_TEMPS x rows x vocab x 4 bytes) and the
+# head's fp32 weight gradient (vocab x n_embd x 4), computed in the forward, until the backward;
+# the allocator holds about HEAD_BYTES_PER_VOCAB more per vocabulary entry at the peak (fitted
+# with `python -m studio bench memory`: v1, v2 at 50,257 and tiny-tale at 8,192 within 11%).
+CHUNK_TEMPS = 3
+HEAD_BYTES_PER_VOCAB = 3072
 
 
 @dataclass(frozen=True)
@@ -112,13 +124,15 @@ def _arch(model) -> dict:
 
 
 def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing: bool = False,
-             device: str = "cpu") -> Estimate:
+             device: str = "cpu", chunked: bool | None = None) -> Estimate:
     """Bytes to train `model` (a Preset or HF config) on micro-batches of `batch` x `seq` tokens.
 
     Weights, grads and AdamW's two moments are fp32 (4+4+8 bytes per parameter); bf16 autocast
     adds a 2-byte cast of each weight. Activations are saved per layer (all of them, or with
     checkpointing only each layer's input plus one layer being recomputed); the logits term is
-    the (batch, seq, vocab) tensors of the loss, often the largest for GPT-2's 50k vocabulary.
+    the loss's tensors: (batch, seq, vocab) on the plain path, often the largest for GPT-2's 50k
+    vocabulary, or one chunk and the head's weight gradient on the chunked path (`chunked`,
+    default: as a one-process run decides, by vocabulary size).
     """
     a = _arch(model)
     params = count_parameters(a["config"])
@@ -134,8 +148,13 @@ def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing
         activations = a["n_layer"] * per_layer
     activations += tokens * a["n_embd"] * 4 * 2  # embeddings and final LayerNorm
     extra_cast = 2 * params if precision != "fp32" else 0
+    if a["vocab"] >= CHUNKED_MIN_VOCAB if chunked is None else chunked:
+        rows = min(tokens, default_chunk_rows(a["vocab"]))
+        logits = (CHUNK_TEMPS * rows * 4 + a["n_embd"] * 4 + HEAD_BYTES_PER_VOCAB) * a["vocab"]
+    else:
+        logits = tokens * a["vocab"] * LOGIT_BYTES.get(precision, 20)
     return Estimate(weights=4 * params + extra_cast, grads=4 * params, optimizer=8 * params,
-                    activations=activations, logits=tokens * a["vocab"] * LOGIT_BYTES.get(precision, 20))
+                    activations=activations, logits=logits)
 
 
 @dataclass(frozen=True)

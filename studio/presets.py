@@ -56,6 +56,7 @@ class TrainSettings:
     # (the questions are inputs, not something to predict), "all" = every token, "auto" =
     # answers when every document is a chat exchange (built-in corpus, saved chats), else all
     loss_on: str = "auto"
+    beta2: float = 0.95  # AdamW's second-moment decay; small batches (nanoGPT's char recipe) like 0.99
 
     def __post_init__(self) -> None:
         if not 0 < self.learning_rate <= 1:
@@ -77,6 +78,8 @@ class TrainSettings:
             raise ValueError(f"early_stop_min_delta must be >= 0, got {self.early_stop_min_delta}")
         if self.loss_on not in LOSS_ON:
             raise ValueError(f"loss_on must be one of {list(LOSS_ON)}, got {self.loss_on!r}")
+        if not 0 < self.beta2 < 1:
+            raise ValueError(f"beta2 must be in (0, 1), got {self.beta2}")
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "train") -> "TrainSettings":

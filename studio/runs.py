@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Sequence
 
 from studio import checkpoints_dir
 from studio.atomic import write_json  # run.json's writer (also used as runs.write_json)
+
+if TYPE_CHECKING:  # pandas takes ~1 s to import: only the tables need it, not a training process
+    import pandas as pd
 
 RUN_FILE, METRICS_FILE = "run.json", "metrics.jsonl"
 REPLAYED = ("step", "eval", "sample")  # rows a resume writes again for the steps it repeats
@@ -62,6 +63,8 @@ def metric_rows(folder: str | Path) -> list[dict]:
 
 
 def read_metrics(folder: str | Path) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.DataFrame(metric_rows(folder))
 
 
@@ -69,6 +72,8 @@ def metrics_table(names: Sequence[str | Path]) -> pd.DataFrame:
     """Several runs' metrics in one table, a `run` column naming each row's run."""
     if not names:
         raise ValueError("runs: pick at least one run, got none")
+    import pandas as pd
+
     return pd.concat([read_metrics(n).assign(run=run_dir(n).name) for n in names], ignore_index=True)
 
 
@@ -99,6 +104,8 @@ def list_runs() -> pd.DataFrame:
     cols = ["name", "status", "model", "data", "steps", "best_val_loss", "updated"]
     folders = [p for p in root.iterdir() if (p / RUN_FILE).is_file()] if root.is_dir() else []
     rows = [run_summary(p) for p in folders]
+    import pandas as pd
+
     return pd.DataFrame(rows, columns=cols).sort_values("updated", ascending=False, ignore_index=True)
 
 

@@ -15,7 +15,10 @@ for a reader. Under `accelerate launch`/`torchrun` the same call runs DDP: each 
 its share of every global batch, and only the main process writes files.
 
 Precision: "auto" is the device policy (fp32 on CPU and MPS, bf16 on CUDA with bf16);
-"fast" is the device's fast path (bf16 autocast on CPU and CUDA, fp32 on MPS).
+"fast" is the faster of fp32 and the device's fast path (bf16 autocast on CPU and CUDA), as
+measured: a few interleaved steps of each at the start, remembered per model shape, batch,
+device and thread count in the checkpoints folder's cache (`choose_precision`). bf16 autocast
+adds a cast per matmul input, which costs more than it saves for narrow models on a CPU.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from studio.config import check_keys
 from studio.decoding import generate, greedy_batch
 from studio.devices import PRECISIONS, Precision, pick_device
 from studio.evaluate import readable_text, score
+from studio.head import CHUNKED_MIN_VOCAB, chunked_lm_loss
 from studio.presets import Preset, TrainSettings
 from studio.sampling import DecodingSettings
 from studio.tokenizer import Tokenizer
@@ -132,12 +136,70 @@ def resolve_precision(device: torch.device, name: str) -> Precision:
     return devices.precision(device, name)
 
 
+PRECISION_CACHE = "precision.json"  # under the checkpoints folder's .cache/
+PROBE_STEPS = 3  # timed forward/backward steps per candidate, interleaved, after one warm-up each
+
+
+def _probe_key(model: torch.nn.Module, device: torch.device, batch: int, block_size: int) -> str:
+    c = model.config
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    shape = f"L{c.n_layer}-D{c.n_embd}-H{c.n_head}-F{c.n_inner or 4 * c.n_embd}-V{c.vocab_size}"
+    ckpt = "-ckpt" if getattr(model, "is_activation_checkpointing", False) else ""
+    return f"{where}:{torch.get_num_threads()}t:{shape}{ckpt}:{batch}x{block_size}:torch{torch.__version__}"
+
+
+def _step_ms(model: torch.nn.Module, x: torch.Tensor, precision: Precision) -> float:
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    lm_loss(model, x, x, precision.context()).backward()
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1000
+
+
+def choose_precision(model: torch.nn.Module, device: torch.device, batch: int, block_size: int,
+                     cache: Path | None) -> tuple[Precision, dict]:
+    """"fast": the device's fast path or fp32, whichever trains this model faster here.
+
+    Times PROBE_STEPS forward/backward steps of each (interleaved, after a warm-up; no optimizer
+    step, the RNG restored), or reads the answer remembered in `cache` for this model shape,
+    batch, device and thread count. Returns the precision and {"chosen", "why", "ms_per_step"}.
+    """
+    fast, fp32 = resolve_precision(device, "fast"), devices.precision(device, "fp32")
+    if fast.autocast is None:
+        return fp32, {"chosen": "fp32", "why": f"the fast path on {device.type} is fp32"}
+    key = _probe_key(model, device, batch, block_size)
+    known = json.loads(cache.read_text()) if cache and cache.is_file() else {}
+    if key in known:
+        choice = known[key]
+        return (fast if choice["chosen"] == fast.name else fp32), {**choice, "why": choice["why"] + " (remembered)"}
+    x = torch.randint(0, model.config.vocab_size, (batch, block_size), device=device)
+    times: dict[str, list[float]] = {fp32.name: [], fast.name: []}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for i in range(PROBE_STEPS + 1):
+            for p in (fp32, fast) if i % 2 else (fast, fp32):
+                ms = _step_ms(model, x, p)
+                if i:
+                    times[p.name].append(ms)
+    model.zero_grad(set_to_none=True)
+    ms = {name: round(sorted(t)[len(t) // 2], 2) for name, t in times.items()}
+    chosen = fast if ms[fast.name] < ms[fp32.name] else fp32
+    other = fp32 if chosen is fast else fast
+    choice = {"chosen": chosen.name, "ms_per_step": ms,
+              "why": f"measured {chosen.name} {ms[chosen.name]:g} ms/step vs {other.name} {ms[other.name]:g} ms/step"}
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        runs.write_json(cache, {**known, key: choice})
+    return chosen, choice
+
+
 def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.device) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only (not biases, LayerNorms), as GPT-2/nanoGPT do."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=s.learning_rate, betas=(0.9, 0.95),
+    return torch.optim.AdamW(groups, lr=s.learning_rate, betas=(0.9, s.beta2),
                              fused=device.type in ("cpu", "cuda"))
 
 
@@ -153,9 +215,23 @@ def free_memory(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
+def chunked_head(model: torch.nn.Module) -> bool:
+    """Whether `lm_loss` computes the output layer and loss in chunks (`studio.head`) for `model`:
+    a GPT-2 with a bias-free head and a big vocabulary. A DDP wrapper (several processes) has no
+    `transformer`: it keeps the plain path, whose forward goes through the wrapper's gradient hooks."""
+    head = getattr(model, "lm_head", None)
+    return (hasattr(model, "transformer") and isinstance(head, torch.nn.Linear) and head.bias is None
+            and head.out_features >= CHUNKED_MIN_VOCAB)
+
+
 def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast) -> torch.Tensor:
     """Mean next-token cross-entropy over the scored targets (data.IGNORE ones are skipped; a
-    window with none scores 0, not NaN); logits are upcast so the softmax runs in fp32."""
+    window with none scores 0, not NaN), the softmax in fp32; for big vocabularies the (B, T, vocab)
+    logits are never made (`chunked_head`)."""
+    if chunked_head(model) and bool((y != data.IGNORE).any()):
+        with autocast:
+            hidden = model.transformer(input_ids=x, use_cache=False).last_hidden_state  # (B, T, D)
+        return chunked_lm_loss(hidden, model.lm_head.weight, y, ignore_index=data.IGNORE)
     with autocast:
         logits = model(input_ids=x, use_cache=False).logits  # (B, T, vocab)
     total = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=data.IGNORE,
@@ -322,7 +398,8 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     # mixed precision is ours (autocast in lm_loss), so one process can run many configs
     accelerator = Accelerator(cpu=pick_device(cfg.device).type == "cpu", mixed_precision="no")
     device = accelerator.device
-    precision = resolve_precision(device, cfg.precision)
+    # "fast" is decided by a measurement on the built model; until then, plan memory for fp32
+    precision = resolve_precision(device, "fp32" if cfg.precision == "fast" else cfg.precision)
     folder = runs.run_dir(cfg.out)
     _check_run_folder(cfg, folder)
     spec = models.resolve(cfg.model)
@@ -337,6 +414,8 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     eval_text = readable_text(cfg.eval_data, tokenizer, cfg.model) if cfg.eval_data else ""
     n_params = model.num_parameters()
     info = {"params": n_params, "device": str(device), "precision": precision.name,
+            "precision_choice": {"chosen": precision.name, "why": f"precision {cfg.precision!r}" + (
+                f": the {device.type} policy" if cfg.precision == "auto" else "")},
             "processes": accelerator.num_processes, "data_report": tokens.report(n_params)}
     global_batch, micro_batch = _split_batch(cfg.settings, accelerator.num_processes)
     checkpointing, fit_note = cfg.grad_checkpointing, None
@@ -347,6 +426,11 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     if checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.to(device).train()
+    if cfg.precision == "fast":
+        with accelerator.main_process_first():  # one process measures, the others read its answer
+            precision, choice = choose_precision(model, device, micro_batch, block_size,
+                                                 data.token_cache_dir().parent / PRECISION_CACHE)
+        info.update(precision=precision.name, precision_choice=choice)
     optimizer = make_optimizer(model, cfg.settings, device)
     wrapped = accelerator.prepare(model)
     loaded = models.LoadedModel(models.ModelSpec(folder.name, "checkpoint"), accelerator.unwrap_model(wrapped),

@@ -15,6 +15,9 @@ ARTIFACTS = ROOT / "artifacts"
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # hub calls fail at once instead of retrying for ~23 s
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the test processes share a few busy cores, where spinning OpenMP threads are many times slower;
+# the product sets its policy per process (studio.interactive_threads / training_env)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(autouse=True, scope="session")

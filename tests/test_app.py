@@ -59,3 +59,12 @@ def test_evaluate_endpoint_scores_an_uploaded_text(client, tiny_char_checkpoint,
     assert row["bits_per_byte"] == pytest.approx(expected.bits_per_byte, abs=1e-4)
     with pytest.raises(Exception, match="data file: upload a file"):
         client.predict([tiny_char_checkpoint], "file", None, "", "all", "documents", 0, "cpu", api_name="/evaluate")
+
+
+def test_train_tab_offers_every_precision_the_engine_has(client):
+    from studio.devices import PRECISIONS
+
+    params = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/train_start"]["parameters"]
+    (precision,) = [p for p in params if p["label"] == "Precision"]
+    assert precision["python_type"]["type"] == "Literal[" + ", ".join(f"'{p}'" for p in PRECISIONS) + "]"
+    assert "fast" in PRECISIONS

@@ -51,12 +51,28 @@ def test_a_test_session_without_browser_tests_loads_no_gradio():
     assert r.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_train_bench_reports_the_worst_architecture(monkeypatch):
+def test_train_bench_reports_the_worst_architecture_and_the_head(monkeypatch):
     rows = {"a": {"arch": "a", "ratio": 0.97, "speedup": 3.1}, "b": {"arch": "b", "ratio": 1.02, "speedup": 1.4}}
     monkeypatch.setattr(train_bench, "_arch_bench", lambda name, steps, work: rows[name])
+    monkeypatch.setattr(train_bench, "head_speed", lambda steps, work: {"v1_tokens_per_s_ratio": 1.3})
+    monkeypatch.setattr(train_bench, "head_memory", lambda: {"gpt2_peak_memory_ratio": 0.7})
     result = train_bench.run(steps=1, archs=("a", "b"))
     assert result["archs"] == [rows["a"], rows["b"]]
     assert (result["ratio"], result["speedup"]) == (0.97, 1.4)
+    assert result["head"] == {"v1_tokens_per_s_ratio": 1.3, "gpt2_peak_memory_ratio": 0.7}
+
+
+def test_head_bench_times_both_heads_on_v1(monkeypatch, tmp_path):
+    seen = []
+
+    def fake_loop(model, tokens, batch, seq, steps, lr, autocast, loss_fn):
+        seen.append((batch, seq, loss_fn))
+        return (1.0 if loss_fn is train_bench.lm_loss else 2.0), [0.0]
+
+    monkeypatch.setattr(train_bench, "_bare_loop", fake_loop)
+    out = train_bench.head_speed(2, tmp_path)
+    assert out["v1_tokens_per_s_ratio"] == 2.0 and (out["v1_batch"], out["v1_seq"]) == (32, 128)
+    assert {f for _, _, f in seen} == {train_bench.lm_loss, train_bench.plain_loss} and len(seen) == 6
 
 
 @pytest.mark.slow
@@ -64,8 +80,10 @@ def test_cli_bench_train_json(monkeypatch, capsys):
     """`bench train` on a one-layer architecture: every documented field, plausible timings, and
     the studio loop learning exactly what a bare PyTorch loop learns."""
     monkeypatch.setattr(train_bench, "TRAIN_ARCHS", {"t": (lambda: TINY_ARCH, 2, 32, 1e-3)})
+    monkeypatch.setattr(train_bench, "head_speed", lambda steps, work: {"v1_tokens_per_s_ratio": 1.3})
+    monkeypatch.setattr(train_bench, "head_memory", lambda: {"gpt2_peak_memory_ratio": 0.7})
     out = cli_json(capsys, "train", "--steps", "2")
-    assert set(out) == {"device", "threads", "archs", "ratio", "speedup"}
+    assert set(out) == {"device", "threads", "archs", "ratio", "speedup", "head"}
     (row,) = out["archs"]
     assert row["arch"] == "t" and (row["batch"], row["seq"], row["steps"]) == (2, 32, 2)
     assert row["params"] == sum(p.numel() for p in models.build_scratch(TINY_ARCH, GPT2BPE(), 0).parameters())
@@ -128,3 +146,24 @@ def test_train_tab_bench_trains_the_same_run_both_ways():
     assert len(result["cli_runs"]) == len(result["tab_runs"]) == 1
     assert all(rate > 0 for rate in result["cli_runs"] + result["tab_runs"])
     assert 0.3 < result["ratio"] < 3  # both sides trained the same model at a comparable speed
+
+
+def test_bench_peer_says_what_is_missing(tmp_path, capsys):
+    assert main(["bench", "peer", "--rounds", "1", "--shared", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "peers/nanogpt/train.py" in err and "tinyshakespeare.txt" in err
+
+
+def test_bench_peer_sets_nanogpt_up_outside_the_repository(tmp_path):
+    from studio.bench import peer
+
+    shared = ROOT.parent / "shared"
+    if not (shared / "peers" / "nanogpt").is_dir():
+        shared = ROOT.parent.parent / "shared"  # a worktree one level deeper than the workspace
+    nano, text = peer.locate(shared)
+    (tmp_path / "n").mkdir()
+    folder = peer.setup_nanogpt(nano, text, tmp_path / "n")
+    data = folder / "data" / "shakespeare_char"
+    assert (data / "train.bin").stat().st_size == 2 * int(len(text.read_text()) * 0.9)
+    assert (folder / "config" / "train_shakespeare_char.py").is_file()
+    assert not any(p.name == "train.bin" for p in ROOT.rglob("train.bin"))

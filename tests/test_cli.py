@@ -132,3 +132,23 @@ def test_every_error_is_one_line_and_a_nonzero_exit(monkeypatch, capsys, error, 
     monkeypatch.setattr(cli, "cmd_presets", fail)
     assert cli.main(["presets"]) == code
     assert capsys.readouterr().err == expected
+
+
+def test_interactive_commands_wait_passively_and_training_keeps_openmps_default(monkeypatch):
+    """OpenMP reads its wait policy when torch loads: chat-like commands set PASSIVE first (they
+    share the cores with a run); train leaves OpenMP's spinning default (a step is thousands of
+    small kernels, each waiting on woken threads otherwise)."""
+    from studio import __main__ as cli
+
+    monkeypatch.setattr(cli, "cmd_bench_chat", lambda args: None)
+    monkeypatch.setattr(cli, "cmd_train", lambda args: None)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert cli.main(["train", "--preset", "v1"]) == 0 and "OMP_WAIT_POLICY" not in os.environ
+    assert cli.main(["bench", "chat"]) == 0 and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's own choice wins
+    assert cli.main(["bench", "chat"]) == 0 and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_train_nice_is_checked():
+    r = run_cli("train", "--preset", "v1", "--nice", "30")
+    assert r.returncode == 2 and r.stderr.strip() == "error: nice must be in [0, 19], got 30"

@@ -128,3 +128,24 @@ def test_the_hub_example_the_train_tab_suggests_is_a_name_the_data_module_takes(
     assert HUB_EXAMPLE in data.HUB
     with pytest.raises(ValueError, match="cannot be reached"):  # known, only offline here
         data.read_source(f"hub:{HUB_EXAMPLE}")
+
+
+@pytest.mark.parametrize("user_value", [None, "ACTIVE"])
+def test_the_job_runs_niced_with_the_users_thread_policy_not_the_apps(monkeypatch, tmp_path, user_value):
+    import studio
+
+    launched = {}
+
+    class FakePopen:
+        def __init__(self, cmd, env, **kw):
+            launched.update(cmd=cmd, env=env)
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(studio, "USER_OMP_WAIT_POLICY", user_value)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # what the app set for itself
+    monkeypatch.setattr(jobs.subprocess, "Popen", FakePopen)
+    jobs.TrainingJob().start({"model": "v1"}, tmp_path / "run")
+    assert launched["env"].get("OMP_WAIT_POLICY") == user_value
+    assert launched["cmd"][-2:] == ["--nice", str(jobs.TRAIN_NICE)]

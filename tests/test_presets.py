@@ -15,6 +15,10 @@ def test_shipped_presets_load_with_the_documented_shapes():
     assert (v2.n_layer, v2.n_embd, v2.n_head, v2.d_ff, v2.dropout) == (4, 192, 6, 768, 0.1)
     assert (presets["char"].n_layer, presets["char"].block_size, presets["char"].tokenizer) == (8, 64, "char")
     assert (presets["tiny-tale"].block_size, presets["tiny-tale"].vocab_size) == (256, 8192)
+    nano = presets["shakespeare-char"]  # nanoGPT's laptop recipe, with its AdamW beta2
+    assert (nano.n_layer, nano.n_head, nano.n_embd, nano.block_size, nano.dropout, nano.tokenizer) == \
+        (4, 4, 128, 64, 0.0, "char")
+    assert (nano.train.batch_size, nano.train.beta2, nano.train.eval_interval) == (12, 0.99, 250)
     assert all(p.source for p in presets.values()), "every preset says where its settings come from"
 
 
@@ -45,7 +49,8 @@ def test_bad_preset_field_is_named(field, value, needle):
 
 
 @pytest.mark.parametrize("field, value", [("learning_rate", 0), ("learning_rate", 2.0), ("batch_size", 0),
-                                          ("warmup_steps", -1), ("grad_clip", -1.0), ("weight_decay", 1.5)])
+                                          ("warmup_steps", -1), ("grad_clip", -1.0), ("weight_decay", 1.5),
+                                          ("beta2", 1.0), ("beta2", 0.0)])
 def test_bad_train_setting_is_named(field, value):
     with pytest.raises(ValueError, match=field):
         TrainSettings(**{field: value})

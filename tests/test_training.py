@@ -147,14 +147,53 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_curve(tiny_char_chec
         assert b[step] == pytest.approx(a[step], abs=1e-4)
 
 
-def test_fast_path_learns_what_fp32_learns(tiny_char_checkpoint, small_data):
+def test_bf16_path_learns_what_fp32_learns(tiny_char_checkpoint, small_data):
     s = settings(max_steps=6)
     train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="fp32", settings=s, precision="fp32"))
-    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="fast", settings=s, precision="fast"))
-    assert runs.read_run("fast")["precision"] == "bf16"
-    a, b = step_losses("fp32"), step_losses("fast")
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="bf16", settings=s, precision="bf16"))
+    assert runs.read_run("bf16")["precision"] == "bf16"
+    a, b = step_losses("fp32"), step_losses("bf16")
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=0.02)
+
+
+@pytest.mark.parametrize("fp32_ms, bf16_ms, chosen", [(30.0, 60.0, "fp32"), (60.0, 30.0, "bf16")])
+def test_fast_takes_the_measured_faster_precision_and_remembers_it(tiny_char_checkpoint, small_data, monkeypatch,
+                                                                    fp32_ms, bf16_ms, chosen):
+    timed = []
+
+    def fake_step(model, x, precision):
+        timed.append(precision.name)
+        return fp32_ms if precision.autocast is None else bf16_ms
+
+    monkeypatch.setattr(training, "_step_ms", fake_step)
+    cache = checkpoints_dir() / ".cache" / training.PRECISION_CACHE
+    cache.unlink(missing_ok=True)
+    s = settings(max_steps=2)
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out=f"fast-{chosen}", settings=s, precision="fast"))
+    run = runs.read_run(f"fast-{chosen}")
+    assert run["precision"] == chosen and run["precision_choice"]["chosen"] == chosen
+    assert run["precision_choice"]["why"] == (f"measured {chosen} 30 ms/step vs "
+                                             f"{'bf16' if chosen == 'fp32' else 'fp32'} 60 ms/step")
+    assert sorted(set(timed)) == ["bf16", "fp32"] and len(timed) == 2 * (training.PROBE_STEPS + 1)
+    timed.clear()  # the same shape, batch and device again: the remembered answer, nothing timed
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out=f"fast-{chosen}-2", settings=s, precision="fast"))
+    again = runs.read_run(f"fast-{chosen}-2")["precision_choice"]
+    assert timed == [] and again["chosen"] == chosen and again["why"].endswith("(remembered)")
+
+
+def test_the_probe_leaves_the_run_as_it_would_be(tiny_char_checkpoint, small_data, monkeypatch):
+    """Timing the candidates (real steps) draws no random numbers the run would see and leaves no
+    gradients: when it picks fp32, the curve is fp32's to the last bit."""
+    real = training._step_ms
+    monkeypatch.setattr(training, "_step_ms", lambda m, x, p: real(m, x, p) + (0 if p.autocast is None else 1e6))
+    s = settings(max_steps=3)
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="probe-fp32", settings=s, precision="fp32"))
+    (checkpoints_dir() / ".cache" / training.PRECISION_CACHE).unlink(missing_ok=True)
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="probe-fast", settings=s, precision="fast"))
+    assert runs.read_run("probe-fast")["precision"] == "fp32"
+    assert step_losses("probe-fast") == step_losses("probe-fp32")
+    assert runs.read_run("probe-fp32")["precision_choice"] == {"chosen": "fp32", "why": "precision 'fp32'"}
 
 
 def test_gradient_checkpointing_gives_the_same_losses(tiny_char_checkpoint, small_data):

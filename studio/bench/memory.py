@@ -23,11 +23,13 @@ MEMORY_CASES = [("v1", 8, 128, "fp32", False), ("v1", 8, 128, "bf16", False), ("
                 ("v2", 8, 128, "fp32", True), ("tiny-tale", 4, 256, "fp32", False)]
 
 
-def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool) -> dict:
-    """The probe's {"measured": bytes, "device": ...} for one case, from a fresh process."""
+def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool, head: str = "studio") -> dict:
+    """The probe's {"measured": bytes, "device": ...} for one case, from a fresh process; `head`
+    "studio" trains as the studio does (chunked for big vocabularies), "plain" with whole logits."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-m", "studio.bench.memory_probe", name, str(batch), str(seq), precision,
-                          str(int(checkpointing))], capture_output=True, text=True, env=env, timeout=600)
+                          str(int(checkpointing)), "--head", head], capture_output=True, text=True, env=env,
+                         timeout=600)
     if out.returncode:
         raise ValueError(f"memory measurement of {name} failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,8 +1,9 @@
 """The measuring side of `bench memory`: train a preset three steps, print the peak as JSON.
 
-    python -m studio.bench.memory_probe PRESET BATCH SEQ PRECISION CHECKPOINTING(0|1)
+    python -m studio.bench.memory_probe PRESET BATCH SEQ PRECISION CHECKPOINTING(0|1) [--head studio|plain]
 
-prints {"measured": bytes, "device": "cpu" | "cuda"} on its last line. It must run in a fresh
+trains with the studio's loss (`training.lm_loss`: the chunked head for big vocabularies) or,
+with `--head plain`, with the whole (batch, seq, vocab) logits, and prints {"measured": bytes, "device": "cpu" | "cuda"} on its last line. It must run in a fresh
 process: peak RSS (`ru_maxrss`) covers the process's whole life, so anything run before it in
 the same process would count.
 """
@@ -17,7 +18,9 @@ import torch.nn.functional as F
 
 from studio.arch import gpt2_config
 from studio.presets import get_preset
-from studio.training import make_optimizer, resolve_precision
+from studio.training import lm_loss, make_optimizer, resolve_precision
+
+HEADS = ("studio", "plain")
 
 
 def rss() -> int:
@@ -26,7 +29,7 @@ def rss() -> int:
         return int(f.read().split()[1]) * 4096
 
 
-def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool) -> dict:
+def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool, head: str = "studio") -> dict:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     preset = get_preset(name)
     cfg = gpt2_config(preset)
@@ -42,13 +45,17 @@ def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool
     opt = make_optimizer(model, preset.train, dev)
     ctx = resolve_precision(dev, precision)
     for _ in range(3):
-        with ctx.context():
-            logits = model(input_ids=x[:, :-1], use_cache=False).logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), x[:, 1:].reshape(-1))
+        if head == "plain":
+            with ctx.context():
+                logits = model(input_ids=x[:, :-1], use_cache=False).logits
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), x[:, 1:].reshape(-1))
+            del logits
+        else:
+            loss = lm_loss(model, x[:, :-1], x[:, 1:], ctx.context())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        del logits, loss
+        del loss
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
@@ -63,8 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("seq", type=int)
     p.add_argument("precision")
     p.add_argument("checkpointing", type=int, choices=(0, 1))
+    p.add_argument("--head", choices=HEADS, default="studio")
     a = p.parse_args(argv)
-    print(json.dumps(measure(a.preset, a.batch, a.seq, a.precision, bool(a.checkpointing))))
+    print(json.dumps(measure(a.preset, a.batch, a.seq, a.precision, bool(a.checkpointing), a.head)))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@
 (b) `speedup`: transformers' GPT-2 in fp32 with its defaults (gelu_new) in a bare loop / the
     studio loop on the device's fast path (precision "fast": bf16 autocast on CPU and CUDA,
     and the fused gelu_pytorch_tanh, the same function as gelu_new).
+(c) `head`: the chunked output layer and loss (`studio.head`, what `lm_loss` does for big
+    vocabularies) against the whole (batch, seq, vocab) logits: v1's tokens/s at its preset
+    defaults (`v1_tokens_per_s_ratio`, chunked / plain) and the GPT-2 architecture's training
+    peak memory at batch 4 x 512 in fresh processes (`gpt2_peak_memory_ratio`, chunked / plain).
+The bare loop uses the studio's `lm_loss` (so (a) is the loop's bookkeeping alone); transformers'
+defaults in (b) include its loss on the whole logits.
 The loss curves of the fast path and fp32 are compared step by step. Timings on a shared
 machine are noisy, so every figure is a ratio of runs made here, each the best of two.
 
@@ -19,6 +25,7 @@ largest step-wise differences (`loss_max_abs_diff_fast_vs_fp32`,
 from __future__ import annotations
 
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -28,10 +35,11 @@ import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
 from studio import data, models, runs
+from studio.bench import memory as memory_bench
 from studio.arch import count_parameters, gpt2_config
 from studio.presets import Preset, TrainSettings, get_preset
 from studio.tokenizer import GPT2BPE
-from studio.training import TrainConfig, lr_at, make_optimizer, resolve_precision, train
+from studio.training import TrainConfig, lm_loss, lr_at, make_optimizer, resolve_precision, train
 
 WARMUP = 2
 TRAIN_ARCHS = {  # name -> (preset, micro-batch, sequence, peak learning rate)
@@ -41,9 +49,17 @@ TRAIN_ARCHS = {  # name -> (preset, micro-batch, sequence, peak learning rate)
 }
 
 
-def _bare_loop(model, tokens, batch: int, seq: int, steps: int, lr: float, autocast) -> tuple[float, list[float]]:
-    """The reference: plain PyTorch, nothing but forward, loss, backward, clip, AdamW. Returns
-    (seconds per step after warmup, losses)."""
+def plain_loss(model, x, y, autocast):
+    """transformers' way: the whole (batch, seq, vocab) logits, then cross-entropy."""
+    with autocast:
+        logits = model(input_ids=x, use_cache=False).logits
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+
+
+def _bare_loop(model, tokens, batch: int, seq: int, steps: int, lr: float, autocast,
+               loss_fn=lm_loss) -> tuple[float, list[float]]:
+    """The reference: plain PyTorch, nothing but forward, loss (the studio's `lm_loss` unless
+    told), backward, clip, AdamW. Returns (seconds per step after warmup, losses)."""
     s = TrainSettings(learning_rate=lr, warmup_steps=WARMUP, max_steps=WARMUP + steps)
     opt = make_optimizer(model, s, torch.device("cpu"))
     model.train()
@@ -54,9 +70,7 @@ def _bare_loop(model, tokens, batch: int, seq: int, steps: int, lr: float, autoc
         for g in opt.param_groups:
             g["lr"] = lr_at(step, s)
         x, y = data.batch(tokens, batch, seq, 0, step)
-        with autocast:
-            logits = model(input_ids=x, use_cache=False).logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+        loss = loss_fn(model, x, y, autocast)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -95,7 +109,8 @@ def _arch_bench(name: str, steps: int, work: Path) -> dict:
             model = GPT2LMHeadModel(cfg)
             model.load_state_dict(models.build_scratch(preset, tok, 0).state_dict())
         torch.manual_seed(0)
-        return _bare_loop(model, tokens, batch, seq, steps, lr, fp32)
+        # transformers' defaults include its loss: the whole logits
+        return _bare_loop(model, tokens, batch, seq, steps, lr, fp32, plain_loss if activation else lm_loss)
 
     def studio(precision: str, tag: str):
         return _studio_loop(folder, work / f"{name}-{tag}-{time.monotonic_ns()}", batch, seq, steps, lr, precision)
@@ -118,11 +133,45 @@ def _arch_bench(name: str, steps: int, work: Path) -> dict:
             "loss_max_abs_diff_hf_vs_studio_fp32": max(abs(a - b) for a, b in zip(hf_default[0][1], studio_fp32[0][1]))}
 
 
-def run(steps: int = 6, archs: tuple[str, ...] | None = None) -> dict:
+def head_speed(steps: int, work: Path) -> dict:
+    """v1 at its preset defaults (batch x context, lr, fp32): seconds per step of the bare loop
+    with the chunked head (`lm_loss`) and with the whole logits, interleaved in blocks of one step
+    (same weights, same batches), each the median of `steps`."""
+    preset = get_preset("v1")
+    tok = GPT2BPE()
+    tokens = data.prepare(data.read_source("builtin"), tok, work / "tokens").train
+    s = preset.train
+    fp32 = resolve_precision(torch.device("cpu"), "fp32").context()
+    times: dict[str, list[float]] = {"chunked": [], "plain": []}
+    models_ = {name: models.build_scratch(preset, tok, 0) for name in times}
+    for step in range(steps + 1):  # step 0 warms up
+        for name in ("chunked", "plain") if step % 2 else ("plain", "chunked"):
+            seconds, _ = _bare_loop(models_[name], tokens, s.batch_size, preset.block_size, 1, s.learning_rate, fp32,
+                                    lm_loss if name == "chunked" else plain_loss)
+            if step:
+                times[name].append(seconds)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"v1_batch": s.batch_size, "v1_seq": preset.block_size, "v1_chunked_s": med["chunked"],
+            "v1_plain_s": med["plain"], "v1_tokens_per_s_ratio": med["plain"] / med["chunked"]}
+
+
+def head_memory(batch: int = 4, seq: int = 512) -> dict:
+    """Training peak memory of the GPT-2 (124M) architecture at `batch` x `seq`, chunked head vs
+    whole logits, each in a fresh process (`studio.bench.memory_probe`)."""
+    chunked, plain = (memory_bench.measure("gpt2", batch, seq, "fp32", False, head)["measured"]
+                      for head in ("studio", "plain"))
+    return {"gpt2_batch": batch, "gpt2_seq": seq, "gpt2_chunked_mb": chunked / 2**20, "gpt2_plain_mb": plain / 2**20,
+            "gpt2_peak_memory_ratio": chunked / plain}
+
+
+def run(steps: int = 6, archs: tuple[str, ...] | None = None, head: bool = True) -> dict:
     """Per-architecture figures (every one in TRAIN_ARCHS by default), plus the overall `ratio`
-    and `speedup` (their worst case)."""
+    and `speedup` (their worst case), and `head`: the chunked output layer against the whole
+    logits (v1 tokens/s, gpt2 peak memory), measured in this run."""
     archs = tuple(TRAIN_ARCHS) if archs is None else archs
     with tempfile.TemporaryDirectory() as tmp:
         results = [_arch_bench(name, steps, Path(tmp)) for name in archs]
-    return {"device": "cpu", "threads": torch.get_num_threads(), "archs": results,
-            "ratio": min(r["ratio"] for r in results), "speedup": min(r["speedup"] for r in results)}
+        head_row = {**head_speed(steps, Path(tmp)), **head_memory()} if head else None
+    out = {"device": "cpu", "threads": torch.get_num_threads(), "archs": results,
+           "ratio": min(r["ratio"] for r in results), "speedup": min(r["speedup"] for r in results)}
+    return {**out, "head": head_row} if head else out
