@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from studio import data, devices, jobs, memory, models, runs
+from studio import checkpoints_dir, data, devices, jobs, memory, models, runs
 from studio.data import builtin_examples
 from studio.devices import DeviceMemory
 from studio.jobs import TrainingJob
@@ -131,7 +131,7 @@ def test_the_hub_example_the_train_tab_suggests_is_a_name_the_data_module_takes(
 
 
 @pytest.mark.parametrize("user_value", [None, "ACTIVE"])
-def test_the_job_runs_niced_with_the_users_thread_policy_not_the_apps(monkeypatch, tmp_path, user_value):
+def test_the_job_runs_niced_with_the_users_thread_policy_not_the_apps(monkeypatch, user_value):
     import studio
 
     launched = {}
@@ -146,6 +146,6 @@ def test_the_job_runs_niced_with_the_users_thread_policy_not_the_apps(monkeypatc
     monkeypatch.setattr(studio, "USER_OMP_WAIT_POLICY", user_value)
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # what the app set for itself
     monkeypatch.setattr(jobs.subprocess, "Popen", FakePopen)
-    jobs.TrainingJob().start({"model": "v1"}, tmp_path / "run")
+    jobs.TrainingJob().start({"model": "v1"}, checkpoints_dir() / f"niced-{user_value}")
     assert launched["env"].get("OMP_WAIT_POLICY") == user_value
     assert launched["cmd"][-2:] == ["--nice", str(jobs.TRAIN_NICE)]
