@@ -80,6 +80,14 @@ def check_targets(settings: LoraSettings, model: torch.nn.Module) -> None:
                          f"modules are {available}")
 
 
+def check_targets_of(settings: LoraSettings, config) -> None:
+    """`check_targets` against an HF config: the model is built on the meta device (no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        check_targets(settings, AutoModelForCausalLM.from_config(config))
+
+
 def wrap(model: torch.nn.Module, settings: LoraSettings, frozen_dtype: torch.dtype | None = None):
     """A peft model: `model` frozen (cast to `frozen_dtype` when given) with trainable fp32
     adapters on the target modules, initialised from torch's current RNG."""
