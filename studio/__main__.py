@@ -6,7 +6,9 @@
     python -m studio train --preset v1 --data builtin --max-steps 300 --out checkpoints/demo [--resume] [--json]
     python -m studio train --config run/job.json [--json]   (a TrainConfig as JSON: what the app runs)
     python -m studio lesson [--seed S] [--max-steps N] [--json]   (the 5-minute lesson and its report)
-    python -m studio bench train|memory|chat|compare|train-tab|peer [--json]
+    python -m studio train --model M ... --lora-r 8 [--lora-alpha 16 --lora-dropout 0 --lora-targets c_attn,c_proj]
+    python -m studio merge RUN [--json]   (a LoRA run's adapter merged into its base: RUN/merged)
+    python -m studio bench train|memory|chat|compare|train-tab|peer|lora [--json]
     python -m studio compare --model M --prompt P --setting "temperature=0.7,top_k=50" --setting ... [--json]
     python -m studio eval --model M [--model M2 ...] --data FILE|builtin|hub:NAME [--stride S] [--split all|val] [--json]
     python -m studio preset new NAME --n-layer L --n-embd E --n-head H [--n-inner F ...] [--json]
@@ -160,6 +162,7 @@ TRAIN_FLAGS = {"max_steps": int, "batch_size": int, "grad_accum": int, "learning
 def train_config(args: argparse.Namespace):
     from dataclasses import replace
 
+    from studio.lora import LoraSettings
     from studio.training import TrainConfig
 
     if args.config:
@@ -170,7 +173,9 @@ def train_config(args: argparse.Namespace):
     cfg = TrainConfig(model=model, data=args.data, out=args.out or "", device=args.device,
                       precision=args.precision, seed=args.seed, resume=args.resume,
                       grad_checkpointing=args.grad_checkpointing, block_size=args.block_size,
-                      split_mode=args.split_mode, eval_data=args.eval_data, report_to=args.report_to)
+                      split_mode=args.split_mode, eval_data=args.eval_data, report_to=args.report_to,
+                      lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                                        targets=args.lora_targets))
     changes = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     return replace(cfg, settings=replace(cfg.settings, **changes))
 
@@ -265,6 +270,25 @@ def cmd_lesson(args: argparse.Namespace) -> dict:
     return {k: rep[k] for k in ("seconds", "heldout_exact_match", "per_task", "before", "after", "run_dir")}
 
 
+def cmd_merge(args: argparse.Namespace) -> dict:
+    from studio import models
+
+    path = models.merge_run(args.run)
+    if not args.json:
+        print(f"merged {args.run} into {path}")
+    return {"merged": str(path)}
+
+
+def cmd_bench_lora(args: argparse.Namespace) -> dict:
+    from studio.bench import lora as lora_bench
+
+    result = lora_bench.run(args.steps, args.n_layer, args.precision, (lambda msg: None) if args.json else print)
+    if not args.json:
+        print(f"peak ratio (LoRA / full) {result['peak_ratio']:.3f} (goal <= 0.45), "
+              f"speed ratio {result['speed_ratio']:.3f} (goal >= 1.3)")
+    return result
+
+
 def cmd_bench_train(args: argparse.Namespace) -> dict:
     from studio.bench import memory as memory_bench, train as train_bench
 
@@ -352,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by N (0-19), so "
                    "interactive work (chat) gets the cores first; the app's runs use 10")
     p.add_argument("--lr", dest="learning_rate", type=float)
+    p.add_argument("--lora-r", type=int, default=0, help="LoRA rank: train adapters on the frozen model "
+                   "(0 = full fine-tuning, the default)")
+    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale numerator (adapters scale by alpha/r)")
+    p.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input, in [0, 1)")
+    p.add_argument("--lora-targets", default="", help="comma-separated module names to adapt "
+                   "(default c_attn,c_proj,c_fc)")
     for name, kind in TRAIN_FLAGS.items():
         if name != "learning_rate":
             p.add_argument("--" + name.replace("_", "-"), type=kind)
@@ -365,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run name or folder (default lesson-<YYYYmmdd-HHMMSS>)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_lesson)
+    p = sub.add_parser("merge", help="merge a LoRA run's adapter into its base: RUN/merged, loadable without peft")
+    p.add_argument("run", help="a LoRA run (its best, else last), or one of its adapter folders")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_merge)
 
     p = sub.add_parser("chat", help="chat: one reply line on stdout per message line on stdin")
     p.add_argument("--model", required=True, help="preset name, run in checkpoints/, or model folder")
@@ -438,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=100, help="optimizer steps per run")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench_train_tab)
+    p = bench.add_parser("lora", help="peak memory and tokens/s of LoRA r=8 against full fine-tuning (gpt2-medium)")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per configuration (after one warm-up)")
+    p.add_argument("--n-layer", type=int, default=24, help="layers (24 = gpt2-medium; fewer for a quick run)")
+    p.add_argument("--precision", default="fp32", help="fp32 | bf16 (both configurations alike)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_bench_lora)
     p = bench.add_parser("compare", help="batched side-by-side decoding vs sequential model.generate")
     p.add_argument("--models", nargs="+", default=["v2", "gpt2"], help="preset architectures (random weights)")
     p.add_argument("--new-tokens", type=int, default=128)

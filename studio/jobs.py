@@ -17,11 +17,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
-from studio import ROOT, checkpoints_dir, data, devices, memory, models, runs, training, training_env
+from studio import ROOT, checkpoints_dir, data, devices, lora, memory, models, runs, training, training_env
 from studio.arch import count_parameters
 from studio.devices import pick_device
+from studio.lora import LoraSettings
 from studio.names import inside, plain_name
 from studio.presets import TrainSettings
 from studio.training import TrainConfig
@@ -29,6 +31,7 @@ from studio.training import TrainConfig
 JOB_FILE = "job.json"
 LOG_FILE = "train.log"
 TRAIN_NICE = 10  # the run's priority below the app's (CPU weight ~1/10 when both want the cores)
+PROPOSED_LORA = LoraSettings(r=8)  # what Check fit proposes when full fine-tuning does not fit
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,9 @@ class RunPlan:
     device: str
     available_bytes: int | None
     estimate: memory.Estimate
-    fit: memory.MemoryFit | None  # the suggestion when the estimate does not fit; None when it does
+    fit: memory.MemoryFit | None  # the suggestion when the estimate does not fit (None: it fits, or nothing does)
+    lora: memory.Estimate | None  # full fine-tuning that does not fit: PROPOSED_LORA's estimate, same batch
+    lora_fit: memory.MemoryFit | None  # ... and its micro-batch when that does not fit either
     data: dict  # tokens, tokens per parameter, the ~20 rule of thumb (data.TokenData.report)
     seconds_per_step: float | None  # measured on the latest run of this model and device, if any
 
@@ -163,15 +168,28 @@ def plan(cfg: TrainConfig, progress: models.LoadProgress | None = None) -> RunPl
     device = devices.pick_device(cfg.device)
     prec = training.resolve_precision(device, cfg.precision)
     block = cfg.block_size or config.max_position_embeddings
-    est = memory.estimate(config, cfg.settings.batch_size, block, prec.name, cfg.grad_checkpointing, device.type)
+    if cfg.lora.enabled:
+        lora.check_targets_of(cfg.lora, config)
+    batch = cfg.settings.batch_size
+    est = memory.estimate(config, batch, block, prec.name, cfg.grad_checkpointing, device.type, cfg.lora)
     available = devices.memory(device).available_bytes
-    suggestion = None
+    suggestion = lora_est = lora_fit = None
     if available is not None and est.total > available:
-        suggestion = memory.fit(config, cfg.settings.batch_size * cfg.settings.grad_accum, block,
-                                int(available * 0.9), prec.name, device=device.type)
+        if not cfg.lora.enabled:
+            lora_est = memory.estimate(config, batch, block, prec.name, cfg.grad_checkpointing, device.type,
+                                       PROPOSED_LORA)
+        fit = partial(memory.fit, config, batch * cfg.settings.grad_accum, block, int(available * 0.9), prec.name,
+                      device=device.type)
+        try:
+            suggestion = fit(lora=cfg.lora)
+        except ValueError:
+            if lora_est is None:  # nothing fits and nothing else to propose
+                raise
+        if lora_est is not None and lora_est.total > available:
+            lora_fit = fit(lora=PROPOSED_LORA)  # a ValueError when even LoRA cannot fit
     n_params = count_parameters(config)
-    return RunPlan(cfg, n_params, str(device), available, est, suggestion, tokens.report(n_params),
-                   _measured_step_time(cfg.model, str(device)))
+    return RunPlan(cfg, n_params, str(device), available, est, suggestion, lora_est, lora_fit,
+                   tokens.report(n_params), _measured_step_time(cfg.model, str(device)))
 
 
 def _measured_step_time(model: str, device: str) -> float | None:

@@ -6,11 +6,12 @@ states for training. Activations depend on batch and sequence; `estimate` adds t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from studio.arch import count_parameters, gpt2_config
 from studio.head import CHUNKED_MIN_VOCAB, default_chunk_rows
+from studio.lora import LoraSettings
 from studio.presets import Preset
 
 if TYPE_CHECKING:  # pandas takes ~1 s to import: only the tables need it, not a training process
@@ -93,6 +94,9 @@ LOGIT_BYTES = {"fp32": 20, "bf16": 16, "fp16": 16}
 # with `python -m studio bench memory`: v1, v2 at 50,257 and tiny-tale at 8,192 within 11%).
 CHUNK_TEMPS = 3
 HEAD_BYTES_PER_VOCAB = 3072
+# bytes per frozen parameter under LoRA: bf16 keeps the frozen weights in bf16 itself; fp16
+# keeps them fp32 (the scaler's precision) plus autocast's 2-byte copy
+FROZEN_BYTES = {"fp32": 4, "bf16": 2, "fp16": 6}
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,17 @@ def _arch(model) -> dict:
             "dropout": getattr(model, "resid_pdrop", 0.0) or 0.0, "config": model}
 
 
+def adapter_parameters(model, lora: LoraSettings) -> int:
+    """LoRA's trainable parameters on a GPT-2-style model: r x (fan-in + fan-out) per adapted matrix."""
+    a = _arch(model)
+    n, ff = a["n_embd"], a["d_ff"]
+    shapes = {"c_attn": [(n, 3 * n)], "c_proj": [(n, n), (ff, n)], "c_fc": [(n, ff)]}
+    per_layer = sum(lora.r * (i + o) for t in lora.target_modules for i, o in shapes.get(t, []))
+    return a["n_layer"] * per_layer
+
+
 def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing: bool = False,
-             device: str = "cpu", chunked: bool | None = None) -> Estimate:
+             device: str = "cpu", lora: LoraSettings | None = None, chunked: bool | None = None) -> Estimate:
     """Bytes to train `model` (a Preset or HF config) on micro-batches of `batch` x `seq` tokens.
 
     Weights, grads and AdamW's two moments are fp32 (4+4+8 bytes per parameter); bf16 autocast
@@ -133,9 +146,23 @@ def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing
     the loss's tensors: (batch, seq, vocab) on the plain path, often the largest for GPT-2's 50k
     vocabulary, or one chunk and the head's weight gradient on the chunked path (`chunked`,
     default: as a one-process run decides, by vocabulary size).
+    With LoRA (`lora.r > 0`) the model is frozen, in bf16 under bf16 (else as above), and only
+    the fp32 adapters have gradients and AdamW states; activations stay as they are, since the
+    backward pass still runs through every layer.
     """
     a = _arch(model)
     params = count_parameters(a["config"])
+    if lora is not None and lora.enabled:
+        adapters = adapter_parameters(model, lora)
+        frozen = params * FROZEN_BYTES.get(precision, 4)
+        trained = adapters * (4 + (2 if precision != "fp32" else 0))
+        return replace(_estimate_full(a, params, batch, seq, precision, checkpointing, device, chunked),
+                       weights=frozen + trained, grads=4 * adapters, optimizer=8 * adapters)
+    return _estimate_full(a, params, batch, seq, precision, checkpointing, device, chunked)
+
+
+def _estimate_full(a: dict, params: int, batch: int, seq: int, precision: str, checkpointing: bool,
+                   device: str, chunked: bool | None) -> Estimate:
     act = PRECISION_BYTES.get(precision, 4)
     tokens = batch * seq
     per_layer = tokens * a["n_embd"] * (ACT_PER_LAYER * act + (4 if a["dropout"] else 0))
@@ -168,18 +195,18 @@ class MemoryFit:
 
 
 def fit(model, batch: int, seq: int, budget_bytes: int, precision: str = "fp32",
-        max_micro: int | None = None, device: str = "cpu") -> MemoryFit:
+        max_micro: int | None = None, device: str = "cpu", lora: LoraSettings | None = None) -> MemoryFit:
     """The largest micro-batch (then with checkpointing) whose estimate fits `budget_bytes`,
     with accumulation keeping the effective batch `batch` (micro-batches may be uneven)."""
     top = min(batch, max_micro or batch)
     for checkpointing in (False, True):
         micro = top
         while micro >= 1:
-            e = estimate(model, micro, seq, precision, checkpointing, device)
+            e = estimate(model, micro, seq, precision, checkpointing, device, lora)
             if e.total <= budget_bytes:
                 return MemoryFit(micro, -(-batch // micro), checkpointing, e.total)
             micro //= 2
-    need = estimate(model, 1, seq, precision, True, device).total
+    need = estimate(model, 1, seq, precision, True, device, lora).total
     raise ValueError(f"training needs about {need / GB:.2f} GB even with a micro-batch of 1 and gradient "
                      f"checkpointing, more than the {budget_bytes / GB:.2f} GB available: pick a smaller model "
                      f"or a shorter context")

@@ -3,8 +3,11 @@
 An identifier is one of:
 - a preset name (`v1`, `gpt2`, ...): scratch presets get a fresh seeded init, pretrained
   presets load their hub weights (from the local cache when offline);
-- a run under the checkpoints folder (`demo`, `demo/last`): its `best` model, else `last`;
-- any folder holding a Hugging Face model (`config.json`), checkpoint folders included.
+- a run under the checkpoints folder (`demo`, `demo/last`): its `merged` model (a LoRA run's
+  adapters merged into their base), else `best`, else `last`;
+- any folder holding a Hugging Face model (`config.json`), checkpoint folders included;
+- a LoRA adapter folder (peft's `adapter_config.json`, with `studio.json` naming the base
+  model): loaded as its base with the adapter merged in, so every picker offers LoRA runs.
 
 Every model is a transformers causal LM: scratch presets build a `GPT2LMHeadModel` from a
 `GPT2Config` with SDPA attention, so checkpoints load with `AutoModelForCausalLM.from_pretrained`.
@@ -26,6 +29,7 @@ from studio.atomic import recover, replace_folder
 from studio.corpus import builtin_texts
 from studio.devices import pick_device
 from studio.hub import hub_reachable
+from studio.lora import is_adapter_folder
 from studio.memory import ParamMemory
 from studio.presets import Preset, load_presets
 from studio.sampling import DecodingSettings
@@ -33,6 +37,7 @@ from studio.tokenizer import GPT2BPE, HFTokenizer, Tokenizer, build_tokenizer, l
 
 MODEL_META = "studio.json"
 MODEL_FORMAT = "studio-model/1"
+MERGED = "merged"  # a LoRA run's adapters merged into the base: a plain HF model folder
 LoadProgress = Callable[[float, str], None]  # (fraction done, what is happening now)
 
 
@@ -41,26 +46,39 @@ class ModelSpec:
     """A resolved identifier: where the model comes from, before anything is loaded."""
 
     identifier: str
-    source: str  # "preset" | "checkpoint"
+    source: str  # "preset" | "checkpoint" | "lora"
     preset: Preset | None = None  # for checkpoints: the preset they were trained from, if known
-    path: Path | None = None  # the model folder, for checkpoints
+    path: Path | None = None  # the model folder, for checkpoints (the adapter folder, for lora)
+    base: str | None = None  # lora: the identifier of the base model the adapter is loaded onto
 
 
 def _model_folder(path: Path) -> Path | None:
-    """`path` if it is a model folder, else its `best`, else its `last` model folder."""
-    for candidate in (path, path / "best", path / "last"):
+    """`path` if it is a model (or adapter) folder, else its `merged`, `best`, then `last`."""
+    for candidate in (path, path / MERGED, path / "best", path / "last"):
         recover(candidate)  # a save that crashed midway left the last complete copy aside
-        if (candidate / "config.json").is_file():
+        if (candidate / "config.json").is_file() or is_adapter_folder(candidate):
             return candidate
     return None
 
 
-def _folder_preset(folder: Path) -> Preset | None:
+def _folder_meta(folder: Path) -> dict:
     meta = folder / MODEL_META
-    if not meta.is_file():
-        return None
-    data = json.loads(meta.read_text())
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def _folder_preset(folder: Path) -> Preset | None:
+    data = _folder_meta(folder)
     return Preset.from_dict(data["preset"]) if data.get("preset") else None
+
+
+def base_identifier(spec: ModelSpec) -> str:
+    """How a LoRA run's meta names its base: a preset by name, a model under the checkpoints
+    folder relative to it (so the folder can move), any other folder by its absolute path."""
+    if spec.source == "preset":
+        return spec.identifier
+    path = spec.path.resolve()
+    root = checkpoints_dir().resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def resolve(identifier: str) -> ModelSpec:
@@ -74,7 +92,13 @@ def resolve(identifier: str) -> ModelSpec:
         if path.is_dir():
             folder = _model_folder(path)
             if folder is None:
-                raise ValueError(f"model folder {path} holds no config.json (nor best/ or last/ with one)")
+                raise ValueError(f"model folder {path} holds no config.json or adapter_config.json "
+                                 f"(nor merged/, best/ or last/ with one)")
+            if is_adapter_folder(folder):
+                base = _folder_meta(folder).get("base")
+                if not base:
+                    raise ValueError(f"adapter folder {folder}: its {MODEL_META} names no base model")
+                return ModelSpec(identifier, "lora", preset=_folder_preset(folder), path=folder, base=base)
             return ModelSpec(identifier, "checkpoint", preset=_folder_preset(folder), path=folder)
     raise ValueError(f"model {identifier!r} not found: expected a preset ({', '.join(presets)}), "
                      f"a run in {checkpoints_dir()} ({', '.join(list_checkpoints()) or 'none yet'}), "
@@ -114,6 +138,8 @@ def list_models() -> list[str]:
 
 def model_config(spec: ModelSpec):
     """The HF config of a resolved model, without loading weights."""
+    if spec.source == "lora":
+        return model_config(resolve(spec.base))
     if spec.source == "checkpoint":
         from transformers import AutoConfig
 
@@ -128,10 +154,11 @@ def describe(identifier: str) -> dict:
     n_params = count_parameters(cfg)
     preset = spec.preset
     return {
-        "model": spec.identifier, "source": spec.source if spec.source == "checkpoint" else preset.kind,
+        "model": spec.identifier, "source": spec.source if spec.source != "preset" else preset.kind,
         "path": str(spec.path) if spec.path else None,
         "description": preset.description if preset and spec.source == "preset" else
-        (f"trained from preset {preset.name}" if preset else "a local Hugging Face model"),
+        (f"a LoRA adapter on {spec.base}" if spec.source == "lora" else
+         f"trained from preset {preset.name}" if preset else "a local Hugging Face model"),
         "architecture": cfg.model_type, "layers": cfg.num_hidden_layers, "d_model": cfg.hidden_size,
         "heads": cfg.num_attention_heads, "d_ff": getattr(cfg, "n_inner", None) or 4 * cfg.hidden_size,
         "context": context_length(cfg), "vocab": cfg.vocab_size,
@@ -207,7 +234,7 @@ def scratch_tokenizer(preset: Preset, texts: Iterable[str] | None = None) -> Tok
 def tokenizer_for(spec: ModelSpec, texts: Iterable[str] | None = None) -> Tokenizer:
     """The tokenizer a model trains with, without loading its weights (scratch char/BPE
     tokenizers are built from `texts`, the training documents)."""
-    if spec.source == "checkpoint":
+    if spec.source != "preset":
         return load_tokenizer(spec.path)
     if spec.preset.kind == "pretrained":
         return GPT2BPE()  # the same ids as the hub's GPT-2 tokenizer
@@ -231,6 +258,10 @@ def load(identifier: str, device: str = "auto", seed: int = 0, progress: LoadPro
         tokenizer = load_tokenizer(spec.path)
         with BUILD_LOCK:
             model = AutoModelForCausalLM.from_pretrained(str(spec.path))
+    elif spec.source == "lora":
+        tell(0.3, f"loading the base model {spec.base}")
+        tokenizer = load_tokenizer(spec.path)
+        model = merged_adapter(spec, seed)
     elif spec.preset.kind == "pretrained":
         tell(0.3, f"loading {spec.preset.hf_id} weights")
         model, tokenizer = _load_pretrained(spec.preset)
@@ -256,3 +287,26 @@ def save_model(model: torch.nn.Module, tokenizer: Tokenizer, folder: Path, meta:
         (tmp / MODEL_META).write_text(json.dumps({"format": MODEL_FORMAT, **(meta or {})}, indent=1))
 
     return replace_folder(folder, fill)
+
+
+def merged_adapter(spec: ModelSpec, seed: int = 0) -> torch.nn.Module:
+    """A LoRA spec's base (in its saved precision) with the adapter merged in: a plain HF model."""
+    from peft import PeftModel
+
+    base = load(spec.base, device="cpu", seed=seed).model
+    with BUILD_LOCK:
+        return PeftModel.from_pretrained(base, str(spec.path)).merge_and_unload()
+
+
+def merge_run(identifier: str) -> Path:
+    """Write `<run>/merged`: a LoRA run's adapter (its `best`, else `last`; or the adapter folder
+    named) merged into its base, a folder `AutoModelForCausalLM.from_pretrained` loads without peft."""
+    path = checkpoints_dir() / identifier
+    path = path if path.is_dir() else Path(identifier).expanduser()
+    adapter = next((p for p in (path, path / "best", path / "last") if is_adapter_folder(p)), None)
+    if adapter is None:
+        raise ValueError(f"merge: {identifier!r} is not a LoRA run (no adapter_config.json in it, "
+                         f"its best/ or its last/)")
+    spec = resolve(str(adapter))
+    meta = {**_folder_meta(adapter), "merged_from": adapter.name}
+    return save_model(merged_adapter(spec), load_tokenizer(adapter), adapter.parent / MERGED, meta)

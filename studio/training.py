@@ -10,6 +10,9 @@ resume state, and two faults handled in place:
 - a NaN/Inf loss or gradient skips the step and halves the learning rate; `nan_patience` in a
   row restore the last checkpoint;
 - out of memory halves the micro-batch and doubles the accumulation (same effective batch).
+With `lora.r > 0` the starting model is frozen (in bf16 under bf16 precision) and only peft's
+LoRA adapters train; `last`/`best` then hold the adapter in peft's format, and the end of the
+run writes `merged/`, the adapter merged into its base (see `studio.lora`, `models.merge_run`).
 Every step, eval, sample, checkpoint and event is appended to metrics.jsonl; nothing waits
 for a reader. Under `accelerate launch`/`torchrun` the same call runs DDP: each process takes
 its share of every global batch, and only the main process writes files.
@@ -37,7 +40,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from studio import corpus, data, devices, memory, models, runs, tracking
+from studio import corpus, data, devices, lora, memory, models, runs, tracking
 from studio.arch import BUILD_LOCK, context_length
 from studio.atomic import recover, replace_folder
 from studio.config import check_keys
@@ -45,6 +48,7 @@ from studio.decoding import generate, greedy_batch
 from studio.devices import PRECISIONS, Precision, pick_device
 from studio.evaluate import readable_text, score
 from studio.head import CHUNKED_MIN_VOCAB, chunked_lm_loss
+from studio.lora import LoraSettings
 from studio.presets import Preset, TrainSettings
 from studio.sampling import DecodingSettings
 from studio.tokenizer import Tokenizer
@@ -70,6 +74,7 @@ class TrainConfig:
     split_mode: str = "documents"  # validation split: "documents" (10% of them) | "sequential" (the last 10%)
     eval_data: str = ""  # a data spec whose whole text scores the final model ("" = none)
     report_to: str = "none"  # also mirror step/eval rows to: tensorboard | wandb | trackio
+    lora: LoraSettings = LoraSettings()  # r > 0: train LoRA adapters on the frozen model
 
     def __post_init__(self) -> None:
         spec = models.resolve(self.model)  # a ValueError naming the choices when unknown
@@ -94,7 +99,7 @@ class TrainConfig:
             object.__setattr__(self, "out", f"{Path(self.model).name}-{stem}")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "settings": asdict(self.settings)}
+        return {**asdict(self), "settings": asdict(self.settings), "lora": self.lora.to_dict()}
 
     @classmethod
     def from_dict(cls, values: dict, strict: bool = True) -> "TrainConfig":
@@ -106,6 +111,8 @@ class TrainConfig:
         values = {k: v for k, v in values.items() if k in names}
         if isinstance(values.get("settings"), dict):
             values["settings"] = TrainSettings.from_dict(values["settings"], "train config settings")
+        if isinstance(values.get("lora"), dict):
+            values["lora"] = LoraSettings.from_dict(values["lora"], "train config lora")
         return cls(**values)
 
     @classmethod
@@ -342,6 +349,7 @@ class Run:
     started: float  # time.time() when prepare began
     eval_text: str  # the text the final model is scored on (cfg.eval_data), read and checked up front
     tracker: tracking.Tracker | None  # mirrors step/eval rows (cfg.report_to), main process only
+    lora_base: str | None = None  # LoRA runs: the base model's identifier, kept in every checkpoint's meta
 
     @property
     def settings(self) -> TrainSettings:
@@ -404,8 +412,14 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     _check_run_folder(cfg, folder)
     spec = models.resolve(cfg.model)
     documents = data.read_source(cfg.data, cfg.seed)
-    model, tokenizer = _starting_model(cfg, spec, folder, documents)
+    model, tokenizer, lora_base = _starting_model(cfg, spec, folder, documents)
     torch.manual_seed(cfg.seed)
+    if cfg.lora.enabled:
+        if lora_base is None:  # a scratch base cannot be rebuilt from its name alone: the run keeps it
+            lora_base = _save_scratch_base(model, tokenizer, spec, folder, accelerator)
+        model = lora.wrap(model, cfg.lora, torch.bfloat16 if precision.autocast == torch.bfloat16 else None)
+        if cfg.resume:
+            lora.load_adapter_weights(model, folder / "last")
     block_size = _block_size(cfg, model)
     answers = answer_loss(cfg, documents)
     with accelerator.main_process_first():  # one process writes the token cache, the others read it
@@ -413,7 +427,8 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
                               answers=answers)
     eval_text = readable_text(cfg.eval_data, tokenizer, cfg.model) if cfg.eval_data else ""
     n_params = model.num_parameters()
-    info = {"params": n_params, "device": str(device), "precision": precision.name,
+    info = {"params": n_params, "trainable_params": lora.trainable_parameters(model), "device": str(device),
+            "precision": precision.name,
             "precision_choice": {"chosen": precision.name, "why": f"precision {cfg.precision!r}" + (
                 f": the {device.type} policy" if cfg.precision == "auto" else "")},
             "processes": accelerator.num_processes, "data_report": tokens.report(n_params)}
@@ -422,7 +437,7 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     if cfg.fit_memory:
         micro_batch, checkpointing, fit_note = _fit_memory(
             model, device, precision, global_batch // accelerator.num_processes, block_size, micro_batch,
-            checkpointing)
+            checkpointing, cfg.lora)
     if checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.to(device).train()
@@ -448,7 +463,7 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
                model=wrapped, loaded=loaded, preset=spec.preset, optimizer=optimizer, tokens=tokens,
                heldout=documents.heldout, block_size=block_size, global_batch=global_batch, state=state, info=info,
                fit_note=fit_note, metrics=metrics, on_event=on_event, started=started, eval_text=eval_text,
-               tracker=tracker)
+               tracker=tracker, lora_base=lora_base if cfg.lora.enabled else None)
 
 
 def answer_loss(cfg: TrainConfig, documents: data.Documents) -> bool:
@@ -472,20 +487,35 @@ def _check_run_folder(cfg: TrainConfig, folder: Path) -> None:
 
 
 def _starting_model(cfg: TrainConfig, spec: models.ModelSpec, folder: Path,
-                    documents: data.Documents) -> tuple[torch.nn.Module, Tokenizer]:
-    """(model, tokenizer) on the CPU: the run's `last` to resume, a new scratch model, or the one to fine-tune."""
+                    documents: data.Documents) -> tuple[torch.nn.Module, Tokenizer, str | None]:
+    """(model, tokenizer, base identifier) on the CPU: the run's `last` to resume (a LoRA run's
+    base, its adapter goes on after wrapping), a new scratch model, or the one to fine-tune. The
+    identifier names the model for a LoRA run's meta; None for a scratch model."""
     if cfg.resume:
+        tokenizer = models.load_tokenizer(folder / "last")
+        if cfg.lora.enabled:
+            base = json.loads((folder / "last" / models.MODEL_META).read_text())["base"]
+            return models.load(base, device="cpu", seed=cfg.seed).model, tokenizer, base
         # transformers' model classes take about a second to import: only a resume needs them here
         from transformers import AutoModelForCausalLM
 
-        tokenizer = models.load_tokenizer(folder / "last")
         with BUILD_LOCK:
-            return AutoModelForCausalLM.from_pretrained(str(folder / "last")), tokenizer
+            return AutoModelForCausalLM.from_pretrained(str(folder / "last")), tokenizer, None
     if spec.source == "preset" and spec.preset.kind == "scratch":
         tokenizer = models.tokenizer_for(spec, documents.docs)
-        return models.build_scratch(spec.preset, tokenizer, cfg.seed), tokenizer
+        return models.build_scratch(spec.preset, tokenizer, cfg.seed), tokenizer, None
     loaded = models.load(cfg.model, device="cpu", seed=cfg.seed)
-    return loaded.model, loaded.tokenizer
+    return loaded.model, loaded.tokenizer, models.base_identifier(spec)
+
+
+def _save_scratch_base(model: torch.nn.Module, tokenizer: Tokenizer, spec: models.ModelSpec, folder: Path,
+                       accelerator: Accelerator) -> str:
+    """`<run>/base`: a scratch model that LoRA trains on, so the run's adapters load with it later."""
+    base = folder / "base"
+    if accelerator.is_main_process:
+        models.save_model(model, tokenizer, base, {"preset": spec.preset.to_dict(), "step": 0})
+    accelerator.wait_for_everyone()
+    return models.base_identifier(models.ModelSpec(str(base), "checkpoint", path=base))
 
 
 def _block_size(cfg: TrainConfig, model: torch.nn.Module) -> int:
@@ -505,14 +535,14 @@ def _split_batch(settings: TrainSettings, processes: int) -> tuple[int, int]:
 
 
 def _fit_memory(model: torch.nn.Module, device: torch.device, precision: Precision, batch: int, block_size: int,
-                micro_batch: int, checkpointing: bool) -> tuple[int, bool, str | None]:
+                micro_batch: int, checkpointing: bool, lora_settings: LoraSettings) -> tuple[int, bool, str | None]:
     """(micro-batch, checkpointing, note): smaller, then with checkpointing, when the estimate
     exceeds the device; the note says what changed (None when nothing did)."""
     budget = devices.memory(device).available_bytes
     if not budget:
         return micro_batch, checkpointing, None
     plan = memory.fit(model.config, batch, block_size, int(budget * 0.9), precision.name, max_micro=micro_batch,
-                      device=device.type)
+                      device=device.type, lora=lora_settings)
     if (plan.micro_batch, plan.checkpointing) == (micro_batch, checkpointing):
         return micro_batch, checkpointing, None
     checkpointing = plan.checkpointing or checkpointing
@@ -675,10 +705,13 @@ def restore_last(run: Run) -> None:
     so the batches that broke the run are not replayed."""
     run.accelerator.wait_for_everyone()
     restored = _load_checked_state(run.folder, run.optimizer, restore_rng=False)["step"]
-    weights = load_file(str(run.folder / "last" / "model.safetensors"))
-    result = run.loaded.model.load_state_dict(weights, strict=False)  # the tied lm_head is not stored
-    if result.unexpected_keys or set(result.missing_keys) - {"lm_head.weight"}:
-        raise ValueError(f"cannot restore {run.folder / 'last'}: its weights do not match the model")
+    if run.cfg.lora.enabled:
+        lora.load_adapter_weights(run.loaded.model, run.folder / "last")
+    else:
+        weights = load_file(str(run.folder / "last" / "model.safetensors"))
+        result = run.loaded.model.load_state_dict(weights, strict=False)  # the tied lm_head is not stored
+        if result.unexpected_keys or set(result.missing_keys) - {"lm_head.weight"}:
+            raise ValueError(f"cannot restore {run.folder / 'last'}: its weights do not match the model")
     run.event("restore", f"{run.cfg.nan_patience} non-finite steps in a row: restored the checkpoint "
               f"of step {restored}, learning rate stays at {run.state.lr_scale:g}x")
 
@@ -765,6 +798,8 @@ def save(run: Run, which: str) -> None:
         path = run.folder / which
         meta = {"preset": run.preset.to_dict() if run.preset else None, "step": run.state.step,
                 "run": run.folder.name, "val_loss": run.state.best_or_none}
+        if run.lora_base is not None:  # models.resolve loads the adapter onto this base
+            meta.update(base=run.lora_base, lora=run.cfg.lora.to_dict())
         models.save_model(run.loaded.model, run.loaded.tokenizer, path, meta)
         if which == "last":
             save_state(run.folder / "state", run.optimizer, run.state.to_json(run.cfg.seed))
@@ -794,6 +829,8 @@ def finish(run: Run, reason: str, last_loss: float, val_loss: float) -> dict:
         with eval_mode(run.loaded.model):
             summary["score"] = {"data": run.cfg.eval_data, **score(run.loaded, run.eval_text).to_dict()}
         run.emit("score", **summary["score"])
+    if run.main and run.lora_base is not None:  # LoRA: the model anyone can load, peft or not
+        run.emit("checkpoint", which=models.MERGED, path=str(models.merge_run(str(run.folder))))
     run.emit("done", **summary)
     scored = {"score": summary["score"]} if "score" in summary else {}
     run.set_status("stopped" if reason == "stopped" else "done", **scored)

@@ -5,6 +5,7 @@
     memory_probe.py  that fresh process: `python -m studio.bench.memory_probe PRESET BATCH SEQ PRECISION CKPT`
     compare.py       batched side-by-side decoding against one `model.generate` per setting
     chat.py          a chat reply's time to first token and tokens/s
+    lora.py          LoRA r=8 against full fine-tuning on gpt2-medium's shape (each config a fresh process)
     train_tab.py     training tokens/s with the Train tab open in a real browser, against the CLI
     browser.py       Debian's chromium and its flags (shared with the browser tests)
 

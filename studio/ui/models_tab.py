@@ -82,7 +82,9 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
             with gr.Row():
                 device = gr.Dropdown(list(devices.DEVICES), value="auto", label="Device")
                 seed = gr.Number(value=0, precision=0, label="Init seed (scratch presets)", minimum=0)
-            load_btn = gr.Button("Load", variant="primary")
+            with gr.Row():
+                load_btn = gr.Button("Load", variant="primary")
+                merge_btn = gr.Button("Merge LoRA", size="sm")
             status = gr.Textbox(label="Status", interactive=False)
         with gr.Column(scale=3):
             info_md = gr.Markdown()
@@ -147,6 +149,11 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                 f"{loaded.load_seconds:.1f}s")
 
     @user_errors
+    def merge(model: str) -> str:
+        path = models.merge_run(ws.model_id(model))
+        return f"merged {model} into {path}: it loads with transformers alone"
+
+    @user_errors
     def generate(model: str, text: str, n_tokens: float, device: str, init_seed: float):
         # settings first: a bad value fails before the model loads
         settings = models.default_decoding(ws.model_id(model)).with_(max_new_tokens=int(n_tokens))
@@ -182,6 +189,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
 
     model.change(describe, model, info_md, api_name="describe", queue=False)
     load_btn.click(load, [model, device, seed], status, api_name="load_model", concurrency_id=MODEL_QUEUE)
+    merge_btn.click(merge, model, status, api_name="merge_lora", concurrency_id=MODEL_QUEUE)
     gen_btn.click(generate, [model, prompt, max_new, device, seed], output, api_name="generate",
                   concurrency_id=MODEL_QUEUE)
     design_inputs = [d_name, *(d_fields[k] for k in DESIGN_FIELDS)]

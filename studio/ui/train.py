@@ -13,8 +13,9 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from studio import chat, data, devices, jobs, lesson, runs, tracking
+from studio import chat, data, devices, jobs, lesson, models, runs, tracking
 from studio.corpus import HUMAN
+from studio.lora import DEFAULT_TARGETS, LoraSettings
 from studio.names import plain_name, shown
 from studio.presets import TrainSettings
 from studio.ui import plots
@@ -40,12 +41,24 @@ def plan_markdown(p: jobs.RunPlan) -> str:
     gb = 1024**3
     e = p.estimate
     have = f"{p.available_bytes / gb:.1f} GB available on {p.device}" if p.available_bytes else p.device
-    lines = [f"**Memory:** needs {e.total / gb:.2f} GB of {have} (weights {e.weights / gb:.2f}, "
+    lr = p.config.lora
+    what = f"LoRA r={lr.r} ({', '.join(lr.target_modules)})" if lr.enabled else "full fine-tuning"
+    lines = [f"**Memory:** {what} needs {e.total / gb:.2f} GB of {have} (weights {e.weights / gb:.2f}, "
              f"grads {e.grads / gb:.2f}, AdamW {e.optimizer / gb:.2f}, activations {e.activations / gb:.2f}, "
              f"logits {e.logits / gb:.2f})."]
+    if p.lora is not None:
+        lf = p.lora_fit
+        shrink = (f" with micro-batch {lf.micro_batch} x {lf.grad_accum} accumulation"
+                  f"{' and gradient checkpointing' if lf.checkpointing else ''} ({lf.total_bytes / gb:.1f} GB)"
+                  if lf else "")
+        lines.append(f"**Does not fit: try LoRA.** Full fine-tuning needs {e.total / gb:.1f} GB of "
+                     f"{p.available_bytes / gb:.1f} GB; LoRA r={jobs.PROPOSED_LORA.r} needs {p.lora.total / gb:.1f} GB "
+                     f"(saves {(e.total - p.lora.total) / gb:.1f} GB){shrink}: set LoRA rank "
+                     f"{jobs.PROPOSED_LORA.r} below to train adapters only.")
     if p.fit is not None:
         ckpt = " with gradient checkpointing" if p.fit.checkpointing else ""
-        lines.append(f"**Does not fit.** Suggested: micro-batch {p.fit.micro_batch} x {p.fit.grad_accum} "
+        lead = "Or keep" if p.lora is not None else "**Does not fit.** Suggested:"
+        lines.append(f"{lead} micro-batch {p.fit.micro_batch} x {p.fit.grad_accum} "
                      f"accumulation{ckpt} (about {p.fit.total_bytes / gb:.2f} GB); the run applies this itself.")
     d = p.data
     left_out = []
@@ -167,6 +180,14 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                                         info="TensorBoard writes into the run folder")
             eval_file = gr.File(label="Eval file (optional): the final model is scored on it (bits per byte)",
                                 file_types=list(data.FILE_TYPES))
+            with gr.Accordion("LoRA (train small adapters on the frozen model)", open=False):
+                with gr.Row():
+                    lora_r = gr.Number(value=0, precision=0, minimum=0, label="LoRA rank",
+                                       info="0 = full fine-tuning; 8 is a common choice")
+                    lora_alpha = gr.Number(value=LoraSettings().alpha, label="LoRA alpha", info="scale = alpha / rank")
+                    lora_dropout = gr.Number(value=0.0, label="LoRA dropout", info="in [0, 1)")
+                lora_targets = gr.Textbox(label="LoRA target modules", placeholder=",".join(DEFAULT_TARGETS),
+                                          info="comma-separated; empty = GPT-2's attention and MLP projections")
         with gr.Column(scale=3):
             with gr.Row():
                 fields = {name: gr.Number(value=getattr(defaults, name), label=name.replace("_", " "),
@@ -178,6 +199,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                 start_btn = gr.Button("Start", variant="primary")
                 stop_btn = gr.Button("Stop", variant="stop")
                 resume_btn = gr.Button("Resume")
+                merge_btn = gr.Button("Merge LoRA")
     progress = gr.HTML()
     with gr.Accordion("Run status (JSON)", open=False):
         status_json = gr.JSON()
@@ -217,10 +239,12 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         return [getattr(s, name) for name in SETTING_FIELDS]
 
     def options_of(values: list) -> dict:
-        """The run options after the settings: split mode, report_to, eval file."""
-        mode, report, evaluated = values[len(SETTING_FIELDS):]
+        """The run options after the settings: split mode, report_to, eval file, LoRA."""
+        mode, report, evaluated, rank, alpha, dropout, targets = values[len(SETTING_FIELDS):]
         path = (evaluated if isinstance(evaluated, str) else evaluated.name) if evaluated else ""
-        return {"split_mode": mode or "documents", "report_to": report or "none", "eval_data": path}
+        lora = LoraSettings(r=int(rank or 0), alpha=float(alpha), dropout=float(dropout or 0.0),
+                            targets=targets or "")
+        return {"split_mode": mode or "documents", "report_to": report or "none", "eval_data": path, "lora": lora}
 
     @user_errors
     def check(model, data_kind, data_file, saved_chat, hub_dataset, device, precision, *values):
@@ -241,6 +265,14 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         run_dir = jobs.start(ws.training, lesson.config())
         gr.Info(f"the lesson started: {run_dir.name}")
         return run_dir.name, None
+
+    def merge(name: str):
+        run_dir = jobs.shown_run(ws.training, name)
+        if run_dir is None:
+            raise ValueError("merge: pick the LoRA run to merge (click it in the Runs table)")
+        path = models.merge_run(str(run_dir))
+        gr.Info(f"merged {run_dir.name} into {path}")
+        return f"merged {run_dir.name}: {path} loads with transformers alone (and in every model picker)"
 
     @user_errors
     def stop():
@@ -304,7 +336,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                 gr.Textbox(visible=kind == "hub dataset"))
 
     setting_inputs = list(fields.values())
-    option_inputs = [split_mode, report_to, eval_file]
+    option_inputs = [split_mode, report_to, eval_file, lora_r, lora_alpha, lora_dropout, lora_targets]
     data_inputs = [data_kind, data_file, data_chat, data_hub]
     data_kind.change(toggle, data_kind, [data_file, data_chat, data_hub], queue=False, api_visibility="private")
     model.change(prefill, model, setting_inputs, queue=False, api_name="train_defaults")
@@ -317,6 +349,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         list_all, None, [runs_df, compare], queue=False)
     stop_btn.click(stop, None, plan_md, api_name="train_stop", queue=False)
     resume_btn.click(resume, watched, [watched, seen], api_name="train_resume")
+    merge_btn.click(merge, watched, plan_md, api_name="train_merge")
     timer.tick(poll, [watched, seen], [*drawn, seen], api_visibility="private", queue=False,
                show_progress="hidden")  # a loading overlay on every drawn component each tick costs the browser CPU
     gr.Button("Refresh status", size="sm").click(status, watched, status_json, api_name="train_status",

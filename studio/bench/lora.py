@@ -1,0 +1,126 @@
+"""Benchmark: LoRA r=8 against full fine-tuning on gpt2-medium's architecture (random weights).
+
+    python -m studio bench lora [--steps 2] [--n-layer 24] [--precision fp32] [--json]
+
+Four configurations (full, LoRA, each with and without gradient checkpointing) train at batch
+4 x 512 with the training loop's own pieces (`lora.wrap`, `make_optimizer`, `lm_loss`), each in
+a fresh process so its peak RSS (or CUDA peak) is its own: one warm-up step, then `steps` timed
+steps. Each row has `peak_mb`, `tokens_per_s` and `estimate_mb` (`memory.estimate`);
+`peak_ratio` and `speed_ratio` are LoRA / full without checkpointing (goals <= 0.45, >= 1.3).
+
+The measuring side is this module run as a script:
+    python -m studio.bench.lora N_LAYER BATCH SEQ PRECISION LORA_R CHECKPOINTING STEPS
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+from studio import ROOT
+from studio.lora import LoraSettings
+from studio.memory import estimate
+from studio.presets import get_preset
+
+BATCH, SEQ, RANK = 4, 512, 8
+CONFIGS = {"full": (0, False), "lora": (RANK, False), "full_ckpt": (0, True), "lora_ckpt": (RANK, True)}
+
+
+def _config(n_layer: int):
+    from studio.arch import gpt2_config
+
+    return gpt2_config(replace(get_preset("gpt2-medium"), n_layer=n_layer))
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def probe(n_layer: int, batch: int, seq: int, precision: str, r: int, checkpointing: bool, steps: int) -> dict:
+    """Train one configuration in this (fresh) process: its peak bytes and timed tokens/s."""
+    import torch
+
+    from studio import lora
+    from studio.training import lm_loss, make_optimizer, resolve_precision
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    prec = resolve_precision(dev, precision)
+    base = torch.cuda.memory_allocated() if dev.type == "cuda" else _rss()
+    # transformers after the baseline, as in `bench memory`: estimates include its model code
+    from transformers import GPT2LMHeadModel
+
+    config = _config(n_layer)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config)
+    if r:
+        model = lora.wrap(model, LoraSettings(r=r), torch.bfloat16 if prec.autocast == torch.bfloat16 else None)
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.to(dev).train()
+    opt = make_optimizer(model, get_preset("gpt2-medium").train, dev)
+    x = torch.randint(0, config.vocab_size, (batch, seq + 1), device=dev)
+    inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
+    times = []
+    for _ in range(1 + steps):
+        t0 = time.perf_counter()
+        loss = lm_loss(model, inputs, targets, prec.context())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        del loss
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"peak": peak, "tokens_per_s": batch * seq * steps / sum(times[1:]), "device": dev.type,
+            "step_s": times[1:]}
+
+
+def measure(n_layer: int, precision: str, r: int, checkpointing: bool, steps: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [n_layer, BATCH, SEQ, precision, r, int(checkpointing), steps]
+    out = subprocess.run([sys.executable, "-m", "studio.bench.lora", *map(str, args)], capture_output=True,
+                         text=True, env=env)
+    if out.returncode:
+        tail = out.stderr.strip().splitlines()[-1:] or [f"exit status {out.returncode} (killed: out of memory?)"]
+        raise ValueError(f"bench lora: the r={r} checkpointing={checkpointing} run failed: {tail[0]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(steps: int = 2, n_layer: int = 24, precision: str = "fp32", log=print) -> dict:
+    """The four configurations, each in a fresh process, with the estimate beside each."""
+    result: dict = {}
+    for name, (r, ckpt) in CONFIGS.items():
+        m = measure(n_layer, precision, r, ckpt, steps)
+        est = estimate(_config(n_layer), BATCH, SEQ, precision, ckpt, m["device"],
+                       LoraSettings(r=r))
+        result[name] = {"peak_mb": round(m["peak"] / 2**20, 1), "tokens_per_s": round(m["tokens_per_s"], 1),
+                        "estimate_mb": round(est.total / 2**20, 1)}
+        log(f"{name}: {result[name]} (steps {', '.join(f'{s:.1f}' for s in m['step_s'])} s)")
+    result["peak_ratio"] = round(result["lora"]["peak_mb"] / result["full"]["peak_mb"], 3)
+    result["speed_ratio"] = round(result["lora"]["tokens_per_s"] / result["full"]["tokens_per_s"], 3)
+    result["setup"] = {"n_layer": n_layer, "n_embd": 1024, "n_head": 16, "batch": BATCH, "seq": SEQ,
+                       "precision": precision, "rank": RANK, "timed_steps": steps}
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m studio.bench.lora", description="one configuration of bench lora")
+    for name, kind in (("n_layer", int), ("batch", int), ("seq", int), ("precision", str), ("r", int),
+                       ("checkpointing", int), ("steps", int)):
+        p.add_argument(name, type=kind)
+    a = p.parse_args(argv)
+    print(json.dumps(probe(a.n_layer, a.batch, a.seq, a.precision, a.r, bool(a.checkpointing), a.steps)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""LoRA (issue 13): adapters train, merge exactly, resume on the same curve, load everywhere."""
+import json
+import math
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT
+from studio import checkpoints_dir, decoding, jobs, lora, memory, models, runs, training
+from studio.__main__ import build_parser, main, train_config
+from studio.corpus import builtin_examples
+from studio.devices import DeviceMemory
+from studio.lora import LoraSettings
+from studio.presets import TrainSettings
+from studio.sampling import DecodingSettings
+from studio.tokenizer import GPT2BPE
+from studio.training import TrainConfig, train
+
+LORA = LoraSettings(r=4, alpha=8)
+
+
+@pytest.fixture(scope="module")
+def base_folder(tmp_path_factory) -> str:
+    """A random tiny GPT-2 saved with save_pretrained, with the GPT-2 tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("lora") / "tiny-gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64)).save_pretrained(folder)
+    GPT2BPE().save(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("lora-data") / "chat.jsonl"
+    train_ex, _ = builtin_examples(300, 5)
+    path.write_text("".join(json.dumps({"user": e.question, "assistant": e.answer}) + "\n" for e in train_ex))
+    return str(path)
+
+
+def settings(**kw) -> TrainSettings:
+    base = dict(learning_rate=3e-2, warmup_steps=1, max_steps=8, batch_size=4, grad_accum=1,
+                eval_interval=4, eval_batches=2, save_interval=4, log_interval=1)
+    return TrainSettings(**{**base, **kw})
+
+
+def config(base: str, data: str, out: str, **kw) -> TrainConfig:
+    return TrainConfig(model=base, data=data, out=out, settings=kw.pop("settings", settings()), lora=LORA,
+                       heldout_eval=False, sample_tokens=4, **kw)
+
+
+def step_losses(name: str) -> dict:
+    df = runs.read_metrics(name)
+    return dict(zip(df[df.type == "step"].step, df[df.type == "step"].loss))
+
+
+@pytest.fixture(scope="module")
+def lora_run(base_folder, small_data) -> str:
+    train(config(base_folder, small_data, "lora-run", settings=settings(max_steps=12)))
+    return "lora-run"
+
+
+def test_adapters_train_and_the_run_keeps_peft_adapters(lora_run, base_folder):
+    losses = list(step_losses(lora_run).values())
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
+    folder = checkpoints_dir() / lora_run
+    for which in ("last", "best"):
+        names = {p.name for p in (folder / which).iterdir()}
+        assert {"adapter_model.safetensors", "adapter_config.json", "studio.json"} <= names
+        assert "model.safetensors" not in names  # the frozen base is not copied into the run
+    meta = json.loads((folder / "last" / "studio.json").read_text())
+    assert meta["base"] == str(models.resolve(base_folder).path.resolve()) and meta["lora"]["r"] == 4
+    info = runs.read_run(lora_run)
+    assert info["lora"] == LORA.to_dict()
+    assert 0 < info["trainable_params"] < info["params"] / 10
+    # only the adapters changed: no trained weight other than lora_A/lora_B is stored
+    assert all(".lora_A." in k or ".lora_B." in k for k in load_file(str(folder / "last" / "adapter_model.safetensors")))
+
+
+def test_merged_weights_equal_base_plus_scaled_b_times_a(lora_run, base_folder):
+    folder = checkpoints_dir() / lora_run
+    merged_meta = json.loads((folder / models.MERGED / "studio.json").read_text())
+    adapter = load_file(str(folder / merged_meta["merged_from"] / "adapter_model.safetensors"))
+    base = load_file(f"{base_folder}/model.safetensors")
+    merged = load_file(str(folder / models.MERGED / "model.safetensors"))
+    for name in ("transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_proj"):
+        a = adapter[f"base_model.model.{name}.lora_A.weight"]  # (r, in)
+        b = adapter[f"base_model.model.{name}.lora_B.weight"]  # (out, r)
+        assert b.abs().max() > 0  # trained away from peft's zero init
+        # GPT-2's Conv1D stores (in, out), so the update is (B @ A) transposed
+        expected = base[f"{name}.weight"] + LORA.alpha / LORA.r * (b @ a).T
+        torch.testing.assert_close(merged[f"{name}.weight"], expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(merged["transformer.wte.weight"], base["transformer.wte.weight"], rtol=0, atol=0)
+
+
+def test_merged_folder_loads_with_transformers_alone(lora_run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    folder = checkpoints_dir() / lora_run
+    adapter = folder / json.loads((folder / models.MERGED / "studio.json").read_text())["merged_from"]
+    ids = [[464, 3290, 318, 257, 1332]]
+    code = ("import json, sys, torch; sys.modules['peft'] = None\n"  # peft cannot be imported
+            "from transformers import AutoModelForCausalLM\n"
+            f"m = AutoModelForCausalLM.from_pretrained({str(folder / models.MERGED)!r}).eval()\n"
+            f"print(json.dumps(m(torch.tensor({ids})).logits[0, :, :50].tolist()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    merged_logits = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
+    base = AutoModelForCausalLM.from_pretrained(models.resolve(str(adapter)).base)
+    peft_model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    with torch.no_grad():
+        expected = peft_model(input_ids=torch.tensor(ids)).logits[0, :, :50]
+    torch.testing.assert_close(merged_logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_lora_run_is_offered_loaded_and_generates(lora_run):
+    assert lora_run in models.list_models()
+    assert models.resolve(lora_run).path == checkpoints_dir() / lora_run / models.MERGED
+    spec = models.resolve(f"{lora_run}/last")  # an adapter folder: loaded onto its base
+    assert spec.source == "lora" and models.describe(f"{lora_run}/last")["source"] == "lora"
+    loaded = models.load(f"{lora_run}/best", device="cpu")
+    merged = models.load(lora_run, device="cpu")
+    ids = torch.tensor([[464, 3290, 318]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids).logits, merged.model(ids).logits, rtol=1e-4, atol=1e-4)
+    column = decoding.generate(loaded, "Human: hi\nAssistant:", [DecodingSettings(temperature=0, max_new_tokens=5)])[0]
+    assert len(column.tokens) == 5
+    # removing the merged folder leaves the adapters: the run still resolves and loads
+    shutil.rmtree(checkpoints_dir() / lora_run / models.MERGED)
+    assert models.resolve(lora_run).source == "lora"
+    assert main(["merge", lora_run, "--json"]) == 0
+    assert models.resolve(lora_run).path.name == models.MERGED
+
+
+def test_resume_continues_a_lora_run_on_the_same_curve(base_folder, small_data):
+    train(config(base_folder, small_data, "lora-straight"))
+    stop = threading.Event()
+    cfg = config(base_folder, small_data, "lora-halves")
+    first = train(cfg, stop=stop, on_event=lambda e: e["type"] == "step" and e["step"] == 4 and stop.set())
+    assert first["steps"] == 4
+    train(TrainConfig.from_dict({**cfg.to_dict(), "resume": True}))
+    a, b = step_losses("lora-straight"), step_losses("lora-halves")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), step
+
+
+def test_nan_steps_restore_the_last_adapter(base_folder, small_data, monkeypatch):
+    real_loss, state = training.lm_loss, {}
+    monkeypatch.setattr(training, "step_with_oom_retry",
+                        lambda run, x, y, real=training.step_with_oom_retry: state.update(step=run.state.step)
+                        or real(run, x, y))
+    monkeypatch.setattr(training, "lm_loss", lambda *a: real_loss(*a) * (math.nan if state.get("step") in (4, 5, 6)
+                                                                         else 1.0))
+    s = settings(max_steps=9, save_interval=2, eval_interval=100)
+    summary = train(config(base_folder, small_data, "lora-nan", settings=s))
+    events = [r for r in runs.metric_rows("lora-nan") if r["type"] == "event"]
+    assert [e["kind"] for e in events] == ["nan", "nan", "nan", "restore"]
+    assert "restored the checkpoint of step 4" in events[-1]["message"]
+    assert summary["steps"] == 9 and math.isfinite(summary["train_loss"])
+
+
+def test_bad_lora_settings_name_the_field_and_the_allowed_values(base_folder, small_data):
+    with pytest.raises(ValueError, match=r"lora targets \['c_attn'\] need a rank: set lora r >= 1"):
+        LoraSettings(r=0, targets=("c_attn",))
+    with pytest.raises(ValueError, match=r"lora alpha must be > 0, got 0"):
+        LoraSettings(r=8, alpha=0)
+    with pytest.raises(ValueError, match=r"lora dropout must be in \[0, 1\), got 1"):
+        LoraSettings(r=8, dropout=1)
+    with pytest.raises(ValueError, match=r"lora r must be an integer >= 0"):
+        LoraSettings(r=-2)
+    with pytest.raises(ValueError, match=r"train config lora: unknown key\(s\) \['rank'\]"):
+        TrainConfig.from_dict({"model": base_folder, "lora": {"rank": 8}})
+    bad = LoraSettings(r=8, targets="c_attn,q_proj")
+    with pytest.raises(ValueError, match=r"unknown module name\(s\) \['q_proj'\]; this model's Linear/Conv1D "
+                                         r"modules are \['c_attn', 'c_fc', 'c_proj'\]"):
+        train(TrainConfig(model=base_folder, data=small_data, out="lora-bad", settings=settings(), lora=bad))
+    assert not (checkpoints_dir() / "lora-bad" / runs.METRICS_FILE).exists()  # checked before the run starts
+
+
+def test_cli_lora_flags_parse():
+    args = build_parser().parse_args(["train", "--model", "v1", "--lora-r", "8", "--lora-alpha", "32",
+                                      "--lora-dropout", "0.1", "--lora-targets", "c_attn,c_proj"])
+    assert train_config(args).lora == LoraSettings(r=8, alpha=32, dropout=0.1, targets=("c_attn", "c_proj"))
+    assert train_config(build_parser().parse_args(["train", "--model", "v1"])).lora == LoraSettings()
+    assert main(["train", "--model", "v1", "--lora-targets", "c_attn"]) == 2  # rank 0 with targets: one line
+
+
+def test_memory_counts_adapters_as_peft_makes_them(base_folder):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(base_folder)
+    for settings_ in (LoraSettings(r=8), LoraSettings(r=2, targets="c_attn")):
+        wrapped = lora.wrap(AutoModelForCausalLM.from_config(cfg), settings_)
+        assert memory.adapter_parameters(cfg, settings_) == lora.trainable_parameters(wrapped)
+    full = memory.estimate(cfg, 4, 64, "bf16")
+    low = memory.estimate(cfg, 4, 64, "bf16", lora=LoraSettings(r=8))
+    adapters = memory.adapter_parameters(cfg, LoraSettings(r=8))
+    assert (low.grads, low.optimizer) == (4 * adapters, 8 * adapters)
+    assert low.weights < full.weights and low.activations == full.activations and low.logits == full.logits
+
+
+def test_check_fit_proposes_lora_when_full_fine_tuning_does_not_fit(base_folder, small_data, monkeypatch):
+    from transformers import AutoConfig
+
+    from studio.ui.train import plan_markdown
+
+    cfg = jobs.make_config(base_folder, small_data, {"batch_size": 4}, "plan", block_size=64)
+    config_ = AutoConfig.from_pretrained(base_folder)
+    full = memory.estimate(config_, 4, 64, "fp32")
+    low = memory.estimate(config_, 4, 64, "fp32", lora=jobs.PROPOSED_LORA)
+    budget = (full.total + low.total) // 2
+    monkeypatch.setattr("studio.devices.memory", lambda device: DeviceMemory("cpu", budget, budget))
+    p = jobs.plan(cfg)
+    assert p.lora == low and p.lora_fit is None
+    text = plan_markdown(p)
+    gb = 1024**3
+    assert (f"Full fine-tuning needs {full.total / gb:.1f} GB of {budget / gb:.1f} GB; LoRA r=8 needs "
+            f"{low.total / gb:.1f} GB (saves {(full.total - low.total) / gb:.1f} GB)") in text
+    lora_cfg = jobs.make_config(base_folder, small_data, {"batch_size": 4}, "plan", block_size=64, lora=LORA)
+    assert jobs.plan(lora_cfg).fits and "LoRA r=4" in plan_markdown(jobs.plan(lora_cfg))
