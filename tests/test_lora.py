@@ -130,7 +130,8 @@ def test_a_lora_run_is_offered_loaded_and_generates(lora_run):
     ids = torch.tensor([[464, 3290, 318]])
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(ids).logits, merged.model(ids).logits, rtol=1e-4, atol=1e-4)
-    column = decoding.generate(loaded, "Human: hi\nAssistant:", [DecodingSettings(temperature=0, max_new_tokens=5)])[0]
+    column = decoding.generate(loaded, "Human: hi\nAssistant:", [DecodingSettings(temperature=0, max_new_tokens=5)],
+                               stop_at_eos=False)[0]  # trained on short answers, it may well end at once
     assert len(column.tokens) == 5
     # removing the merged folder leaves the adapters: the run still resolves and loads
     shutil.rmtree(checkpoints_dir() / lora_run / models.MERGED)
