@@ -83,7 +83,8 @@ def _studio_loop(folder: Path, out: Path, batch: int, seq: int, steps: int, lr: 
                  precision: str) -> tuple[float, list[float]]:
     """The studio loop (train()) on a saved model; seconds per step from its own step rows."""
     s = TrainSettings(learning_rate=lr, warmup_steps=WARMUP, max_steps=WARMUP + steps, batch_size=batch,
-                      eval_interval=10**6, eval_batches=1, save_interval=10**6, log_interval=1)
+                      eval_interval=10**6, eval_batches=1, save_interval=10**6, log_interval=1,
+                      loss_on="all")  # every token, as the bare loop scores them
     train(TrainConfig(model=str(folder), out=str(out), settings=s, precision=precision, device="cpu",
                       fit_memory=False, heldout_eval=False, sample_tokens=1, block_size=seq))
     rows = [r for r in runs.metric_rows(out) if r["type"] == "step"]
