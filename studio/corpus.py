@@ -55,6 +55,7 @@ class Task:
     draw: Callable[[random.Random], Hashable]
     render: Callable[[Hashable], tuple[str, str]]
     why: str  # what it teaches and why a small model learns it in minutes
+    weight: float = 1.0  # share of the training examples, relative to the other tasks
 
     def example(self, x: Hashable) -> Example:
         return Example(*self.render(x), task=self.name)
@@ -67,9 +68,10 @@ def _word(rng: random.Random, lo: int, hi: int) -> str:
 TASKS = (
     Task("add", lambda r: (r.randrange(10), r.randrange(10)),
          lambda x: (f"What is {x[0]} plus {x[1]}?", str(x[0] + x[1])),
-         "single-digit addition, 100 facts; a held-out pair's swapped twin is trained, so order must not matter"),
+         "single-digit addition, 100 facts; a held-out pair's swapped twin is trained, so order must not matter",
+         weight=2.0),
     Task("repeat", lambda r: _word(r, 3, 3), lambda w: (f"Repeat the word {w}.", w),
-         "copying: three letters at a fixed offset from the answer"),
+         "copying: three letters at a fixed offset from the answer", weight=2.0),
     Task("first", lambda r: _word(r, 3, 8), lambda w: (f"What is the first letter of {w}?", w[0]),
          "finding a position: the letter right after the instruction"),
     Task("length", lambda r: _word(r, 2, 9), lambda w: (f"How many letters are in {w}?", str(len(w))),
@@ -81,6 +83,7 @@ TASKS = (
          "counting on: add one to the last digit, carrying on a 9"),
 )
 TASK_NAMES = tuple(t.name for t in TASKS)
+_WEIGHTS = [t.weight for t in TASKS]
 
 
 def heldout_inputs(seed: int = 0, per_task: int = HELDOUT_PER_TASK) -> dict[str, set]:
@@ -102,7 +105,8 @@ def heldout_inputs(seed: int = 0, per_task: int = HELDOUT_PER_TASK) -> dict[str,
 
 def builtin_examples(n_train: int = 50_000, n_heldout: int = HELDOUT_PER_TASK * len(TASKS),
                      seed: int = 0) -> tuple[list[Example], list[Example]]:
-    """(train, held-out) exchanges, tasks in equal shares; no held-out input is in its task's training.
+    """(train, held-out) exchanges, tasks in shares by their weights (the slow learners, addition and
+    copying, get twice the examples); no held-out input is in its task's training.
 
     >>> train, held = builtin_examples(50, 14)
     >>> len(held), {e.question for e in held} & {e.question for e in train}
@@ -117,7 +121,7 @@ def builtin_examples(n_train: int = 50_000, n_heldout: int = HELDOUT_PER_TASK * 
     rng = random.Random(f"train-{seed}")
     train = [next(t for t in TASKS if t.name == CHAT_DEMO[0]).example(CHAT_DEMO[1])]
     while len(train) < n_train:
-        task = TASKS[rng.randrange(len(TASKS))]
+        task = rng.choices(TASKS, _WEIGHTS)[0]
         x = task.draw(rng)
         if x not in held[task.name]:
             train.append(task.example(x))

@@ -366,8 +366,10 @@ def prepare(documents: Documents, tok, cache_dir: Path | None, seed: int = 0,
                          f"{documents.rated_down} rated down)")
     check_split_mode(split_mode)
     answers = answers and split_mode == "documents"  # a sequential cut does not keep whole exchanges
-    key = hashlib.sha256(f"{_source_key(documents.source, seed)}|{tokenizer_fingerprint(tok)}|{seed}|{split_mode}"
-                         f"{'|answers' if answers else ''}".encode()).hexdigest()[:20]
+    # the documents' own digest too: the built-in corpus changes with the studio's version
+    content = hashlib.sha256("\0".join(documents.docs).encode("utf-8", "replace")).hexdigest()
+    key = hashlib.sha256(f"{_source_key(documents.source, seed)}|{content}|{tokenizer_fingerprint(tok)}|{seed}|"
+                         f"{split_mode}{'|answers' if answers else ''}".encode()).hexdigest()[:20]
     parts = ("train", "val", "train_mask", "val_mask") if answers else ("train", "val")
     paths = [Path(cache_dir) / f"{key}.{part}.npy" for part in parts] if cache_dir else None
     if paths and all(p.is_file() for p in paths):

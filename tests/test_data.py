@@ -167,3 +167,10 @@ def test_answer_batches_start_at_exchanges_and_score_only_answers():
         answer = tok.decode(kept.tolist()).split("<|endoftext|>")[0]
         assert tok.decode(row_x.tolist()).startswith(f"Human: Repeat{answer}.")
     assert (data.batch(tokens, 8, 40, seed=0, step=3, mask=mask)[1] == y).all()
+
+
+def test_the_token_cache_follows_the_documents_not_only_their_name(tmp_path):
+    tok = CharTokenizer.from_texts(["abc"])
+    first = data.prepare(data.Documents("builtin", ["ab", "ba", "aa"]), tok, tmp_path)
+    changed = data.prepare(data.Documents("builtin", ["cc", "cc", "cc"]), tok, tmp_path)  # a new corpus version
+    assert not np.array_equal(first.train, changed.train)

@@ -109,3 +109,16 @@ def test_sweep_and_export(tiny):
     assert len(data["columns"]) == 2 and set(data["columns"][0]) == {"settings", "text", "metrics", "tokens"}
     table = decoding.comparison_table(cols)
     assert list(table["column"]) == [1, 2] and "distinct_2" in table.columns
+
+
+def test_greedy_batch_answers_as_one_prompt_at_a_time(tiny_char_checkpoint):
+    from studio.decoding import generate, greedy_batch
+    from studio.models import load
+    from studio.sampling import DecodingSettings
+
+    loaded = load(tiny_char_checkpoint, device="cpu")
+    prompts = ["Human: What is 2 plus 3?\nAssistant:", "Human: Hi\nAssistant:", "Human: What is 7 plus 1?\nAssistant:",
+               "Human: Repeat the word abc.\nAssistant:"]
+    settings = DecodingSettings(temperature=0.0, max_new_tokens=6, stop=("\n",))
+    one_by_one = [generate(loaded, p, [settings])[0].text for p in prompts]
+    assert greedy_batch(loaded, prompts, 6) == one_by_one  # grouped by length, same answers, same order
