@@ -104,8 +104,11 @@ def string_like(p: dict) -> bool:
 
 
 def names_the_field(message: str, p: dict) -> bool:
-    name = p["parameter_name"]
-    return name in message or name.replace("_", " ") in message.lower()
+    """By its API name, or as its label starts ("LoRA target modules" -> "lora target"): the tab's
+    extra inputs reach the API as unnamed `param_N`."""
+    name, label = p["parameter_name"], (p.get("label") or "").lower().split()
+    return (name in message or name.replace("_", " ") in message.lower()
+            or (len(label) >= 2 and " ".join(label[:2]) in message.lower()))
 
 
 def wait_idle(client: Client, timeout: float = 60) -> None:

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 # model, data kind, file, saved chat, hub name, run name, device, precision, then the tab's settings in order:
 # learning_rate, warmup_steps, max_steps, batch_size, grad_accum, eval_interval, save_interval, patience,
-# then the run options: validation split mode, report_to, eval file
-SETTINGS = [1e-3, 2, 2000, 4, 1, 10, 10, 0, "documents", "none", None]
+# then the run options: validation split mode, report_to, eval file, LoRA rank (0 = off), alpha, dropout, targets
+SETTINGS = [1e-3, 2, 2000, 4, 1, 10, 10, 0, "documents", "none", None, 0, 16.0, 0.0, ""]
 
 
 def wait_for(fn, timeout=90, every=0.5):
