@@ -279,10 +279,15 @@ def cmd_merge(args: argparse.Namespace) -> dict:
     return {"merged": str(path)}
 
 
+def progress_log(args: argparse.Namespace):
+    """Where a benchmark's progress lines go: the terminal, or nowhere under --json."""
+    return (lambda msg: None) if args.json else print
+
+
 def cmd_bench_lora(args: argparse.Namespace) -> dict:
     from studio.bench import lora as lora_bench
 
-    result = lora_bench.run(args.steps, args.n_layer, args.precision, (lambda msg: None) if args.json else print)
+    result = lora_bench.run(args.steps, args.n_layer, args.precision, progress_log(args))
     if not args.json:
         print(f"peak ratio (LoRA / full) {result['peak_ratio']:.3f} (goal <= 0.45), "
               f"speed ratio {result['speed_ratio']:.3f} (goal >= 1.3)")
@@ -301,13 +306,13 @@ def cmd_bench_train(args: argparse.Namespace) -> dict:
 def cmd_bench_peer(args: argparse.Namespace) -> dict:
     from studio.bench import peer
 
-    return peer.run(args.rounds, args.shared, (lambda msg: None) if args.json else print, args.steps)
+    return peer.run(args.rounds, args.shared, progress_log(args), args.steps)
 
 
 def cmd_bench_train_tab(args: argparse.Namespace) -> dict:
     from studio.bench import train_tab
 
-    result = train_tab.run(args.model, args.rounds, args.steps, (lambda msg: None) if args.json else print)
+    result = train_tab.run(args.model, args.rounds, args.steps, progress_log(args))
     if not args.json:
         print(f"{args.model}: CLI {result['cli_tokens_per_s']:,.0f} tokens/s, with the Train tab open "
               f"{result['tab_tokens_per_s']:,.0f} tokens/s: ratio {result['ratio']:.3f} (goal >= 0.95)")
@@ -336,7 +341,7 @@ def cmd_bench_compare(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    log = (lambda msg: None) if args.json else print
+    log = progress_log(args)
     return compare_bench.run(args.models, args.new_tokens, args.repeats, args.device, not args.exact, log)
 
 
