@@ -162,6 +162,7 @@ TRAIN_FLAGS = {"max_steps": int, "batch_size": int, "grad_accum": int, "learning
 def train_config(args: argparse.Namespace):
     from dataclasses import replace
 
+    from studio import runs
     from studio.lora import LoraSettings
     from studio.training import TrainConfig
 
@@ -170,7 +171,7 @@ def train_config(args: argparse.Namespace):
     model = args.model or args.preset
     if not model:
         raise ValueError("give --preset (train from scratch), --model (fine-tune a checkpoint) or --config")
-    cfg = TrainConfig(model=model, data=args.data, out=args.out or "", device=args.device,
+    cfg = TrainConfig(model=model, data=args.data, **runs.name_or_folder(args.out or ""), device=args.device,
                       precision=args.precision, seed=args.seed, resume=args.resume,
                       grad_checkpointing=args.grad_checkpointing, block_size=args.block_size,
                       split_mode=args.split_mode, eval_data=args.eval_data, report_to=args.report_to,
@@ -196,7 +197,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         summary = train_with_progress(cfg, stop, args.json)
     except BaseException as e:
         if args.config:  # the app's job: its run folder exists, and the page reads why from run.json
-            folder = runs.run_dir(cfg.out) if cfg else Path(args.config).parent
+            folder = cfg.run_dir if cfg else Path(args.config).parent
             runs.record_failure(folder, cfg.to_dict() if cfg else {}, runs.failure_message(e))
         raise
     if not args.json:
@@ -228,7 +229,7 @@ def train_with_progress(cfg, stop, quiet_samples: bool) -> dict:
 
     def show(event: dict) -> None:
         if not bars:
-            bars.append(tqdm(total=cfg.settings.max_steps, desc=cfg.out, unit="step", file=sys.stderr))
+            bars.append(tqdm(total=cfg.settings.max_steps, desc=cfg.name, unit="step", file=sys.stderr))
         bar = bars[0]
         bar.n = event["step"]
         if event["type"] == "step":

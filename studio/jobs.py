@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from studio import ROOT, checkpoints_dir, data, devices, lora, memory, models, r
 from studio.arch import count_parameters
 from studio.devices import pick_device
 from studio.lora import LoraSettings
-from studio.names import inside, plain_name
+from studio.names import inside, plain_name, slug
 from studio.presets import TrainSettings
 from studio.training import TrainConfig
 
@@ -132,9 +131,8 @@ def make_config(identifier: str, data_spec: str, settings: dict, name: str = "",
     if (name or "").strip():
         name = plain_name(name, "run name")
     else:  # a folder's name may hold characters a run name may not
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(identifier).name).lstrip(".-") or "run"
-        name = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return TrainConfig(model=identifier, data=data_spec, out=name, settings=s, device=device,
+        name = f"{slug(Path(identifier).name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return TrainConfig(model=identifier, data=data_spec, name=name, settings=s, device=device,
                        precision=precision, resume=resume, **options)
 
 
@@ -246,10 +244,10 @@ def shown_run(job: TrainingJob, watched: str) -> Path | None:
 
 
 def start(job: TrainingJob, cfg: TrainConfig) -> Path:
-    run_dir = runs.run_dir(cfg.out)
+    run_dir = cfg.run_dir
     if (run_dir / runs.RUN_FILE).is_file():
         if not runs.failed_before_start(run_dir):
-            raise ValueError(f"run name: {cfg.out!r} exists already; resume it or choose another name")
+            raise ValueError(f"run name: {cfg.name!r} exists already; resume it or choose another name")
         for stale in (runs.RUN_FILE, runs.METRICS_FILE):  # a run that never started: its name is free again
             (run_dir / stale).unlink(missing_ok=True)
     return job.start(cfg.to_dict(), run_dir)

@@ -24,8 +24,9 @@ def run_name(now: float | None = None) -> str:
 
 
 def config(seed: int = 0, out: str = "", **settings) -> TrainConfig:
-    """The lesson's training run; `settings` override the preset's (e.g. max_steps for a quick try)."""
-    cfg = TrainConfig(model=PRESET, data=DATA, out=out or run_name(), seed=seed)
+    """The lesson's training run in `out` (a run name or a folder; "" = a dated name);
+    `settings` override the preset's (e.g. max_steps for a quick try)."""
+    cfg = TrainConfig(model=PRESET, data=DATA, seed=seed, **runs.name_or_folder(out or run_name()))
     return replace(cfg, settings=replace(cfg.settings, **settings)) if settings else cfg
 
 

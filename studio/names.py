@@ -34,6 +34,16 @@ def plain_name(value: object, field: str, suffix: str = "") -> str:
     return text
 
 
+def slug(text: str, fallback: str = "run") -> str:
+    """`text` made a plain name: runs of other characters become '-' (for names the app derives
+    from a model folder or a data file, which may hold spaces or dots up front).
+
+    >>> slug(".my data (2)")
+    'my-data-2'
+    """
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-")[:MAX_LEN] or fallback
+
+
 def shown(value: object) -> str:
     r"""A value as an error message quotes it: repr (so a NUL byte or a newline stays visible),
     cut after 40 characters (a 5,000-character value must not become a 5,000-character toast).

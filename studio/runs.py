@@ -33,6 +33,15 @@ def run_dir(name: str | Path) -> Path:
     return checkpoints_dir() / str(name)
 
 
+def name_or_folder(text: str) -> dict[str, str]:
+    """The CLI's `--out` (and run.json's old "out" key) as TrainConfig fields: a single name is
+    a run name under the checkpoints folder, anything path-like is the run's folder."""
+    path = Path(text).expanduser()
+    if path.is_absolute() or len(path.parts) > 1:
+        return {"folder": str(path)}
+    return {"name": text}
+
+
 def read_run(folder: str | Path) -> dict:
     path = run_dir(folder) / RUN_FILE
     if not path.is_file():

@@ -49,6 +49,7 @@ from studio.devices import PRECISIONS, Precision, pick_device
 from studio.evaluate import readable_text, score
 from studio.head import CHUNKED_MIN_VOCAB, chunked_lm_loss
 from studio.lora import LoraSettings
+from studio.names import plain_name, slug
 from studio.presets import Preset, TrainSettings
 from studio.sampling import DecodingSettings
 from studio.tokenizer import Tokenizer
@@ -59,7 +60,10 @@ from studio.tokenizer import Tokenizer
 class TrainConfig:
     model: str  # a scratch preset trains from scratch; a checkpoint or pretrained preset fine-tunes
     data: str = "builtin"  # "builtin", a file path, or "hub:<name>"
-    out: str = ""  # run name (under the checkpoints folder) or folder; "" = "<model>-<data>"
+    name: str = ""  # the run's name, a plain name; "" = the folder's name, else "<model>-<data>"
+    # where the run lives; "" = <checkpoints>/<name>. Only the CLI and the benchmarks set it: they
+    # run as the user, while a name from the UI or the API must stay inside the checkpoints folder
+    folder: str = ""
     settings: TrainSettings | None = None  # None = the model's preset defaults
     device: str = "auto"
     precision: str = "auto"
@@ -94,9 +98,17 @@ class TrainConfig:
         tracking.check_report_to(self.report_to)
         if self.settings is None:
             object.__setattr__(self, "settings", spec.preset.train if spec.preset else TrainSettings())
-        if not self.out:
-            stem = Path(self.data).stem if Path(self.data).suffix else self.data.replace(":", "-")
-            object.__setattr__(self, "out", f"{Path(self.model).name}-{stem}")
+        if self.name:
+            plain_name(self.name, "run name")
+        elif self.folder:
+            object.__setattr__(self, "name", slug(Path(self.folder).name))
+        else:
+            stem = Path(self.data).stem if Path(self.data).suffix else self.data
+            object.__setattr__(self, "name", slug(f"{Path(self.model).name}-{stem}"))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.folder).expanduser() if self.folder else runs.run_dir(self.name)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "settings": asdict(self.settings), "lora": self.lora.to_dict()}
@@ -106,6 +118,8 @@ class TrainConfig:
         """The inverse of to_dict. Strict rejects unknown keys (a config file with a typo);
         lenient takes the config out of a run.json, which also holds status and reports."""
         names = {f.name for f in fields(cls)}
+        if "out" in values and not {"name", "folder"} & values.keys():  # written before the split
+            values = {**{k: v for k, v in values.items() if k != "out"}, **runs.name_or_folder(values["out"] or "")}
         if strict:
             check_keys(cls, values, "train config")
         values = {k: v for k, v in values.items() if k in names}
@@ -408,7 +422,7 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     device = accelerator.device
     # "fast" is decided by a measurement on the built model; until then, plan memory for fp32
     precision = resolve_precision(device, "fp32" if cfg.precision == "fast" else cfg.precision)
-    folder = runs.run_dir(cfg.out)
+    folder = cfg.run_dir
     _check_run_folder(cfg, folder)
     spec = models.resolve(cfg.model)
     documents = data.read_source(cfg.data, cfg.seed)

@@ -166,7 +166,7 @@ def test_saved_jsonl_fine_tunes_through_the_training_engine(tiny_checkpoint, tmp
     path, _, _ = chat.save_conversation(history_of(pairs), model="tiny", path=tmp_path / "collected.jsonl")
     s = TrainSettings(learning_rate=3e-3, warmup_steps=1, max_steps=12, batch_size=4, grad_accum=1,
                       eval_interval=6, eval_batches=1, save_interval=12, log_interval=1)
-    summary = train(TrainConfig(model=tiny_checkpoint, data=str(path), out="from-chat", settings=s, block_size=64))
+    summary = train(TrainConfig(model=tiny_checkpoint, data=str(path), name="from-chat", settings=s, block_size=64))
     assert summary["steps"] == 12
     assert summary["data"]["docs"] == 60 and runs.read_run("from-chat")["data_report"]["docs"] == 60
     losses = runs.read_metrics("from-chat").query("type == 'step'").loss.tolist()

@@ -106,7 +106,7 @@ def test_a_job_that_fails_at_setup_says_why_in_its_run_folder(tiny_char_checkpoi
 
     folder = checkpoints_dir() / "fails-at-setup"
     folder.mkdir()
-    cfg = TrainConfig(model=tiny_char_checkpoint, data="/nonexistent/data.txt", out="fails-at-setup")
+    cfg = TrainConfig(model=tiny_char_checkpoint, data="/nonexistent/data.txt", name="fails-at-setup")
     (folder / "job.json").write_text(json.dumps(cfg.to_dict()))
     r = run_cli("train", "--config", str(folder / "job.json"), "--json")
     assert r.returncode == 2 and "data file /nonexistent/data.txt not found" in r.stderr

@@ -85,7 +85,7 @@ def test_a_run_scores_its_final_model_on_the_eval_data(tiny_char_checkpoint, tmp
     data, held = tmp_path / "train.txt", tmp_path / "eval.txt"
     data.write_text("\n\n".join(f"Human: What is {i} plus 3?\nAssistant: {i + 3}" for i in range(40)))
     held.write_text("Human: What is 2 plus 3?\nAssistant: 5")
-    cfg = TrainConfig(model=tiny_char_checkpoint, data=str(data), out="scored-run", device="cpu", fit_memory=False,
+    cfg = TrainConfig(model=tiny_char_checkpoint, data=str(data), name="scored-run", device="cpu", fit_memory=False,
                       eval_data=str(held), split_mode="sequential",
                       settings=TrainSettings(max_steps=3, warmup_steps=1, batch_size=2, eval_interval=3,
                                              eval_batches=1, log_interval=1))
@@ -98,6 +98,6 @@ def test_a_run_scores_its_final_model_on_the_eval_data(tiny_char_checkpoint, tmp
     # text the model's characters cannot spell fails before training, naming the field
     held.write_text("Zebra quartz!")
     with pytest.raises(ValueError, match=r"eval_data: model .*cannot encode all of the text"):
-        train(TrainConfig(model=tiny_char_checkpoint, data=str(data), out="never-run", device="cpu",
+        train(TrainConfig(model=tiny_char_checkpoint, data=str(data), name="never-run", device="cpu",
                           eval_data=str(held)))
     assert not (runs.run_dir("never-run") / runs.RUN_FILE).exists()

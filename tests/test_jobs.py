@@ -25,8 +25,8 @@ def test_make_config_lays_the_tabs_values_over_the_models_defaults(tiny_char_che
     defaults = jobs.default_settings(tiny_char_checkpoint)
     assert (cfg.settings.max_steps, cfg.settings.learning_rate) == (7, 0.01)
     assert cfg.settings.warmup_steps == defaults.warmup_steps and cfg.device == "cpu"
-    assert cfg.out.startswith(f"{tiny_char_checkpoint}-20")  # no name given: model and date-time
-    assert jobs.make_config(tiny_char_checkpoint, "builtin", {}, name=" mine ").out == "mine"
+    assert cfg.name.startswith(f"{tiny_char_checkpoint}-20")  # no name given: model and date-time
+    assert jobs.make_config(tiny_char_checkpoint, "builtin", {}, name=" mine ").name == "mine"
     with pytest.raises(ValueError, match="max_steps"):
         jobs.make_config(tiny_char_checkpoint, "builtin", {"max_steps": 0})
 

@@ -46,7 +46,7 @@ def lesson_rows(done: bool = True) -> list[dict]:
 def test_the_lesson_button_starts_the_lesson_preset_on_the_builtin_data_under_a_dated_name():
     cfg = lesson.config()
     assert (cfg.model, cfg.data) == ("lesson", "builtin")
-    assert re.fullmatch(r"lesson-\d{8}-\d{6}", cfg.out)
+    assert re.fullmatch(r"lesson-\d{8}-\d{6}", cfg.name)
     assert cfg.settings == get_preset("lesson").train == jobs.default_settings("lesson")
     assert get_preset("lesson").tokenizer == "char"  # nothing to download: a fresh install runs it offline
 

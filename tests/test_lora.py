@@ -50,8 +50,8 @@ def settings(**kw) -> TrainSettings:
     return TrainSettings(**{**base, **kw})
 
 
-def config(base: str, data: str, out: str, **kw) -> TrainConfig:
-    return TrainConfig(model=base, data=data, out=out, settings=kw.pop("settings", settings()), lora=LORA,
+def config(base: str, data: str, name: str, **kw) -> TrainConfig:
+    return TrainConfig(model=base, data=data, name=name, settings=kw.pop("settings", settings()), lora=LORA,
                        heldout_eval=False, sample_tokens=4, **kw)
 
 
@@ -182,7 +182,7 @@ def test_bad_lora_settings_name_the_field_and_the_allowed_values(base_folder, sm
     bad = LoraSettings(r=8, targets="c_attn,q_proj")
     with pytest.raises(ValueError, match=r"unknown module name\(s\) \['q_proj'\]; this model's Linear/Conv1D "
                                          r"modules are \['c_attn', 'c_fc', 'c_proj'\]"):
-        train(TrainConfig(model=base_folder, data=small_data, out="lora-bad", settings=settings(), lora=bad))
+        train(TrainConfig(model=base_folder, data=small_data, name="lora-bad", settings=settings(), lora=bad))
     assert not (checkpoints_dir() / "lora-bad" / runs.METRICS_FILE).exists()  # checked before the run starts
 
 

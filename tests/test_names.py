@@ -50,7 +50,7 @@ def test_an_empty_run_name_is_made_from_the_model_name():
     from studio import jobs
 
     cfg = jobs.make_config("v1", "builtin", {"max_steps": 5}, name="  ")
-    assert plain_name(cfg.out, "run name").startswith("v1-")
+    assert plain_name(cfg.name, "run name").startswith("v1-")
 
 
 def test_the_training_job_writes_only_inside_the_checkpoints_folder(tmp_path):

@@ -56,7 +56,7 @@ def test_a_run_reporting_to_tensorboard_writes_its_curves_in_the_run_folder(tiny
     text.write_text("\n\n".join(f"Human: What is {i} plus 3?\nAssistant: {i + 3}" for i in range(40)))
     with pytest.raises(ValueError, match=r"report_to must be one of"):
         TrainConfig(model=tiny_char_checkpoint, report_to="neptune")
-    train(TrainConfig(model=tiny_char_checkpoint, data=str(text), out="tb-run", settings=TrainSettings(**TINY_RUN),
+    train(TrainConfig(model=tiny_char_checkpoint, data=str(text), name="tb-run", settings=TrainSettings(**TINY_RUN),
                       device="cpu", fit_memory=False, report_to="tensorboard"))
     folder = runs.run_dir("tb-run") / "tensorboard"  # the curves; accelerate puts the hparams in a subfolder
     assert list(folder.glob("events.out.tfevents.*"))

@@ -77,9 +77,27 @@ def test_config_is_validated_and_takes_preset_defaults(tiny_char_checkpoint):
     assert TrainConfig(model="v1").settings == models.resolve("v1").preset.train
 
 
+def test_a_run_has_a_plain_name_and_a_folder_only_when_given(tmp_path):
+    cfg = TrainConfig(model="v1", data="/data/my notes.txt")
+    assert cfg.name == "v1-my-notes" and cfg.run_dir == runs.run_dir("v1-my-notes")
+    with pytest.raises(ValueError, match="run name must be a plain name"):
+        TrainConfig(model="v1", name="../x")
+    mine = TrainConfig(model="v1", folder=str(tmp_path / "elsewhere"))
+    assert (mine.name, mine.run_dir) == ("elsewhere", tmp_path / "elsewhere")
+
+
+def test_configs_written_with_the_old_out_key_still_load(tmp_path):
+    """run.json and job.json from before the name/folder split keep resuming."""
+    old = TrainConfig(model="v1").to_dict()
+    del old["name"], old["folder"]
+    assert TrainConfig.from_dict({**old, "out": "demo"}).run_dir == runs.run_dir("demo")
+    moved = TrainConfig.from_dict({**old, "out": str(tmp_path / "run")})
+    assert moved.run_dir == tmp_path / "run"
+
+
 def test_run_folder_follows_the_contract(tiny_char_checkpoint, small_data):
     events = []
-    summary = train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="contract", settings=settings()),
+    summary = train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="contract", settings=settings()),
                     on_event=events.append)
     folder = checkpoints_dir() / "contract"
     assert summary["steps"] == 8 and math.isfinite(summary["val_loss"])
@@ -102,13 +120,13 @@ def test_run_folder_follows_the_contract(tiny_char_checkpoint, small_data):
     assert sorted(p.name for p in (folder / "state").iterdir()) == [
         "optimizer.safetensors", "rng.safetensors", "trainer.json"]
     with pytest.raises(ValueError, match="already exists"):
-        train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="contract", settings=settings()))
+        train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="contract", settings=settings()))
 
 
 def test_resume_continues_the_same_curve(tiny_char_checkpoint, small_data):
-    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="straight", settings=settings()))
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="straight", settings=settings()))
     stop = threading.Event()
-    cfg = TrainConfig(model=tiny_char_checkpoint, data=small_data, out="halves", settings=settings())
+    cfg = TrainConfig(model=tiny_char_checkpoint, data=small_data, name="halves", settings=settings())
     first = train(cfg, stop=stop, on_event=lambda e: e["type"] == "step" and e["step"] == 3 and stop.set())
     assert first["reason"] == "stopped" and first["steps"] == 3
     assert runs.read_run("halves")["status"] == "stopped"
@@ -124,7 +142,7 @@ def test_resume_continues_the_same_curve(tiny_char_checkpoint, small_data):
 def test_nan_steps_are_skipped_then_the_last_checkpoint_restored(tiny_char_checkpoint, small_data, monkeypatch):
     s = settings(max_steps=10, save_interval=2)
     inject_faults(monkeypatch, lambda step: "nan" if step in (4, 5, 6) else None)
-    summary = train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="nan", settings=s, nan_patience=3))
+    summary = train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="nan", settings=s, nan_patience=3))
     events = [r for r in runs.metric_rows("nan") if r["type"] == "event"]
     assert [e["kind"] for e in events] == ["nan", "nan", "nan", "restore"]
     assert "restored the checkpoint of step 4" in events[-1]["message"]
@@ -137,9 +155,9 @@ def test_nan_steps_are_skipped_then_the_last_checkpoint_restored(tiny_char_check
 
 def test_out_of_memory_halves_the_micro_batch_and_keeps_the_curve(tiny_char_checkpoint, small_data, monkeypatch):
     s = settings(max_steps=5, grad_accum=1)
-    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="no-oom", settings=s))
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="no-oom", settings=s))
     inject_faults(monkeypatch, lambda step: "oom" if step == 2 else None)
-    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="oom", settings=s))
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="oom", settings=s))
     events = [r for r in runs.metric_rows("oom") if r["type"] == "event"]
     assert [e["kind"] for e in events] == ["oom"] and "micro-batch now 2 x 2" in events[0]["message"]
     a, b = step_losses("no-oom"), step_losses("oom")
@@ -149,8 +167,8 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_curve(tiny_char_chec
 
 def test_bf16_path_learns_what_fp32_learns(tiny_char_checkpoint, small_data):
     s = settings(max_steps=6)
-    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="fp32", settings=s, precision="fp32"))
-    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="bf16", settings=s, precision="bf16"))
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="fp32", settings=s, precision="fp32"))
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="bf16", settings=s, precision="bf16"))
     assert runs.read_run("bf16")["precision"] == "bf16"
     a, b = step_losses("fp32"), step_losses("bf16")
     for step in a:
@@ -170,14 +188,14 @@ def test_fast_takes_the_measured_faster_precision_and_remembers_it(tiny_char_che
     cache = checkpoints_dir() / ".cache" / training.PRECISION_CACHE
     cache.unlink(missing_ok=True)
     s = settings(max_steps=2)
-    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out=f"fast-{chosen}", settings=s, precision="fast"))
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name=f"fast-{chosen}", settings=s, precision="fast"))
     run = runs.read_run(f"fast-{chosen}")
     assert run["precision"] == chosen and run["precision_choice"]["chosen"] == chosen
     assert run["precision_choice"]["why"] == (f"measured {chosen} 30 ms/step vs "
                                              f"{'bf16' if chosen == 'fp32' else 'fp32'} 60 ms/step")
     assert sorted(set(timed)) == ["bf16", "fp32"] and len(timed) == 2 * (training.PROBE_STEPS + 1)
     timed.clear()  # the same shape, batch and device again: the remembered answer, nothing timed
-    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out=f"fast-{chosen}-2", settings=s, precision="fast"))
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name=f"fast-{chosen}-2", settings=s, precision="fast"))
     again = runs.read_run(f"fast-{chosen}-2")["precision_choice"]
     assert timed == [] and again["chosen"] == chosen and again["why"].endswith("(remembered)")
 
@@ -188,9 +206,9 @@ def test_the_probe_leaves_the_run_as_it_would_be(tiny_char_checkpoint, small_dat
     real = training._step_ms
     monkeypatch.setattr(training, "_step_ms", lambda m, x, p: real(m, x, p) + (0 if p.autocast is None else 1e6))
     s = settings(max_steps=3)
-    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="probe-fp32", settings=s, precision="fp32"))
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="probe-fp32", settings=s, precision="fp32"))
     (checkpoints_dir() / ".cache" / training.PRECISION_CACHE).unlink(missing_ok=True)
-    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="probe-fast", settings=s, precision="fast"))
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="probe-fast", settings=s, precision="fast"))
     assert runs.read_run("probe-fast")["precision"] == "fp32"
     assert step_losses("probe-fast") == step_losses("probe-fp32")
     assert runs.read_run("probe-fp32")["precision_choice"] == {"chosen": "fp32", "why": "precision 'fp32'"}
@@ -198,8 +216,8 @@ def test_the_probe_leaves_the_run_as_it_would_be(tiny_char_checkpoint, small_dat
 
 def test_gradient_checkpointing_gives_the_same_losses(tiny_char_checkpoint, small_data):
     s = settings(max_steps=3)
-    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="plain", settings=s))
-    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="ckpt", settings=s, grad_checkpointing=True))
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="plain", settings=s))
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="ckpt", settings=s, grad_checkpointing=True))
     a, b = step_losses("plain"), step_losses("ckpt")
     for step in a:
         assert b[step] == pytest.approx(a[step], abs=1e-5)
@@ -226,7 +244,7 @@ from studio.presets import TrainSettings
 from studio.training import TrainConfig, train
 s = TrainSettings(learning_rate=3e-3, warmup_steps=2, max_steps=6, batch_size=4, grad_accum=1,
                   eval_interval=3, eval_batches=2, save_interval=3, log_interval=1)
-train(TrainConfig(model=sys.argv[1], data=sys.argv[2], out=sys.argv[3], settings=s, device="cpu", fit_memory=False))
+train(TrainConfig(model=sys.argv[1], data=sys.argv[2], name=sys.argv[3], settings=s, device="cpu", fit_memory=False))
 """
 
 
@@ -259,11 +277,11 @@ def test_memory_fit_shrinks_the_micro_batch_to_the_device(tiny_char_checkpoint, 
     budget = int(estimate(config, 2, 32, "fp32").total / 0.9) + 1  # room for a micro-batch of 2, not 4
     monkeypatch.setattr("studio.devices.memory", lambda device: DeviceMemory("cpu", budget, budget))
     s = settings(max_steps=2, grad_accum=1)
-    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="fitted", settings=s, block_size=32))
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="fitted", settings=s, block_size=32))
     events = [r for r in runs.metric_rows("fitted") if r["type"] == "event"]
     assert [e["kind"] for e in events] == ["fit"] and "micro-batch 2 x 2" in events[0]["message"]
     with pytest.raises(ValueError, match="block_size"):
-        train(TrainConfig(model=tiny_char_checkpoint, data=small_data, out="too-long", settings=s, block_size=999))
+        train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="too-long", settings=s, block_size=999))
 
 
 def test_heldout_exact_match_scores_greedy_answers(tiny_char_checkpoint):

@@ -85,7 +85,7 @@ def _studio_loop(folder: Path, out: Path, batch: int, seq: int, steps: int, lr: 
     s = TrainSettings(learning_rate=lr, warmup_steps=WARMUP, max_steps=WARMUP + steps, batch_size=batch,
                       eval_interval=10**6, eval_batches=1, save_interval=10**6, log_interval=1,
                       loss_on="all")  # every token, as the bare loop scores them
-    train(TrainConfig(model=str(folder), out=str(out), settings=s, precision=precision, device="cpu",
+    train(TrainConfig(model=str(folder), folder=str(out), settings=s, precision=precision, device="cpu",
                       fit_memory=False, heldout_eval=False, sample_tokens=1, block_size=seq))
     rows = [r for r in runs.metric_rows(out) if r["type"] == "step"]
     shutil.rmtree(out)  # GPT-2's checkpoint and optimizer state are 1.5 GB a run

@@ -46,7 +46,7 @@ def tokens_per_s(run_dir: Path) -> float:
 
 
 def _cli_run(cfg_dict: dict, folder: Path) -> float:
-    out = folder / cfg_dict["out"]
+    out = folder / cfg_dict["name"]
     out.mkdir(parents=True)
     (out / "job.json").write_text(json.dumps(cfg_dict))
     subprocess.run([sys.executable, "-m", "studio", "train", "--config", str(out / "job.json"), "--json"],
