@@ -65,14 +65,20 @@ def test_train_bench_reports_the_worst_architecture_and_the_head(monkeypatch):
 def test_head_bench_times_both_heads_on_v1(monkeypatch, tmp_path):
     seen = []
 
-    def fake_loop(model, tokens, batch, seq, steps, lr, autocast, loss_fn):
-        seen.append((batch, seq, loss_fn))
-        return (1.0 if loss_fn is train_bench.lm_loss else 2.0), [0.0]
+    def fake_loop(model, tokens, batch, seq, steps, lr, autocast, loss_fn, mask, turns):
+        seen.append((batch, seq, loss_fn, mask is not None))
+        assert (mask is None) == (turns is None)
+        if loss_fn is train_bench.plain_loss:
+            return 3.0, [0.0]
+        return (1.0 if mask is not None else 2.0), [0.0]  # scoring answers only spares head rows
 
     monkeypatch.setattr(train_bench, "_bare_loop", fake_loop)
     out = train_bench.head_speed(2, tmp_path)
-    assert out["v1_tokens_per_s_ratio"] == 2.0 and (out["v1_batch"], out["v1_seq"]) == (32, 128)
-    assert {f for _, _, f in seen} == {train_bench.lm_loss, train_bench.plain_loss} and len(seen) == 6
+    # v1's defaults train on the built-in corpus with the loss on its answers
+    assert (out["v1_tokens_per_s_ratio"], out["v1_all_tokens_ratio"]) == (3.0, 1.5)
+    assert (out["v1_batch"], out["v1_seq"]) == (32, 128)
+    assert {(f, m) for _, _, f, m in seen} == {(f, m) for f in (train_bench.lm_loss, train_bench.plain_loss)
+                                             for m in (True, False)} and len(seen) == 12
 
 
 @pytest.mark.slow

@@ -57,9 +57,10 @@ def plain_loss(model, x, y, autocast):
 
 
 def _bare_loop(model, tokens, batch: int, seq: int, steps: int, lr: float, autocast,
-               loss_fn=lm_loss) -> tuple[float, list[float]]:
+               loss_fn=lm_loss, mask=None, turns=None) -> tuple[float, list[float]]:
     """The reference: plain PyTorch, nothing but forward, loss (the studio's `lm_loss` unless
-    told), backward, clip, AdamW. Returns (seconds per step after warmup, losses)."""
+    told), backward, clip, AdamW; with an answer `mask` only answers are scored, as the studio
+    trains on chat data. Returns (seconds per step after warmup, losses)."""
     s = TrainSettings(learning_rate=lr, warmup_steps=WARMUP, max_steps=WARMUP + steps)
     opt = make_optimizer(model, s, torch.device("cpu"))
     model.train()
@@ -69,7 +70,7 @@ def _bare_loop(model, tokens, batch: int, seq: int, steps: int, lr: float, autoc
             t0 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, s)
-        x, y = data.batch(tokens, batch, seq, 0, step)
+        x, y = data.batch(tokens, batch, seq, 0, step, mask, turns)
         loss = loss_fn(model, x, y, autocast)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -135,25 +136,31 @@ def _arch_bench(name: str, steps: int, work: Path) -> dict:
 
 
 def head_speed(steps: int, work: Path) -> dict:
-    """v1 at its preset defaults (batch x context, lr, fp32): seconds per step of the bare loop
-    with the chunked head (`lm_loss`) and with the whole logits, interleaved in blocks of one step
-    (same weights, same batches), each the median of `steps`."""
+    """v1 at its preset defaults (batch x context, lr, fp32, the built-in corpus with the loss on
+    its answers): seconds per step of the bare loop with the chunked head (`lm_loss`, which
+    computes the head for scored rows only) and with the whole logits (today's path, every row),
+    interleaved in blocks of one step (same weights, same batches), each the median of `steps`.
+    `v1_all_tokens_ratio` is the same with every token scored: the chunking alone."""
     preset = get_preset("v1")
     tok = GPT2BPE()
-    tokens = data.prepare(data.read_source("builtin"), tok, work / "tokens").train
+    tokens, mask, turns = data.prepare(data.read_source("builtin"), tok, work / "tokens", answers=True).split("train")
     s = preset.train
     fp32 = resolve_precision(torch.device("cpu"), "fp32").context()
-    times: dict[str, list[float]] = {"chunked": [], "plain": []}
-    models_ = {name: models.build_scratch(preset, tok, 0) for name in times}
+    cases = {"chunked": (lm_loss, mask), "plain": (plain_loss, mask), "chunked_all": (lm_loss, None),
+             "plain_all": (plain_loss, None)}
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    models_ = {name: models.build_scratch(preset, tok, 0) for name in cases}
     for step in range(steps + 1):  # step 0 warms up
-        for name in ("chunked", "plain") if step % 2 else ("plain", "chunked"):
+        for name in list(cases) if step % 2 else reversed(cases):
+            loss_fn, answers = cases[name]
             seconds, _ = _bare_loop(models_[name], tokens, s.batch_size, preset.block_size, 1, s.learning_rate, fp32,
-                                    lm_loss if name == "chunked" else plain_loss)
+                                    loss_fn, answers, turns if answers is not None else None)
             if step:
                 times[name].append(seconds)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"v1_batch": s.batch_size, "v1_seq": preset.block_size, "v1_chunked_s": med["chunked"],
-            "v1_plain_s": med["plain"], "v1_tokens_per_s_ratio": med["plain"] / med["chunked"]}
+            "v1_plain_s": med["plain"], "v1_tokens_per_s_ratio": med["plain"] / med["chunked"],
+            "v1_all_tokens_ratio": med["plain_all"] / med["chunked_all"]}
 
 
 def head_memory(batch: int = 4, seq: int = 512) -> dict:
