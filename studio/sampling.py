@@ -158,8 +158,26 @@ def _top_p_in_top(logits: torch.Tensor, p: torch.Tensor, kmax: int) -> torch.Ten
     """top_p when every row it touches already kept at most `kmax` tokens (top-k ran first): the
     same cut, computed on the `kmax` survivors instead of sorting the whole vocabulary."""
     vals, idx = logits.topk(kmax, dim=-1)  # (B, kmax), descending
-    remove = _nucleus_tail(vals.flip(-1).softmax(dim=-1).cumsum(dim=-1), p)  # ascending, as transformers sorts
-    return logits.scatter(1, idx, vals.masked_fill(remove.flip(-1), float("-inf")))
+    ascending = vals.flip(-1)  # as transformers sorts
+    remove = _nucleus_tail(ascending.softmax(dim=-1).cumsum(dim=-1), p)
+    cut = logits.scatter(1, idx, vals.masked_fill(remove.flip(-1), float("-inf")))
+    return _full_sort_at_ties(cut, logits, p, ascending, remove)
+
+
+def _full_sort_at_ties(cut: torch.Tensor, logits: torch.Tensor, p: torch.Tensor, ascending: torch.Tensor,
+                       remove: torch.Tensor) -> torch.Tensor:
+    """`cut` (a fast path's result), with the rows whose cut falls inside a run of equal values
+    redone by the full sort. How many of them go does not depend on their order, but which ones
+    do: transformers keeps those that torch.sort puts last, so only the same sort agrees with it.
+    `ascending`/`remove`: the fast path's ordered values and its removed prefix."""
+    n = ascending.shape[-1]
+    removed = remove.sum(dim=-1)
+    at = removed.clamp(1, n - 1)[:, None]
+    tie = (removed > 0) & (removed < n) & (ascending.gather(1, at - 1) == ascending.gather(1, at))[:, 0]
+    if not bool(tie.any()):
+        return cut
+    rows = tie.nonzero()[:, 0]
+    return cut.index_copy(0, rows, top_p(logits[rows], p[rows]))
 
 
 BOTTOM = 8192  # tokens `_top_p_from_bottom` looks at before it falls back to the full sort
@@ -176,7 +194,8 @@ def _top_p_from_bottom(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     if m == logits.shape[-1] or not bool((cum[:, -1] > 1 - p).all()):
         return top_p(logits, p)
     remove = _nucleus_tail(cum, p)  # its last column is kept anyway: the m tokens hold more than 1 - p
-    return logits.masked_fill(torch.zeros_like(logits, dtype=torch.bool).scatter(1, idx, remove), float("-inf"))
+    cut = logits.masked_fill(torch.zeros_like(logits, dtype=torch.bool).scatter(1, idx, remove), float("-inf"))
+    return _full_sort_at_ties(cut, logits, p, low, remove)
 
 
 @dataclass
@@ -193,8 +212,10 @@ class RowParams:
         def col(name: str, dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor([getattr(s, name) for s in settings], dtype=dtype, device=device)
 
+        # top_p in float64: 1 - p then rounds to float32 as transformers' Python float does, which
+        # decides rows whose cumulative probability lands on the threshold (equal logits do)
         return cls(col("temperature", torch.float32), col("top_k", torch.long),
-                   col("top_p", torch.float32), col("repetition_penalty", torch.float32))
+                   col("top_p", torch.float64), col("repetition_penalty", torch.float32))
 
     def select(self, rows: torch.Tensor) -> "RowParams":
         return RowParams(self.temperature[rows], self.top_k[rows], self.top_p[rows], self.penalty[rows])
@@ -218,7 +239,8 @@ def process(input_ids: torch.Tensor, logits: torch.Tensor, params: RowParams) ->
     after_k = uses_p & (k > 0)
     if bool(after_k.any()):
         rows = after_k.nonzero()[:, 0]
-        kmax = min(int(k[rows].max()), logits.shape[-1])
+        # top-k keeps every token tied with its k-th, so a row may keep more than k: order them all
+        kmax = int(torch.isfinite(logits[rows]).sum(dim=-1).max())
         logits = logits.index_copy(0, rows, _top_p_in_top(logits[rows], p[rows], kmax))
     whole = uses_p & (k == 0)
     if bool(whole.any()):

@@ -303,8 +303,25 @@ def load_state(folder: Path, optimizer: torch.optim.Optimizer, restore_rng: bool
         rng = load_file(str(folder / "rng.safetensors"))
         torch.set_rng_state(rng["torch"])
         if torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([rng[k] for k in sorted(rng) if k.startswith("cuda")])
+            torch.cuda.set_rng_state_all(cuda_rng_states(rng))
     return trainer
+
+
+def cuda_rng_states(rng: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The saved CUDA generator states ("cuda0", "cuda1", ...) in device order: by number, not by
+    string, which puts cuda10 before cuda2."""
+    return [rng[k] for k in sorted((k for k in rng if k.startswith("cuda")), key=lambda k: int(k[4:]))]
+
+
+def make_accelerator(device_name: str) -> Accelerator:
+    """One process's Accelerator on the chosen device. Mixed precision is ours (autocast in
+    lm_loss), so one process can run many configs."""
+    chosen = pick_device(device_name)
+    if chosen.type == "cuda" and chosen.index is not None:
+        # a single process's accelerate device is plain "cuda", the current device: make it cuda:N
+        # (a distributed launch sets each process's own device afterwards)
+        torch.cuda.set_device(chosen)
+    return Accelerator(cpu=chosen.type == "cpu", mixed_precision="no")
 
 
 
@@ -417,8 +434,7 @@ class Run:
 def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) -> Run:
     """Build the run; every check that can fail runs before metrics.jsonl is opened."""
     started = time.time()
-    # mixed precision is ours (autocast in lm_loss), so one process can run many configs
-    accelerator = Accelerator(cpu=pick_device(cfg.device).type == "cpu", mixed_precision="no")
+    accelerator = make_accelerator(cfg.device)
     device = accelerator.device
     # "fast" is decided by a measurement on the built model; until then, plan memory for fp32
     precision = resolve_precision(device, "fp32" if cfg.precision == "fast" else cfg.precision)
@@ -628,7 +644,9 @@ def train(cfg: TrainConfig, stop: threading.Event | None = None,
                           f"for {settings.early_stop_patience} evals: stopped at step {state.step}")
                 break
         if last_eval != state.step and state.step > 0:
-            val_loss, _ = evaluate(run, since_eval)
+            # a stop's eval is off the schedule: it reports, and leaves early stopping as it was,
+            # so a resumed run stops where an uninterrupted one does
+            val_loss, _ = evaluate(run, since_eval, scheduled=reason != "stopped")
         save(run, "last")
         return finish(run, reason, last_loss, val_loss)
 
@@ -676,7 +694,10 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
         norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.settings.grad_clip)
         if not torch.isfinite(norm):
             loss_value = math.nan
-    if math.isfinite(loss_value):
+    # an enabled (fp16) scaler skips the optimizer step itself on inf/NaN gradients and update()
+    # backs its scale off; leaving both out would keep the scale that overflowed, and the next
+    # unscale_ would fail ("already called since the last update")
+    if run.scaler.is_enabled() or math.isfinite(loss_value):
         run.scaler.step(run.optimizer)
         run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
@@ -776,12 +797,15 @@ def emit_answers(run: Run, accuracy: dict) -> None:
                  expected=answer["expected"], heldout=True)
 
 
-def evaluate(run: Run, train_losses: list[float]) -> tuple[float, bool]:
-    """Eval row, samples, `best` checkpoint on improvement; returns (val loss, stop early?)."""
+def evaluate(run: Run, train_losses: list[float], scheduled: bool = True) -> tuple[float, bool]:
+    """Eval row, samples, and on a scheduled eval the early-stopping count and the `best`
+    checkpoint on improvement; returns (val loss, stop early?)."""
     row = eval_row(run, train_losses)
     val_loss = row["val_loss"]
     run.emit("eval", **row)
     write_samples(run)
+    if not scheduled:
+        return val_loss, False
     state = run.state
     if val_loss < state.best_val_loss - run.settings.early_stop_min_delta:
         state.best_val_loss, state.bad_evals = val_loss, 0

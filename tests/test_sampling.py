@@ -72,6 +72,32 @@ def test_rows_with_different_settings_match_transformers_row_by_row(seed):
         assert_same_distribution(ours[i:i + 1], hf_processors(s)(history[i:i + 1], logits[i:i + 1].clone()))
 
 
+def test_top_k_then_top_p_keeps_what_transformers_keeps_when_the_cut_falls_in_a_tie():
+    logits = torch.tensor([[5.0, 4.0, 3.0, 3.0, 0.0, -1.0]])
+    s = DecodingSettings(top_k=3, top_p=0.5)
+    ours = sampling.process(torch.zeros(1, 1, dtype=torch.long), logits, RowParams.of([s]))
+    assert torch.isfinite(ours[0]).nonzero()[:, 0].tolist() == [0]
+    assert_same_distribution(ours, hf_processors(s)(None, logits.clone()))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_keep_sets_equal_transformers_on_rows_full_of_ties(seed):
+    """Integer logits (as a bf16 output layer makes them: many equal values) under every
+    combination of the rules, many rows at once: the same tokens survive as with transformers."""
+    g = torch.Generator().manual_seed(seed)
+    rows, vocab = 512, 40
+    logits = torch.randint(-4, 5, (rows, vocab), generator=g).float()
+    history = torch.randint(0, vocab, (rows, 6), generator=g)
+    pick = lambda options: options[int(torch.randint(len(options), (1,), generator=g))]  # noqa: E731
+    settings = [DecodingSettings(temperature=pick([0, 0.5, 1.0, 1.7]), top_k=pick([0, 1, 2, 3, 5, 10, 60]),
+                                 top_p=pick([1.0, 0.2, 0.5, 0.8, 0.95]), repetition_penalty=pick([1.0, 1.3, 0.8]))
+                for _ in range(rows)]
+    ours = sampling.process(history, logits, RowParams.of(settings))
+    for i, s in enumerate(settings):
+        ref = hf_processors(s)(history[i:i + 1], logits[i:i + 1].clone())
+        assert torch.equal(torch.isfinite(ours[i]), torch.isfinite(ref[0])), s
+
+
 def test_top_p_fast_path_equals_the_full_sort():
     g = torch.Generator().manual_seed(3)
     logits = torch.randn(4, V, generator=g)

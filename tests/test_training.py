@@ -139,6 +139,21 @@ def test_resume_continues_the_same_curve(tiny_char_checkpoint, small_data):
     assert kinds == ["stop", "resume"]
 
 
+def test_early_stopping_fires_at_the_same_step_after_a_stop_and_resume(tiny_char_checkpoint, small_data):
+    """A stop between evals evaluates once more for the user; that eval must not count toward the
+    patience, or the resumed run stops earlier than an uninterrupted one."""
+    # every eval after the first is "no improvement": evals at 2 (best), 4, 6, 8 -> stop at 8
+    s = settings(max_steps=12, eval_interval=2, save_interval=2, early_stop_patience=3, early_stop_min_delta=10.0)
+    whole = train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="es-whole", settings=s))
+    assert (whole["reason"], whole["steps"]) == ("early_stop", 8)
+    stop = threading.Event()
+    cfg = TrainConfig(model=tiny_char_checkpoint, data=small_data, name="es-halves", settings=s)
+    first = train(cfg, stop=stop, on_event=lambda e: e["type"] == "step" and e["step"] == 5 and stop.set())
+    assert (first["reason"], first["steps"]) == ("stopped", 5)
+    resumed = train(TrainConfig(**{**cfg.__dict__, "resume": True}))
+    assert (resumed["reason"], resumed["steps"]) == ("early_stop", 8)
+
+
 def test_nan_steps_are_skipped_then_the_last_checkpoint_restored(tiny_char_checkpoint, small_data, monkeypatch):
     s = settings(max_steps=10, save_interval=2)
     inject_faults(monkeypatch, lambda step: "nan" if step in (4, 5, 6) else None)
@@ -151,6 +166,44 @@ def test_nan_steps_are_skipped_then_the_last_checkpoint_restored(tiny_char_check
     assert summary["steps"] == 10 and summary["reason"] == "max_steps" and math.isfinite(summary["train_loss"])
     lrs = {r["step"]: r["lr"] for r in runs.metric_rows("nan") if r["type"] == "step"}
     assert lrs[8] == pytest.approx(lr_at(7, s) / 8)  # halved three times
+
+
+def test_an_fp16_overflow_backs_the_scale_off_and_skips_the_step(tiny_char_checkpoint, small_data, monkeypatch):
+    """GradScaler works on the CPU too, so the loop's handling of it is tested here: an overflowing
+    step changes no weight, halves the scale and reads as non-finite (the NaN guard counts it);
+    the next step trains."""
+    from dataclasses import replace
+
+    run = training.prepare(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="fp16-overflow",
+                                       settings=settings(), device="cpu", fit_memory=False))
+    run = replace(run, scaler=torch.amp.GradScaler("cpu", init_scale=2.0**16))
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    real_loss = training.lm_loss
+    monkeypatch.setattr(training, "lm_loss", lambda *a: real_loss(*a) * 1e34)  # finite loss, scaled it overflows
+    x, y = training.next_batch(run)
+    assert math.isnan(training.train_step(run, x, y))
+    assert run.scaler.get_scale() == 2.0**15
+    assert all(torch.equal(v, before[k]) for k, v in run.model.state_dict().items())
+    monkeypatch.setattr(training, "lm_loss", real_loss)
+    assert math.isfinite(training.train_step(run, x, y))
+    assert any(not torch.equal(v, before[k]) for k, v in run.model.state_dict().items())
+
+
+def test_cuda_rng_states_restore_in_device_order():
+    rng = {f"cuda{i}": torch.tensor([i]) for i in (0, 1, 2, 10, 11)} | {"torch": torch.tensor([-1])}
+    assert [int(s) for s in training.cuda_rng_states(rng)] == [0, 1, 2, 10, 11]
+
+
+def test_a_cuda_n_choice_becomes_the_training_device(monkeypatch):
+    """accelerate's single-process device is "cuda", the current one: cuda:1 must make it device 1."""
+    chosen, built = [], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(training, "Accelerator", lambda **kw: built.append(kw) or "accelerator")
+    assert training.make_accelerator("cuda:1") == "accelerator"
+    assert chosen == [torch.device("cuda:1")] and built == [{"cpu": False, "mixed_precision": "no"}]
+    training.make_accelerator("cpu")
+    assert len(chosen) == 1 and built[-1]["cpu"] is True
 
 
 def test_out_of_memory_halves_the_micro_batch_and_keeps_the_curve(tiny_char_checkpoint, small_data, monkeypatch):
