@@ -111,6 +111,11 @@ def _encode_prompt(loaded: LoadedModel, prompt: str, room: int) -> list[int]:
     return ids[-room:]
 
 
+def _prompt_room(block: int, s: DecodingSettings) -> int:
+    """Prompt tokens a column keeps: the context less its own new tokens (at most half of it)."""
+    return max(1, block - min(s.max_new_tokens, block // 2))
+
+
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     hits = [text.find(s) for s in stops if s in text]
     return (text[: min(hits)], True) if hits else (text, False)
@@ -164,12 +169,39 @@ def stream(loaded: LoadedModel, prompt: str, settings: Sequence[DecodingSettings
     """
     if not settings:
         raise ValueError("settings must hold at least one decoding setting")
+    ids = _encode_prompt(loaded, prompt, room=loaded.block_size)
+    # each column crops a long prompt by its own max_new_tokens, never another column's: columns
+    # that keep the same prompt share a batch, and the batches step in turn
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(settings):
+        groups.setdefault(tuple(ids[-_prompt_room(loaded.block_size, s):]), []).append(i)
+    if len(groups) == 1:
+        yield from _stream_batch(loaded, list(next(iter(groups))), settings, stop_at_eos, fast)
+        return
+    batches = [(rows, _stream_batch(loaded, list(kept), [settings[i] for i in rows], stop_at_eos, fast))
+               for kept, rows in groups.items()]
+    columns: list[Column] = [None] * len(settings)  # type: ignore[list-item]
+    while batches:
+        going = []
+        for rows, batch in batches:
+            part = next(batch, None)
+            if part is not None:
+                for i, col in zip(rows, part):
+                    columns[i] = col
+                going.append((rows, batch))
+        if going:
+            yield columns
+        batches = going
+
+
+def _stream_batch(loaded: LoadedModel, prompt_ids: list[int], settings: Sequence[DecodingSettings],
+                  stop_at_eos: bool, fast: bool) -> Iterator[list[Column]]:
+    """`stream` for columns that share one (cropped) prompt."""
     model, tok = loaded.model, loaded.tokenizer
     eos = tok.eos_id if stop_at_eos else -1
     device = next(model.parameters()).device
     block = loaded.block_size
     max_new = max(s.max_new_tokens for s in settings)
-    prompt_ids = _encode_prompt(loaded, prompt, room=max(1, block - min(max_new, block // 2)))
     n = len(settings)
     columns = [Column(s) for s in settings]
     pieces = _PieceCache(tok.decode)

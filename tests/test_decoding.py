@@ -59,6 +59,21 @@ def test_a_column_depends_only_on_its_own_settings_and_seed(tiny):
     assert again.token_ids != alone.token_ids
 
 
+def test_a_long_prompt_is_cropped_by_each_columns_own_max_new_tokens(tiny):
+    """The tiny model's context is 64 tokens: a 60-token prompt must be cropped, by 5 tokens for
+    a 5-token column and by 32 (half the context) for a 40-token one, whichever columns sit beside it."""
+    prompt = " ".join(["the cat sat on a mat"] * 12)
+    assert len(tiny.tokenizer.encode(prompt)) > 60
+    short, long_ = DecodingSettings(temperature=0, max_new_tokens=5), DecodingSettings(temperature=0, max_new_tokens=40)
+    alone = [decoding.generate(tiny, prompt, [s], stop_at_eos=False)[0] for s in (short, long_)]
+    together = decoding.generate(tiny, prompt, [short, long_, short.with_(temperature=1.0)], stop_at_eos=False)
+    assert [c.token_ids for c in together[:2]] == [c.token_ids for c in alone]
+    assert [len(c.tokens) for c in together] == [5, 33, 5]  # the long one ran to the context's end
+    assert together[1].finish_reason == "context"
+    steps = list(decoding.stream(tiny, prompt, [short, long_], stop_at_eos=False))
+    assert all(len(cols) == 2 and cols[0] is steps[0][0] for cols in steps) and all(c.finished for c in steps[-1])
+
+
 def test_stream_grows_columns_in_place_and_finished_rows_stop(tiny):
     settings = [DecodingSettings(max_new_tokens=3), DecodingSettings(max_new_tokens=10)]
     lengths = [[len(c.tokens) for c in cols] for cols in decoding.stream(tiny, "Hello", settings, stop_at_eos=False)]
