@@ -29,6 +29,7 @@ import contextlib
 import gc
 import json
 import math
+import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
@@ -42,7 +43,7 @@ from safetensors.torch import load_file, save_file
 
 from studio import corpus, data, devices, lora, memory, models, runs, tracking
 from studio.arch import BUILD_LOCK, context_length
-from studio.atomic import recover, replace_folder
+from studio.atomic import recover, replace_folder, replacing
 from studio.config import check_keys
 from studio.decoding import generate, greedy_batch
 from studio.devices import PRECISIONS, Precision, pick_device
@@ -81,7 +82,10 @@ class TrainConfig:
     lora: LoraSettings = LoraSettings()  # r > 0: train LoRA adapters on the frozen model
 
     def __post_init__(self) -> None:
-        spec = models.resolve(self.model)  # a ValueError naming the choices when unknown
+        # a resumed full fine-tune goes on from its own last/, so the model it started from may
+        # have moved or gone since; anything else must resolve (a ValueError naming the choices)
+        base_optional = self.resume and self.settings is not None and not self.lora.enabled
+        spec = None if base_optional else models.resolve(self.model)
         if not (self.data or "").strip():
             raise ValueError("data must be 'builtin', a file path, or 'hub:<name>'")
         if self.precision not in PRECISIONS:
@@ -440,8 +444,9 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     precision = resolve_precision(device, "fp32" if cfg.precision == "fast" else cfg.precision)
     folder = cfg.run_dir
     _check_run_folder(cfg, folder)
-    spec = models.resolve(cfg.model)
-    documents = data.read_source(cfg.data, cfg.seed)
+    # a resumed run's weights are all in last/ (a LoRA run's adapters need their base)
+    spec = models.resolve(str(folder / "last") if cfg.resume and not cfg.lora.enabled else cfg.model)
+    documents = data.read_source(_run_data(cfg, folder), cfg.seed)
     model, tokenizer, lora_base = _starting_model(cfg, spec, folder, documents)
     torch.manual_seed(cfg.seed)
     if cfg.lora.enabled:
@@ -486,6 +491,7 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     metrics = tracker = None
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
+        _keep_data(cfg, folder)
         metrics = open(folder / runs.METRICS_FILE, "a", encoding="utf-8")
         tracker = tracking.make_tracker(cfg.report_to, folder, cfg.to_dict())
     return Run(cfg=cfg, folder=folder, accelerator=accelerator, precision=precision,
@@ -507,6 +513,26 @@ def answer_loss(cfg: TrainConfig, documents: data.Documents) -> bool:
                          f"exchange, as {corpus.format_exchange('question', 'answer')!r}); {documents.source} is "
                          f"not: use loss_on 'all' or 'auto'")
     return chat
+
+
+KEPT_DATA = "data"  # a run's copy of its data file
+
+
+def _run_data(cfg: TrainConfig, folder: Path) -> str:
+    """The data a run reads: on resume, the copy the run kept (a file uploaded in the UI lives in
+    a temp folder that gets cleaned, and a resumed run must see the same text), else cfg.data."""
+    kept = folder / KEPT_DATA / Path(cfg.data).name
+    return str(kept) if cfg.resume and kept.is_file() else cfg.data
+
+
+def _keep_data(cfg: TrainConfig, folder: Path) -> None:
+    """A new run from a data file keeps a copy of it, so that it can resume once the file is gone."""
+    source = Path(cfg.data).expanduser()
+    if cfg.resume or cfg.data == "builtin" or cfg.data.startswith("hub:") or not source.is_file():
+        return
+    (folder / KEPT_DATA).mkdir(exist_ok=True)
+    with replacing(folder / KEPT_DATA / source.name) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def _check_run_folder(cfg: TrainConfig, folder: Path) -> None:

@@ -154,6 +154,28 @@ def test_early_stopping_fires_at_the_same_step_after_a_stop_and_resume(tiny_char
     assert (resumed["reason"], resumed["steps"]) == ("early_stop", 8)
 
 
+def test_a_fine_tune_resumes_after_its_base_and_its_data_file_are_gone(tiny_char_checkpoint, small_data, tmp_path):
+    """Its weights are in last/ and it keeps a copy of its data (the UI's uploads live in a temp
+    folder that gets cleaned), so neither the base folder nor the original file is needed."""
+    import shutil
+
+    base, text = tmp_path / "base-model", tmp_path / "upload.jsonl"
+    shutil.copytree(runs.run_dir(tiny_char_checkpoint) / "last", base)
+    shutil.copy(small_data, text)
+    train(TrainConfig(model=str(base), data=str(text), name="moved-straight", settings=settings()))
+    stop = threading.Event()
+    cfg = TrainConfig(model=str(base), data=str(text), name="moved", settings=settings())
+    train(cfg, stop=stop, on_event=lambda e: e["type"] == "step" and e["step"] == 3 and stop.set())
+    shutil.rmtree(base)
+    text.unlink()
+    summary = train(TrainConfig.from_dict({**runs.read_run("moved"), "resume": True}, strict=False))
+    assert (summary["reason"], summary["steps"]) == ("max_steps", 8)
+    a, b = step_losses("moved-straight"), step_losses("moved")
+    assert sorted(b) == list(range(1, 9)) and all(b[s] == pytest.approx(a[s], abs=1e-5) for s in a)
+    with pytest.raises(ValueError, match="not found"):  # a new run still needs its model
+        TrainConfig(model=str(base), data=small_data, name="moved-new")
+
+
 def test_nan_steps_are_skipped_then_the_last_checkpoint_restored(tiny_char_checkpoint, small_data, monkeypatch):
     s = settings(max_steps=10, save_interval=2)
     inject_faults(monkeypatch, lambda step: "nan" if step in (4, 5, 6) else None)
