@@ -81,3 +81,17 @@ def check_device(device: torch.device, prec: str = "fp32", reference: torch.devi
 def needs_check(device: torch.device) -> bool:
     """Accelerators are checked; the CPU is the reference."""
     return device.type in ("cuda", "mps")
+
+
+_DONE: dict[tuple[str, str], DeviceCheck] = {}
+
+
+def checked(device: torch.device, prec: str) -> DeviceCheck | None:
+    """The check of `device` in `prec` (fp32, bf16, fp16) where one applies, else None; once per
+    process, so the plan and the run it starts in one process pay for one."""
+    if not needs_check(device):
+        return None
+    key = (str(device), prec)
+    if key not in _DONE:
+        _DONE[key] = check_device(device, prec)
+    return _DONE[key]

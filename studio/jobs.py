@@ -19,8 +19,9 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-from studio import ROOT, checkpoints_dir, data, devices, lora, memory, models, runs, training, training_env
+from studio import ROOT, checkpoints_dir, data, device_check, devices, lora, memory, models, runs, training, training_env
 from studio.arch import count_parameters
+from studio.device_check import DeviceCheck
 from studio.devices import pick_device
 from studio.lora import LoraSettings
 from studio.names import inside, plain_name, slug
@@ -150,6 +151,7 @@ class RunPlan:
     lora_fit: memory.MemoryFit | None  # ... and its micro-batch when that does not fit either
     data: dict  # tokens, tokens per parameter, the ~20 rule of thumb (data.TokenData.report)
     seconds_per_step: float | None  # measured on the latest run of this model and device, if any
+    device_check: DeviceCheck | None  # an accelerator against the CPU (None on the CPU)
 
     @property
     def fits(self) -> bool:
@@ -187,7 +189,8 @@ def plan(cfg: TrainConfig, progress: models.LoadProgress | None = None) -> RunPl
             lora_fit = fit(lora=PROPOSED_LORA)  # a ValueError when even LoRA cannot fit
     n_params = count_parameters(config)
     return RunPlan(cfg, n_params, str(device), available, est, suggestion, lora_est, lora_fit,
-                   tokens.report(n_params), _measured_step_time(cfg.model, str(device)))
+                   tokens.report(n_params), _measured_step_time(cfg.model, str(device)),
+                   device_check.checked(device, prec.name))
 
 
 def _measured_step_time(model: str, device: str) -> float | None:

@@ -276,15 +276,19 @@ def load(identifier: str, device: str = "auto", seed: int = 0, progress: LoadPro
     return LoadedModel(spec, model, tokenizer, dev, time.perf_counter() - t0)
 
 
-def save_model(model: torch.nn.Module, tokenizer: Tokenizer, folder: Path, meta: dict | None = None) -> Path:
+def save_model(model: torch.nn.Module, tokenizer: Tokenizer, folder: Path, meta: dict | None = None,
+               extra: Callable[[Path], None] | None = None) -> Path:
     """Write a self-describing HF model folder atomically (see `studio.atomic.replace_folder`).
 
-    `meta` lands in `studio.json` next to the format tag (preset, step, run, ...).
+    `meta` lands in `studio.json` next to the format tag (preset, step, run, ...); `extra(tmp)`
+    writes more into the folder before it replaces the old one (a run's resume state).
     """
     def fill(tmp: Path) -> None:
         model.save_pretrained(str(tmp))
         tokenizer.save(tmp)
         (tmp / MODEL_META).write_text(json.dumps({"format": MODEL_FORMAT, **(meta or {})}, indent=1))
+        if extra is not None:
+            extra(tmp)
 
     return replace_folder(folder, fill)
 

@@ -4,7 +4,8 @@
       run.json        the run's config plus "status" (running | done | stopped | failed), written atomically
       metrics.jsonl   one JSON event per line, appended and flushed (a torn last line is ignored)
       last/ best/     Hugging Face model folders (models.resolve finds best/, then last/)
-      state/          resume state: optimizer.safetensors, rng.safetensors, trainer.json (no pickle)
+      last/state/     resume state: optimizer.safetensors, rng.safetensors, trainer.json (no pickle),
+                      saved with last/'s weights as one folder swap (runs before kept it in state/)
 
 Readers here never lock: the training job writes, the UI and CLI read on their own time.
 """

@@ -29,6 +29,7 @@ import contextlib
 import gc
 import json
 import math
+import os
 import shutil
 import threading
 import time
@@ -41,9 +42,9 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from studio import corpus, data, devices, lora, memory, models, runs, tracking
+from studio import corpus, data, device_check, devices, lora, memory, models, runs, tracking
 from studio.arch import BUILD_LOCK, context_length
-from studio.atomic import recover, replace_folder, replacing
+from studio.atomic import recover, replacing
 from studio.config import check_keys
 from studio.decoding import generate, greedy_batch
 from studio.devices import PRECISIONS, Precision, pick_device
@@ -279,24 +280,37 @@ def heldout_exact_match(loaded: models.LoadedModel, examples: list[corpus.Exampl
 
 
 # ---- resume state: safetensors for tensors, JSON for the rest (nothing pickled) ----
+# It lives in last/state/, so that the weights and the optimizer of a step are written and
+# swapped in as one folder: a process killed mid-save leaves the previous pair whole, never
+# the new weights beside the old optimizer (transformers' Trainer keeps them together too).
 
-def save_state(folder: Path, optimizer: torch.optim.Optimizer, trainer: dict) -> None:
-    def fill(tmp: Path) -> None:
-        sd = optimizer.state_dict()
-        tensors = {f"{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
-                   for i, st in sd["state"].items() for k, v in st.items()}
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-        save_file(rng, str(tmp / "rng.safetensors"))
-        runs.write_json(tmp / "trainer.json", {**trainer, "param_groups": sd["param_groups"]})
+def state_dir(run_folder: Path) -> Path:
+    """Where a run's resume state is: last/state/, or state/ beside last/ in runs saved before."""
+    inside = run_folder / "last" / "state"
+    return inside if inside.is_dir() or not (run_folder / "state").is_dir() else run_folder / "state"
 
-    replace_folder(folder, fill)
+
+# seconds every resume-state write pauses halfway: only the kill -9 test sets it, to land kills
+# inside a checkpoint as well as between them
+SLOW_SAVE_ENV = "STUDIO_TEST_SLOW_SAVE"
+
+
+def write_state(folder: Path, optimizer: torch.optim.Optimizer, trainer: dict) -> None:
+    folder.mkdir()
+    sd = optimizer.state_dict()
+    tensors = {f"{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+               for i, st in sd["state"].items() for k, v in st.items()}
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    if os.environ.get(SLOW_SAVE_ENV):
+        time.sleep(float(os.environ[SLOW_SAVE_ENV]))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(rng, str(folder / "rng.safetensors"))
+    runs.write_json(folder / "trainer.json", {**trainer, "param_groups": sd["param_groups"]})
 
 
 def load_state(folder: Path, optimizer: torch.optim.Optimizer, restore_rng: bool = True) -> dict:
-    recover(folder)  # a save that crashed between its renames left the last complete state aside
     trainer = json.loads((folder / "trainer.json").read_text())
     state: dict[int, dict] = {}
     for key, value in load_file(str(folder / "optimizer.safetensors")).items():
@@ -492,6 +506,7 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
         _keep_data(cfg, folder)
+        _end_torn_line(folder / runs.METRICS_FILE)
         metrics = open(folder / runs.METRICS_FILE, "a", encoding="utf-8")
         tracker = tracking.make_tracker(cfg.report_to, folder, cfg.to_dict())
     return Run(cfg=cfg, folder=folder, accelerator=accelerator, precision=precision,
@@ -515,6 +530,16 @@ def answer_loss(cfg: TrainConfig, documents: data.Documents) -> bool:
     return chat
 
 
+def _end_torn_line(path: Path) -> None:
+    """A process killed mid-row leaves a line without its newline: end it, or the next row
+    (the resume's own) would be glued to it and lost to every reader."""
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
 KEPT_DATA = "data"  # a run's copy of its data file
 
 
@@ -536,8 +561,10 @@ def _keep_data(cfg: TrainConfig, folder: Path) -> None:
 
 
 def _check_run_folder(cfg: TrainConfig, folder: Path) -> None:
-    if cfg.resume and not (folder / "state" / "trainer.json").is_file():
-        raise ValueError(f"cannot resume: {folder} holds no saved state (state/trainer.json)")
+    if cfg.resume:
+        recover(folder / "last")  # a save killed between its renames left the last complete one aside
+        if not (state_dir(folder) / "trainer.json").is_file():
+            raise ValueError(f"cannot resume: {folder} holds no saved state (last/state/trainer.json)")
     if not cfg.resume and (folder / runs.RUN_FILE).is_file():
         raise ValueError(f"run {folder} already exists: resume it, or choose another output name")
 
@@ -609,8 +636,8 @@ def _fit_memory(model: torch.nn.Module, device: torch.device, precision: Precisi
 
 
 def _load_checked_state(folder: Path, optimizer: torch.optim.Optimizer, restore_rng: bool) -> dict:
-    """Optimizer (and RNG) from state/, checked against last/; returns the trainer JSON."""
-    trainer = load_state(folder / "state", optimizer, restore_rng)
+    """Optimizer (and RNG) from the resume state, checked against last/; returns the trainer JSON."""
+    trainer = load_state(state_dir(folder), optimizer, restore_rng)
     saved_step = json.loads((folder / "last" / models.MODEL_META).read_text()).get("step")
     if saved_step != trainer["step"]:
         raise ValueError(f"{folder}: last/ is at step {saved_step} but state/ at step {trainer['step']}")
@@ -627,13 +654,16 @@ def train(cfg: TrainConfig, stop: threading.Event | None = None,
         state, settings = run.state, run.settings
         run.set_status("running")
         if cfg.resume:
-            run.event("resume", f"resumed at step {state.step} from {run.folder / 'state'}")
+            run.event("resume", f"resumed at step {state.step} from {state_dir(run.folder)}")
         else:
             save(run, "last")  # a checkpoint to restore from, and the run shows up at once
             if run.heldout and cfg.heldout_eval:  # the untrained model's score: the "before" of the lesson
                 run.emit("eval", **eval_row(run, [], show=True))
         if run.fit_note:
             run.event("fit", run.fit_note)
+        check = device_check.checked(run.device, run.precision.name)
+        if check is not None:  # the run's own record of whether its device can be trusted
+            run.event("device_check", check.message)
         reason, nonfinite_in_a_row, since_eval = "max_steps", 0, []
         last_log, tokens_since_log, last_eval = time.perf_counter(), 0, -1
         last_loss, val_loss = math.nan, math.nan
@@ -864,9 +894,11 @@ def save(run: Run, which: str) -> None:
                 "run": run.folder.name, "val_loss": run.state.best_or_none}
         if run.lora_base is not None:  # models.resolve loads the adapter onto this base
             meta.update(base=run.lora_base, lora=run.cfg.lora.to_dict())
-        models.save_model(run.loaded.model, run.loaded.tokenizer, path, meta)
-        if which == "last":
-            save_state(run.folder / "state", run.optimizer, run.state.to_json(run.cfg.seed))
+        trainer = run.state.to_json(run.cfg.seed)
+        resume_state = (lambda tmp: write_state(tmp / "state", run.optimizer, trainer)) if which == "last" else None
+        models.save_model(run.loaded.model, run.loaded.tokenizer, path, meta, resume_state)
+        if which == "last" and (run.folder / "state").is_dir():  # the layout before last/state/
+            shutil.rmtree(run.folder / "state")
         run.emit("checkpoint", which=which, path=str(path))
     run.accelerator.wait_for_everyone()
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from studio import checkpoints_dir, data, devices, jobs, memory, models, runs
+from studio import checkpoints_dir, data, device_check, devices, jobs, memory, models, runs
 from studio.data import builtin_examples
 from studio.devices import DeviceMemory
 from studio.jobs import TrainingJob
@@ -57,6 +57,7 @@ def test_plan_estimates_for_the_chosen_device(tiny_char_checkpoint, chat_file, m
     free = (on_cpu + on_cuda) // 2  # enough on the GPU, too little by the CPU's estimate
     monkeypatch.setattr(devices, "pick_device", lambda name="auto": torch.device("cuda"))
     monkeypatch.setattr(devices, "memory", lambda device: DeviceMemory(str(device), 2 * free, free))
+    monkeypatch.setattr(device_check, "checked", lambda device, prec: None)  # there is no GPU to run it on
     p = jobs.plan(jobs.make_config(tiny_char_checkpoint, chat_file, {"batch_size": 8}, device="cuda",
                                    precision="fp32"))
     assert p.device == "cuda" and p.available_bytes == free

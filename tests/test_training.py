@@ -116,9 +116,10 @@ def test_run_folder_follows_the_contract(tiny_char_checkpoint, small_data):
     hf = AutoModelForCausalLM.from_pretrained(str(folder / "best"))
     assert hf.config.n_layer == 2
     assert models.resolve("contract").path == folder / "best"
-    # resume state: safetensors and JSON only, nothing pickled
-    assert sorted(p.name for p in (folder / "state").iterdir()) == [
+    # resume state: safetensors and JSON only, nothing pickled, in the same folder swap as the weights
+    assert sorted(p.name for p in (folder / "last" / "state").iterdir()) == [
         "optimizer.safetensors", "rng.safetensors", "trainer.json"]
+    assert not (folder / "best" / "state").exists() and not (folder / "state").exists()
     with pytest.raises(ValueError, match="already exists"):
         train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="contract", settings=settings()))
 
