@@ -173,3 +173,13 @@ def test_bench_peer_sets_nanogpt_up_outside_the_repository(tmp_path):
     assert (data / "train.bin").stat().st_size == 2 * int(len(text.read_text()) * 0.9)
     assert (folder / "config" / "train_shakespeare_char.py").is_file()
     assert not any(p.name == "train.bin" for p in ROOT.rglob("train.bin"))
+
+
+def test_a_probe_reports_its_own_peak_not_its_parents(tmp_path):
+    """ru_maxrss survives fork and exec on Linux: a probe started by a big benchmark process
+    (bench train holds GPT-2 when it measures the head) would report the parent's size."""
+    ballast = bytearray(800 * 2**20)  # touched: 800 MB resident in this process
+    code = "from studio.bench.memory_probe import peak_rss; print(peak_rss())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert int(out.stdout) < 600 * 2**20, int(out.stdout) / 2**20
+    del ballast

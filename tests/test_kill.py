@@ -88,10 +88,11 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(ti
         if step is not None:
             resumed_from.append(step)
         # half the kills at a random moment (start-up, a step, an eval), half as a save is under way
+        # while an earlier checkpoint exists (the one the resume must fall back to)
         wait_for_save = kills % 2 == 1
-        deadline = time.monotonic() + (60 if wait_for_save else rng.uniform(1.0, 8.0))
+        deadline = time.monotonic() + (60 if wait_for_save else rng.uniform(3.5, 9.0))
         while time.monotonic() < deadline and proc.poll() is None:
-            if wait_for_save and saving(folder):
+            if wait_for_save and saving(folder) and (state_dir(folder) / "trainer.json").is_file():
                 time.sleep(rng.uniform(0.0, SLOW_SAVE_S))
                 break
             time.sleep(0.02)
@@ -106,7 +107,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(ti
         kills += 1
     print(f"{kills} kills in {launches} launches, {mid_save} inside a checkpoint; resumed from steps {resumed_from}")
     assert mid_save >= 3, f"only {mid_save} of {kills} kills landed inside a checkpoint"
-    assert any(s > 0 for s in resumed_from), resumed_from
+    assert len([s for s in resumed_from if s > 0]) >= KILLS // 4, resumed_from
 
     final = launch(config("killed", resume=check_after_kill(folder) is not None), tmp_path / "final.json")
     assert final.wait(timeout=300) == 0

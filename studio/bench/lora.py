@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from studio import ROOT
 from studio.lora import LoraSettings
 from studio.memory import estimate
 from studio.presets import get_preset
+from studio.bench.memory_probe import peak_rss
 
 BATCH, SEQ, RANK = 4, 512, 8
 CONFIGS = {"full": (0, False), "lora": (RANK, False), "full_ckpt": (0, True), "lora_ckpt": (RANK, True)}
@@ -80,7 +80,7 @@ def probe(n_layer: int, batch: int, seq: int, precision: str, r: int, checkpoint
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = peak_rss() - base
     return {"peak": peak, "tokens_per_s": batch * seq * steps / sum(times[1:]), "device": dev.type,
             "step_s": times[1:]}
 

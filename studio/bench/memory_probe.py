@@ -4,14 +4,15 @@
 
 trains with the studio's loss (`training.lm_loss`: the chunked head for big vocabularies) or,
 with `--head plain`, with the whole (batch, seq, vocab) logits, and prints {"measured": bytes, "device": "cpu" | "cuda"} on its last line. It must run in a fresh
-process: peak RSS (`ru_maxrss`) covers the process's whole life, so anything run before it in
-the same process would count.
+process: its peak RSS covers the process's whole life, so anything run before it in
+the same process would count (`peak_rss`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import resource
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,18 @@ from studio.presets import get_preset
 from studio.training import lm_loss, make_optimizer, resolve_precision
 
 HEADS = ("studio", "plain")
+
+
+def peak_rss() -> int:
+    """This process's peak resident bytes. Linux: VmHWM, which starts afresh at exec; ru_maxrss
+    there carries the parent's peak across fork and exec, so a probe started by a big
+    benchmark process would report the parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB elsewhere
 
 
 def rss() -> int:
@@ -59,7 +72,7 @@ def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = peak_rss() - base
     return {"measured": peak, "device": dev.type}
 
 
