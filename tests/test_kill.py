@@ -21,9 +21,9 @@ from studio.training import SLOW_SAVE_ENV, TrainConfig, state_dir
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = dict(learning_rate=3e-3, warmup_steps=4, max_steps=60, batch_size=4, grad_accum=1, eval_interval=10,
-                eval_batches=1, save_interval=5, log_interval=1)
-SLOW_SAVE_S = 0.4  # each checkpoint stays half-written this long
+SETTINGS = dict(learning_rate=3e-3, warmup_steps=4, max_steps=120, batch_size=4, grad_accum=1, eval_interval=10,
+                eval_batches=1, save_interval=10, log_interval=1)
+SLOW_SAVE_S = 0.15  # each checkpoint stays half-written this long (a run: ~4 s start-up, ~12 s of steps and saves)
 KILLS = 12
 
 
@@ -34,9 +34,11 @@ def launch(cfg: TrainConfig, config_file: Path) -> subprocess.Popen:
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def saving(folder: Path) -> bool:
-    """A checkpoint is being written: replace_folder's temp folder beside last/ exists."""
-    return folder.is_dir() and any(p.name.startswith(".last~") and p.name.endswith(".tmp") for p in folder.iterdir())
+def saving(folder: Path, pid: int) -> bool:
+    """Process `pid` is writing a checkpoint: its temp folder beside last/ exists (a killed
+    writer's temp stays until the next save clears it, so the pid in the name must match)."""
+    return folder.is_dir() and any(p.name.startswith(f".last~{pid}~") and p.name.endswith(".tmp")
+                                   for p in folder.iterdir())
 
 
 def check_after_kill(folder: Path) -> int | None:
@@ -92,16 +94,15 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(ti
         wait_for_save = kills % 2 == 1
         deadline = time.monotonic() + (60 if wait_for_save else rng.uniform(3.5, 9.0))
         while time.monotonic() < deadline and proc.poll() is None:
-            if wait_for_save and saving(folder) and (state_dir(folder) / "trainer.json").is_file():
+            if wait_for_save and saving(folder, proc.pid) and (state_dir(folder) / "trainer.json").is_file():
                 time.sleep(rng.uniform(0.0, SLOW_SAVE_S))
                 break
             time.sleep(0.02)
         if proc.poll() is not None:  # it finished before the kill came: too late to count
             assert proc.returncode == 0
-            shutil.rmtree(folder)
-            resumed_from.clear()
+            shutil.rmtree(folder)  # and start over: the kills so far still count
             continue
-        mid_save += saving(folder)
+        mid_save += saving(folder, proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
