@@ -213,9 +213,11 @@ class RowParams:
             return torch.tensor([getattr(s, name) for s in settings], dtype=dtype, device=device)
 
         # top_p in float64: 1 - p then rounds to float32 as transformers' Python float does, which
-        # decides rows whose cumulative probability lands on the threshold (equal logits do)
+        # decides rows whose cumulative probability lands on the threshold (equal logits do);
+        # MPS has no float64
+        wide = torch.float32 if torch.device(device).type == "mps" else torch.float64
         return cls(col("temperature", torch.float32), col("top_k", torch.long),
-                   col("top_p", torch.float64), col("repetition_penalty", torch.float32))
+                   col("top_p", wide), col("repetition_penalty", torch.float32))
 
     def select(self, rows: torch.Tensor) -> "RowParams":
         return RowParams(self.temperature[rows], self.top_k[rows], self.top_p[rows], self.penalty[rows])

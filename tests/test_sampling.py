@@ -151,3 +151,16 @@ def test_top_p_from_the_bottom_equals_transformers_on_a_large_vocabulary(scale, 
     logits = torch.randn(2, 50257, generator=g) * scale
     ours = sampling._top_p_from_bottom(logits, torch.tensor([p, p]))
     assert_same_distribution(ours, TopPLogitsWarper(p)(None, logits.clone()))
+
+
+def test_row_params_use_no_float64_on_mps(monkeypatch):
+    """MPS has no float64: the top-p column falls back to float32 there."""
+    made = []
+    real = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda data, dtype=None, device=None: made.append((dtype, str(device)))
+                        or real(data, dtype=dtype))
+    RowParams.of([DecodingSettings(top_p=0.5)], "mps")
+    assert torch.float64 not in {d for d, _ in made}
+    made.clear()
+    RowParams.of([DecodingSettings(top_p=0.5)], "cpu")
+    assert torch.float64 in {d for d, _ in made}
