@@ -28,10 +28,8 @@ REPLAYED = ("step", "eval", "sample")  # rows a resume writes again for the step
 
 def run_dir(name: str | Path) -> Path:
     """A run name (under the checkpoints folder) or a folder path -> the run's folder."""
-    path = Path(name).expanduser()
-    if path.is_absolute() or len(path.parts) > 1:
-        return path
-    return checkpoints_dir() / str(name)
+    where = name_or_folder(str(name))
+    return Path(where["folder"]) if "folder" in where else checkpoints_dir() / str(name)
 
 
 def name_or_folder(text: str) -> dict[str, str]:

@@ -22,10 +22,10 @@ import time
 from dataclasses import replace
 
 from studio import ROOT
+from studio.bench.memory_probe import peak_rss
 from studio.lora import LoraSettings
 from studio.memory import estimate
 from studio.presets import get_preset
-from studio.bench.memory_probe import peak_rss
 
 BATCH, SEQ, RANK = 4, 512, 8
 CONFIGS = {"full": (0, False), "lora": (RANK, False), "full_ckpt": (0, True), "lora_ckpt": (RANK, True)}
