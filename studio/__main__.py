@@ -528,5 +528,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# commands that train in this process: they start afresh with `studio.training_env` first
+TRAINING = {"train", "lesson"}
+
 if __name__ == "__main__":
+    if sys.argv[1:2] and sys.argv[1] in TRAINING:
+        import studio
+
+        studio.restart_for_training(sys.argv[1:])
     sys.exit(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from studio import activations
 from studio.arch import count_parameters, gpt2_config
 from studio.head import CHUNKED_MIN_VOCAB, default_chunk_rows
 from studio.lora import LoraSettings
@@ -79,10 +80,16 @@ PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # Saved activations per layer per token, in units of n_embd elements: LayerNorm in/out (2+2),
 # qkv (3), attention out + merge (2), MLP in (1) and its 4x up + GELU (8) -- GPT-2's block as
 # Korthikanti et al. 2022 count it (34 bytes at 16-bit = 17 elements). Dropout adds a byte
-# mask per kept element. CUDA's fused SDPA backward keeps no T x T scores; elsewhere the math
-# kernel keeps scores, probabilities and their gradient per head.
+# mask per kept element. Fused attention (CUDA; the CPU without dropout) keeps no T x T
+# scores; the math kernel (MPS, or dropout on a CPU) keeps scores, probabilities and their
+# gradient per head.
 ACT_PER_LAYER = 17
 ATTN_SCORE_TENSORS = 3
+# "selective" (`studio.activations`) keeps the block's input (1), qkv (3), attention out (1),
+# both projections' outputs (1 + 1) and the MLP's up-projection (4); of the math kernel's
+# scores only the first matmul's. One block at a time is redone whole in the backward.
+SELECTIVE_PER_LAYER = 11
+SELECTIVE_SCORE_TENSORS = 1
 # per (token, vocab) element of the loss: logits, log-softmax, their gradients and a softmax
 # temporary (fp32: 5 x 4 bytes); under bf16 autocast the logits are bf16 before the fp32 upcast.
 # Calibrated against measured peaks with `python -m studio bench memory`.
@@ -109,7 +116,9 @@ class Estimate:
 
     @property
     def total(self) -> int:
-        return self.weights + self.grads + self.optimizer + self.activations + self.logits
+        # the backward frees a layer's activations as it makes that layer's gradients, so the
+        # peak holds the larger of the two (all activations at its start, all gradients at its end)
+        return self.weights + self.optimizer + self.logits + max(self.grads, self.activations)
 
     def as_dict(self) -> dict:
         return {"weights": self.weights, "grads": self.grads, "optimizer": self.optimizer,
@@ -141,8 +150,9 @@ def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing
     """Bytes to train `model` (a Preset or HF config) on micro-batches of `batch` x `seq` tokens.
 
     Weights, grads and AdamW's two moments are fp32 (4+4+8 bytes per parameter); bf16 autocast
-    adds a 2-byte cast of each weight. Activations are saved per layer (all of them, or with
-    checkpointing only each layer's input plus one layer being recomputed); the logits term is
+    adds a 2-byte cast of each weight. Activations are saved per layer, as `activations.default_mode`
+    decides: all of them, the selective set from 512 wide, or with checkpointing only each
+    layer's input; the last two plus one layer being recomputed. The logits term is
     the loss's tensors: (batch, seq, vocab) on the plain path, often the largest for GPT-2's 50k
     vocabulary, or one chunk and the head's weight gradient on the chunked path (`chunked`,
     default: as a one-process run decides, by vocabulary size).
@@ -165,15 +175,21 @@ def _estimate_full(a: dict, params: int, batch: int, seq: int, precision: str, c
                    device: str, chunked: bool | None) -> Estimate:
     act = PRECISION_BYTES.get(precision, 4)
     tokens = batch * seq
+    wide = a["d_ff"] - 4 * a["n_embd"]  # a non-default MLP width
+    scores = batch * a["n_head"] * seq * seq * act
+    fused = device.startswith("cuda") or (device == "cpu" and not a["dropout"])
     per_layer = tokens * a["n_embd"] * (ACT_PER_LAYER * act + (4 if a["dropout"] else 0))
-    per_layer += tokens * (a["d_ff"] - 4 * a["n_embd"]) * 2 * act  # a non-default MLP width
-    if not device.startswith("cuda"):  # no fused attention backward: T x T scores are kept
-        per_layer += ATTN_SCORE_TENSORS * batch * a["n_head"] * seq * seq * act
-    if checkpointing:
-        activations = a["n_layer"] * tokens * a["n_embd"] * act + per_layer
+    per_layer += tokens * wide * 2 * act + (0 if fused else ATTN_SCORE_TENSORS * scores)
+    kept = activations.default_mode(a["n_embd"], checkpointing)
+    if kept == "full":
+        saved = a["n_layer"] * tokens * a["n_embd"] * act + per_layer
+    elif kept == "selective":
+        lean = tokens * (SELECTIVE_PER_LAYER * a["n_embd"] + wide) * act
+        lean += 0 if fused else SELECTIVE_SCORE_TENSORS * scores
+        saved = a["n_layer"] * lean + per_layer
     else:
-        activations = a["n_layer"] * per_layer
-    activations += tokens * a["n_embd"] * 4 * 2  # embeddings and final LayerNorm
+        saved = a["n_layer"] * per_layer
+    saved += tokens * a["n_embd"] * 4 * 2  # embeddings and final LayerNorm
     extra_cast = 2 * params if precision != "fp32" else 0
     if a["vocab"] >= CHUNKED_MIN_VOCAB if chunked is None else chunked:
         rows = min(tokens, default_chunk_rows(a["vocab"]))
@@ -181,7 +197,7 @@ def _estimate_full(a: dict, params: int, batch: int, seq: int, precision: str, c
     else:
         logits = tokens * a["vocab"] * LOGIT_BYTES.get(precision, 20)
     return Estimate(weights=4 * params + extra_cast, grads=4 * params, optimizer=8 * params,
-                    activations=activations, logits=logits)
+                    activations=saved, logits=logits)
 
 
 @dataclass(frozen=True)

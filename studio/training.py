@@ -22,6 +22,9 @@ Precision: "auto" is the device policy (fp32 on CPU and MPS, bf16 on CUDA with b
 measured: a few interleaved steps of each at the start, remembered per model shape, batch,
 device and thread count in the checkpoints folder's cache (`choose_precision`). bf16 autocast
 adds a cast per matmul input, which costs more than it saves for narrow models on a CPU.
+
+Activations: models 512 wide and up redo their cheap element-wise work in the backward instead
+of keeping it, for the same gradients (`studio.activations`); run.json's "activations" says which.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from studio import corpus, data, device_check, devices, lora, memory, models, runs, tracking
+from studio import activations, corpus, data, device_check, devices, lora, memory, models, runs, tracking
 from studio.arch import BUILD_LOCK, context_length
 from studio.atomic import recover, replacing
 from studio.config import check_keys
@@ -166,12 +169,11 @@ PRECISION_CACHE = "precision.json"  # under the checkpoints folder's .cache/
 PROBE_STEPS = 3  # timed forward/backward steps per candidate, interleaved, after one warm-up each
 
 
-def _probe_key(model: torch.nn.Module, device: torch.device, batch: int, block_size: int) -> str:
+def _probe_key(model: torch.nn.Module, device: torch.device, batch: int, block_size: int, kept: str) -> str:
     c = model.config
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     shape = f"L{c.n_layer}-D{c.n_embd}-H{c.n_head}-F{c.n_inner or 4 * c.n_embd}-V{c.vocab_size}"
-    ckpt = "-ckpt" if getattr(model, "is_activation_checkpointing", False) else ""
-    return f"{where}:{torch.get_num_threads()}t:{shape}{ckpt}:{batch}x{block_size}:torch{torch.__version__}"
+    return f"{where}:{torch.get_num_threads()}t:{shape}-{kept}:{batch}x{block_size}:torch{torch.__version__}"
 
 
 def _step_ms(model: torch.nn.Module, x: torch.Tensor, precision: Precision) -> float:
@@ -185,7 +187,7 @@ def _step_ms(model: torch.nn.Module, x: torch.Tensor, precision: Precision) -> f
 
 
 def choose_precision(model: torch.nn.Module, device: torch.device, batch: int, block_size: int,
-                     cache: Path | None) -> tuple[Precision, dict]:
+                     cache: Path | None, kept: activations.Mode = "keep") -> tuple[Precision, dict]:
     """"fast": the device's fast path or fp32, whichever trains this model faster here.
 
     Times PROBE_STEPS forward/backward steps of each (interleaved, after a warm-up; no optimizer
@@ -195,7 +197,7 @@ def choose_precision(model: torch.nn.Module, device: torch.device, batch: int, b
     fast, fp32 = resolve_precision(device, "fast"), devices.precision(device, "fp32")
     if fast.autocast is None:
         return fp32, {"chosen": "fp32", "why": f"the fast path on {device.type} is fp32"}
-    key = _probe_key(model, device, batch, block_size)
+    key = _probe_key(model, device, batch, block_size, kept)
     known = json.loads(cache.read_text()) if cache and cache.is_file() else {}
     if key in known:
         choice = known[key]
@@ -487,13 +489,14 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
         micro_batch, checkpointing, fit_note = _fit_memory(
             model, device, precision, global_batch // accelerator.num_processes, block_size, micro_batch,
             checkpointing, cfg.lora)
-    if checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    kept = activations.default_mode(model.config.n_embd, checkpointing)
+    activations.apply(model, kept)
+    info["activations"] = kept
     model.to(device).train()
     if cfg.precision == "fast":
         with accelerator.main_process_first():  # one process measures, the others read its answer
             precision, choice = choose_precision(model, device, micro_batch, block_size,
-                                                 data.token_cache_dir().parent / PRECISION_CACHE)
+                                                 data.token_cache_dir().parent / PRECISION_CACHE, kept)
         info.update(precision=precision.name, precision_choice=choice)
     optimizer = make_optimizer(model, cfg.settings, device)
     wrapped = accelerator.prepare(model)

@@ -251,6 +251,16 @@ def test_bf16_path_learns_what_fp32_learns(tiny_char_checkpoint, small_data):
         assert b[step] == pytest.approx(a[step], rel=0.02)
 
 
+def test_a_wide_model_trains_with_selective_activations_on_the_same_curve(tiny_char_checkpoint, small_data,
+                                                                          monkeypatch):
+    s = settings(max_steps=4)
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="kept", settings=s))
+    monkeypatch.setattr("studio.activations.SELECTIVE_MIN_WIDTH", 32)  # the tiny model counts as wide
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="selective", settings=s))
+    assert runs.read_run("kept")["activations"] == "keep" and runs.read_run("selective")["activations"] == "selective"
+    assert step_losses("selective") == step_losses("kept")
+
+
 @pytest.mark.parametrize("fp32_ms, bf16_ms, chosen", [(30.0, 60.0, "fp32"), (60.0, 30.0, "bf16")])
 def test_fast_takes_the_measured_faster_precision_and_remembers_it(tiny_char_checkpoint, small_data, monkeypatch,
                                                                     fp32_ms, bf16_ms, chosen):

@@ -3,9 +3,11 @@
     python -m studio bench lora [--steps 2] [--n-layer 24] [--precision fp32] [--json]
 
 Four configurations (full, LoRA, each with and without gradient checkpointing) train at batch
-4 x 512 with the training loop's own pieces (`lora.wrap`, `make_optimizer`, `lm_loss`), each in
-a fresh process so its peak RSS (or CUDA peak) is its own: one warm-up step, then `steps` timed
-steps. Each row has `peak_mb`, `tokens_per_s` and `estimate_mb` (`memory.estimate`);
+4 x 512 with the training loop's own pieces (`lora.wrap`, `activations`, `make_optimizer`,
+`lm_loss`), each in a fresh process with a training process's allocator (`studio.training_env`)
+so its peak RSS (or CUDA peak) is its own: one warm-up step, then `steps` timed steps. Without
+checkpointing the model keeps what a run of its width keeps (`activations.default_mode`:
+"selective" at 1024 wide). Each row has `peak_mb`, `tokens_per_s` and `estimate_mb` (`memory.estimate`);
 `peak_ratio` and `speed_ratio` are LoRA / full without checkpointing (goals <= 0.45, >= 1.3).
 
 The measuring side is this module run as a script:
@@ -21,8 +23,8 @@ import sys
 import time
 from dataclasses import replace
 
-from studio import ROOT
-from studio.bench.memory_probe import peak_rss
+from studio import ROOT, training_env
+from studio.bench.memory_probe import peak_rss, rss
 from studio.lora import LoraSettings
 from studio.memory import estimate
 from studio.presets import get_preset
@@ -37,21 +39,16 @@ def _config(n_layer: int):
     return gpt2_config(replace(get_preset("gpt2-medium"), n_layer=n_layer))
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def probe(n_layer: int, batch: int, seq: int, precision: str, r: int, checkpointing: bool, steps: int) -> dict:
     """Train one configuration in this (fresh) process: its peak bytes and timed tokens/s."""
     import torch
 
-    from studio import lora
+    from studio import activations, lora
     from studio.training import lm_loss, make_optimizer, resolve_precision
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     prec = resolve_precision(dev, precision)
-    base = torch.cuda.memory_allocated() if dev.type == "cuda" else _rss()
+    base = torch.cuda.memory_allocated() if dev.type == "cuda" else rss()
     # transformers after the baseline, as in `bench memory`: estimates include its model code
     from transformers import GPT2LMHeadModel
 
@@ -60,8 +57,7 @@ def probe(n_layer: int, batch: int, seq: int, precision: str, r: int, checkpoint
     model = GPT2LMHeadModel(config)
     if r:
         model = lora.wrap(model, LoraSettings(r=r), torch.bfloat16 if prec.autocast == torch.bfloat16 else None)
-    if checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    activations.apply(model, activations.default_mode(config.n_embd, checkpointing))
     model.to(dev).train()
     opt = make_optimizer(model, get_preset("gpt2-medium").train, dev)
     x = torch.randint(0, config.vocab_size, (batch, seq + 1), device=dev)
@@ -86,7 +82,7 @@ def probe(n_layer: int, batch: int, seq: int, precision: str, r: int, checkpoint
 
 
 def measure(n_layer: int, precision: str, r: int, checkpointing: bool, steps: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**training_env(os.environ), "PYTHONPATH": str(ROOT)}
     args = [n_layer, BATCH, SEQ, precision, r, int(checkpointing), steps]
     out = subprocess.run([sys.executable, "-m", "studio.bench.lora", *map(str, args)], capture_output=True,
                          text=True, env=env)

@@ -1,7 +1,8 @@
 """Benchmark: `memory.estimate` against the measured peak of a training process.
 
 Each case trains three steps in a fresh process (`studio.bench.memory_probe`), so the peak RSS
-belongs to that case alone; on CUDA the probe reads `torch.cuda.max_memory_allocated` instead.
+belongs to that case alone, with the allocator a training process gets (`studio.training_env`);
+on CUDA the probe reads `torch.cuda.max_memory_allocated` instead.
 The result: `cases`, one row each (`preset`, `batch`, `seq`, `precision`, `checkpointing`,
 `device`, `estimate_mb`, `measured_mb`, `error` = estimate / measured - 1, `breakdown_mb`),
 `max_abs_error` and `within_20pct`.
@@ -14,21 +15,21 @@ import os
 import subprocess
 import sys
 
-from studio import ROOT
+from studio import ROOT, training_env
 from studio.memory import estimate
 from studio.presets import get_preset
 
 # (preset, micro-batch, sequence, precision, gradient checkpointing)
 MEMORY_CASES = [("v1", 8, 128, "fp32", False), ("v1", 8, 128, "bf16", False), ("v2", 8, 128, "fp32", False),
-                ("v2", 8, 128, "fp32", True), ("tiny-tale", 4, 256, "fp32", False)]
+                ("v2", 8, 128, "fp32", True), ("tiny-tale", 4, 256, "fp32", False), ("gpt2", 4, 512, "fp32", False)]
 
 
-def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool, head: str = "studio") -> dict:
-    """The probe's {"measured": bytes, "device": ...} for one case, from a fresh process; `head`
-    "studio" trains as the studio does (chunked for big vocabularies), "plain" with whole logits."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool, path: str = "studio") -> dict:
+    """The probe's {"measured": bytes, "device": ...} for one case, from a fresh process, along
+    `path` (`memory_probe.PATHS`); "before" also keeps the allocator's defaults."""
+    env = {**(os.environ if path == "before" else training_env(os.environ)), "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-m", "studio.bench.memory_probe", name, str(batch), str(seq), precision,
-                          str(int(checkpointing)), "--head", head], capture_output=True, text=True, env=env,
+                          str(int(checkpointing)), "--path", path], capture_output=True, text=True, env=env,
                          timeout=600)
     if out.returncode:
         raise ValueError(f"memory measurement of {name} failed: {out.stderr.strip().splitlines()[-1:]}")

@@ -1,27 +1,34 @@
 """The measuring side of `bench memory`: train a preset three steps, print the peak as JSON.
 
-    python -m studio.bench.memory_probe PRESET BATCH SEQ PRECISION CHECKPOINTING(0|1) [--head studio|plain]
+    python -m studio.bench.memory_probe PRESET BATCH SEQ PRECISION CHECKPOINTING(0|1) [--path P]
 
-trains with the studio's loss (`training.lm_loss`: the chunked head for big vocabularies) or,
-with `--head plain`, with the whole (batch, seq, vocab) logits, and prints {"measured": bytes, "device": "cpu" | "cuda"} on its last line. It must run in a fresh
-process: its peak RSS covers the process's whole life, so anything run before it in
-the same process would count (`peak_rss`).
+trains along one of PATHS and prints {"measured": bytes, "device": "cpu" | "cuda"} on its last
+line:
+- "studio": as a training run does: the studio's loss (`training.lm_loss`, the chunked head
+  for big vocabularies) and what `activations.default_mode` keeps;
+- "plain-head": the same with the whole (batch, seq, vocab) logits;
+- "before": the path before the chunked head: whole logits and every activation kept.
+The caller sets the process's allocator (`studio.training_env` for a training process). It
+must run in a fresh process: its peak RSS covers the process's whole life, so anything run
+before it in the same process would count (`peak_rss`).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 
 import torch
 import torch.nn.functional as F
 
+from studio import activations
 from studio.arch import gpt2_config
 from studio.presets import get_preset
 from studio.training import lm_loss, make_optimizer, resolve_precision
 
-HEADS = ("studio", "plain")
+PATHS = ("studio", "plain-head", "before")
 
 
 def peak_rss() -> int:
@@ -39,10 +46,10 @@ def peak_rss() -> int:
 def rss() -> int:
     """Resident bytes now (Linux)."""
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool, head: str = "studio") -> dict:
+def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool, path: str = "studio") -> dict:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     preset = get_preset(name)
     cfg = gpt2_config(preset)
@@ -53,12 +60,12 @@ def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool
     from transformers import GPT2LMHeadModel
 
     model = GPT2LMHeadModel(cfg).to(dev).train()
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    activations.apply(model, "keep" if path == "before" and not checkpointing
+                      else activations.default_mode(cfg.n_embd, checkpointing))
     opt = make_optimizer(model, preset.train, dev)
     ctx = resolve_precision(dev, precision)
     for _ in range(3):
-        if head == "plain":
+        if path != "studio":
             with ctx.context():
                 logits = model(input_ids=x[:, :-1], use_cache=False).logits
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), x[:, 1:].reshape(-1))
@@ -83,9 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("seq", type=int)
     p.add_argument("precision")
     p.add_argument("checkpointing", type=int, choices=(0, 1))
-    p.add_argument("--head", choices=HEADS, default="studio")
+    p.add_argument("--path", choices=PATHS, default="studio")
     a = p.parse_args(argv)
-    print(json.dumps(measure(a.preset, a.batch, a.seq, a.precision, bool(a.checkpointing), a.head)))
+    print(json.dumps(measure(a.preset, a.batch, a.seq, a.precision, bool(a.checkpointing), a.path)))
 
 
 if __name__ == "__main__":
