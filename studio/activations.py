@@ -29,12 +29,18 @@ MODES: tuple[str, ...] = ("keep", "selective", "full")
 SELECTIVE_MIN_WIDTH = 512  # GPT-2 small and up; v1/v2/char (128-384 wide) keep everything
 
 _aten = torch.ops.aten
-_MATMULS = {_aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten.baddbmm.default}
+_BATCHED = {_aten.bmm.default, _aten.baddbmm.default}
+_LINEAR = {_aten.mm.default: 0, _aten.addmm.default: 1}  # op -> index of its (rows, inner) input
+# A LoRA adapter's B matrix multiplies over its rank: as cheap to redo as an element-wise op,
+# and its output is as big as the layer's own, so keeping it would undo the saving.
+CHEAP_INNER_MAX = 256
 
 
 def _keep_expensive(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     # attention kernels differ per device (flash for CPU, cuDNN, efficient, MPS's own): match by name
-    if op in _MATMULS or "scaled_dot_product" in str(op):
+    if op in _BATCHED or "scaled_dot_product" in str(op):
+        return CheckpointPolicy.MUST_SAVE
+    if op in _LINEAR and args[_LINEAR[op]].shape[-1] > CHEAP_INNER_MAX:
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE
 

@@ -1,26 +1,36 @@
 """studio.activations: what a step keeps for the backward changes memory, never the gradients."""
-import os
-
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPT2Config, GPT2LMHeadModel
 
-import studio
-from studio import activations
-from studio.training import lm_loss, make_optimizer, resolve_precision
+from studio import activations, lora
+from studio.lora import LoraSettings
 from studio.presets import TrainSettings
+from studio.training import lm_loss, make_optimizer, resolve_precision
 
 
-def tiny(dropout: float) -> GPT2LMHeadModel:
+@pytest.fixture(autouse=True)
+def _tiny_counts_as_big(monkeypatch):
+    # the tiny model's matmuls (inner 32) count as expensive, LoRA's B (inner = rank 4) as cheap
+    monkeypatch.setattr(activations, "CHEAP_INNER_MAX", 8)
+
+
+def tiny(dropout: float = 0.0, adapters: bool = False) -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=97, resid_pdrop=dropout,
                      embd_pdrop=dropout, attn_pdrop=dropout, activation_function="gelu_pytorch_tanh")
-    return GPT2LMHeadModel(cfg).train()
+    model = GPT2LMHeadModel(cfg)
+    if adapters:
+        model = lora.wrap(model, LoraSettings(r=4), None)
+        for name, p in model.named_parameters():  # B starts at zero: make the adapters matter from step 1
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)
+    return model.train()
 
 
-def trained(mode: str, dropout: float, steps: int = 3) -> dict:
-    model = tiny(dropout)
+def trained(mode: str, dropout: float, adapters: bool = False, steps: int = 3) -> dict:
+    model = tiny(dropout, adapters)
     activations.apply(model, mode)
     opt = make_optimizer(model, TrainSettings(), torch.device("cpu"))
     ctx = resolve_precision(torch.device("cpu"), "fp32")
@@ -34,12 +44,13 @@ def trained(mode: str, dropout: float, steps: int = 3) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.1])
+@pytest.mark.parametrize("dropout, adapters", [(0.0, False), (0.1, False), (0.0, True)])
 @pytest.mark.parametrize("mode", ["selective", "full"])
-def test_recomputing_leaves_the_weights_bit_for_bit_equal(mode, dropout):
-    kept, redone = trained("keep", dropout), trained(mode, dropout)
+def test_recomputing_leaves_the_weights_bit_for_bit_equal(mode, dropout, adapters):
+    kept, redone = trained("keep", dropout, adapters), trained(mode, dropout, adapters)
     assert all(torch.equal(kept[k], redone[k]) for k in kept)
-    assert any(not torch.equal(kept[k], tiny(dropout).state_dict()[k]) for k in kept)  # it did train
+    start = tiny(dropout, adapters).state_dict()
+    assert any(not torch.equal(kept[k], start[k]) for k in kept)  # it did train
 
 
 class _Count(TorchDispatchMode):
@@ -52,8 +63,8 @@ class _Count(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def op_counts(mode: str) -> dict[str, int]:
-    model = tiny(0.0)
+def op_counts(mode: str, adapters: bool = False) -> dict[str, int]:
+    model = tiny(adapters=adapters)
     activations.apply(model, mode)
     x = torch.randint(0, 97, (2, 16))
     with _Count() as seen:
@@ -69,19 +80,15 @@ def test_selective_redoes_the_cheap_work_and_none_of_the_matmuls():
     assert full[mm] > keep[mm] and full[norm] == selective[norm]  # checkpointing redoes them too
 
 
+def test_selective_redoes_loras_rank_wide_matmul_and_keeps_the_layers_own():
+    keep, selective = op_counts("keep", adapters=True), op_counts("selective", adapters=True)
+    assert selective["aten.addmm.default"] == keep["aten.addmm.default"]  # the frozen layers' own
+    # B (inner dimension = the rank) of each adapted matrix, 4 per block, is redone in the backward
+    assert selective["aten.mm.default"] == keep["aten.mm.default"] + 4 * 2
+
+
 def test_the_studios_rule_and_bad_modes():
     assert activations.default_mode(128) == "keep" and activations.default_mode(768) == "selective"
     assert activations.default_mode(128, checkpointing=True) == "full"
     with pytest.raises(ValueError, match=r"activation mode must be one of \['keep', 'selective', 'full'\]"):
-        activations.apply(tiny(0.0), "some")
-
-
-@pytest.mark.skipif(not studio.training_env({}).get("GLIBC_TUNABLES"), reason="glibc only")
-def test_a_training_process_gets_the_allocator_settings_and_the_users_win():
-    env = studio.training_env({"OMP_WAIT_POLICY": "PASSIVE"})
-    assert env["MALLOC_MMAP_THRESHOLD_"] == str(2**20) and env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
-    assert "OMP_WAIT_POLICY" not in env or env["OMP_WAIT_POLICY"] == os.environ.get("OMP_WAIT_POLICY")
-    mine = studio.training_env({"MALLOC_MMAP_THRESHOLD_": "65536", "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"})
-    assert mine["MALLOC_MMAP_THRESHOLD_"] == "65536"
-    assert mine["GLIBC_TUNABLES"] == "glibc.malloc.tcache_count=0:glibc.malloc.hugetlb=1"
-    assert studio.training_env(mine) == mine  # settled: a restarted process does not restart again
+        activations.apply(tiny(), "some")

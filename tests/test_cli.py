@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+import studio
 from conftest import ROOT
 
 
@@ -152,3 +153,24 @@ def test_interactive_commands_wait_passively_and_training_keeps_openmps_default(
 def test_train_nice_is_checked():
     r = run_cli("train", "--preset", "v1", "--nice", "30")
     assert r.returncode == 2 and r.stderr.strip() == "error: nice must be in [0, 19], got 30"
+
+
+@pytest.mark.skipif(not studio.training_env({}).get("GLIBC_TUNABLES"), reason="glibc's allocator only")
+def test_training_starts_afresh_with_the_allocator_settings_and_the_users_win(monkeypatch):
+    """glibc reads its allocator settings only at start-up: `python -m studio train` and
+    `lesson` exec themselves once with `training_env`; the user's own values are kept."""
+    env = studio.training_env({"PATH": "/bin"})
+    assert env["MALLOC_MMAP_THRESHOLD_"] == str(2**20) and env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    mine = studio.training_env({"MALLOC_MMAP_THRESHOLD_": "65536", "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"})
+    assert mine["MALLOC_MMAP_THRESHOLD_"] == "65536"
+    assert mine["GLIBC_TUNABLES"] == "glibc.malloc.tcache_count=0:glibc.malloc.hugetlb=1"
+    execs = []
+    monkeypatch.setattr(os, "execve", lambda exe, argv, env: execs.append((argv, env)))
+    for key in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(key, raising=False)
+    studio.restart_for_training(["train", "--preset", "v1"])
+    (argv, env), = execs
+    assert argv[1:] == ["-m", "studio", "train", "--preset", "v1"] and env["MALLOC_MMAP_THRESHOLD_"] == str(2**20)
+    monkeypatch.setattr(os, "environ", env)  # the restarted process: settled, no second restart
+    studio.restart_for_training(["train", "--preset", "v1"])
+    assert len(execs) == 1

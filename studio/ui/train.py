@@ -44,8 +44,9 @@ def plan_markdown(p: jobs.RunPlan) -> str:
     lr = p.config.lora
     what = f"LoRA r={lr.r} ({', '.join(lr.target_modules)})" if lr.enabled else "full fine-tuning"
     lines = [f"**Memory:** {what} needs {e.total / gb:.2f} GB of {have} (weights {e.weights / gb:.2f}, "
-             f"grads {e.grads / gb:.2f}, AdamW {e.optimizer / gb:.2f}, activations {e.activations / gb:.2f}, "
-             f"logits {e.logits / gb:.2f})."]
+             f"AdamW {e.optimizer / gb:.2f}, logits {e.logits / gb:.2f}, and the larger of grads "
+             f"{e.grads / gb:.2f} and activations {e.activations / gb:.2f}: the backward frees one as it makes "
+             f"the other)."]
     if p.lora is not None:
         lf = p.lora_fit
         shrink = (f" with micro-batch {lf.micro_batch} x {lf.grad_accum} accumulation"
