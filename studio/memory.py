@@ -175,16 +175,16 @@ def _estimate_full(a: dict, params: int, batch: int, seq: int, precision: str, c
                    device: str, chunked: bool | None) -> Estimate:
     act = PRECISION_BYTES.get(precision, 4)
     tokens = batch * seq
-    wide = a["d_ff"] - 4 * a["n_embd"]  # a non-default MLP width
+    extra_ff = a["d_ff"] - 4 * a["n_embd"]  # a non-default MLP width
     scores = batch * a["n_head"] * seq * seq * act
     fused = device.startswith("cuda") or (device == "cpu" and not a["dropout"])
     per_layer = tokens * a["n_embd"] * (ACT_PER_LAYER * act + (4 if a["dropout"] else 0))
-    per_layer += tokens * wide * 2 * act + (0 if fused else ATTN_SCORE_TENSORS * scores)
+    per_layer += tokens * extra_ff * 2 * act + (0 if fused else ATTN_SCORE_TENSORS * scores)
     kept = activations.default_mode(a["n_embd"], checkpointing)
     if kept == "full":
         saved = a["n_layer"] * tokens * a["n_embd"] * act + per_layer
     elif kept == "selective":
-        lean = tokens * (SELECTIVE_PER_LAYER * a["n_embd"] + wide) * act
+        lean = tokens * (SELECTIVE_PER_LAYER * a["n_embd"] + extra_ff) * act
         lean += 0 if fused else SELECTIVE_SCORE_TENSORS * scores
         saved = a["n_layer"] * lean + per_layer
     else:
