@@ -61,6 +61,7 @@ def restart_for_training(argv: list[str]) -> None:
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, "-m", "studio", *argv], env)
 
+
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS_DIR = ROOT / "presets"
 

@@ -19,13 +19,13 @@ own per-block checkpointing, so a LoRA-wrapped model works the same way.
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 Mode = Literal["keep", "selective", "full"]
-MODES: tuple[str, ...] = ("keep", "selective", "full")
+MODES: tuple[str, ...] = get_args(Mode)
 SELECTIVE_MIN_WIDTH = 512  # GPT-2 small and up; v1/v2/char (128-384 wide) keep everything
 
 _aten = torch.ops.aten

@@ -174,7 +174,8 @@ def head_memory(batch: int = 4, seq: int = 512) -> dict:
     mb = {path: memory_bench.measure("gpt2", batch, seq, "fp32", False, path)["measured"] / 2**20
           for path in ("studio", "plain-head", "before")}
     return {"gpt2_batch": batch, "gpt2_seq": seq, "gpt2_studio_mb": mb["studio"],
-            "gpt2_plain_head_mb": mb["plain-head"], "gpt2_before_mb": mb["before"], "gpt2_peak_memory_ratio": mb["studio"] / mb["before"],
+            "gpt2_plain_head_mb": mb["plain-head"], "gpt2_before_mb": mb["before"],
+            "gpt2_peak_memory_ratio": mb["studio"] / mb["before"],
             "gpt2_head_only_ratio": mb["studio"] / mb["plain-head"]}
 
 
