@@ -288,7 +288,7 @@ def progress_log(args: argparse.Namespace):
 def cmd_bench_lora(args: argparse.Namespace) -> dict:
     from studio.bench import lora as lora_bench
 
-    result = lora_bench.run(args.steps, args.n_layer, args.precision, progress_log(args))
+    result = lora_bench.run(args.steps, args.n_layer, args.precision, args.rounds, progress_log(args))
     if not args.json:
         print(f"peak ratio (LoRA / full) {result['peak_ratio']:.3f} (goal <= 0.45), "
               f"speed ratio {result['speed_ratio']:.3f} (goal >= 1.3)")
@@ -480,8 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_bench_train_tab)
     p = bench.add_parser("lora", help="peak memory and tokens/s of LoRA r=8 against full fine-tuning (gpt2-medium)")
     p.add_argument("--steps", type=int, default=2, help="timed steps per configuration (after one warm-up)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the four configurations, order alternated; "
+                   "medians are reported")
     p.add_argument("--n-layer", type=int, default=24, help="layers (24 = gpt2-medium; fewer for a quick run)")
-    p.add_argument("--precision", default="fp32", help="fp32 | bf16 (both configurations alike)")
+    p.add_argument("--precision", default="fast", help="fast (the device's 16-bit path; fp32 on MPS) | fp32 | bf16 "
+                   "(both configurations alike)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench_lora)
     p = bench.add_parser("compare", help="batched side-by-side decoding vs sequential model.generate")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import MethodType
 
 import torch
 
@@ -92,6 +93,7 @@ def wrap(model: torch.nn.Module, settings: LoraSettings, frozen_dtype: torch.dty
     """A peft model: `model` frozen (cast to `frozen_dtype` when given) with trainable fp32
     adapters on the target modules, initialised from torch's current RNG."""
     from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
     from transformers.pytorch_utils import Conv1D
 
     check_targets(settings, model)
@@ -101,7 +103,20 @@ def wrap(model: torch.nn.Module, settings: LoraSettings, frozen_dtype: torch.dty
                  for name, m in model.named_modules())
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=list(settings.target_modules), fan_in_fan_out=conv1d, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)  # autocast_adapter_dtype keeps the adapters in fp32
+    wrapped = get_peft_model(model, config)  # autocast_adapter_dtype keeps the adapters in fp32
+    for layer in wrapped.modules():
+        if isinstance(layer, LoraLayer):
+            layer._cast_input_dtype = MethodType(_cast_unless_autocast, layer)
+    return wrapped
+
+
+def _cast_unless_autocast(layer, x, dtype: torch.dtype):
+    """peft casts each adapter's input to the adapters' fp32; under autocast their matmuls run in
+    autocast's dtype anyway, so that cast and autocast's back are two copies (8% of a bf16 step
+    at 1024 wide) for the same numbers."""
+    if x is None or x.dtype == dtype or torch.is_autocast_enabled(x.device.type):
+        return x
+    return x.to(dtype)
 
 
 def load_adapter_weights(model: torch.nn.Module, folder: Path) -> None:

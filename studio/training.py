@@ -255,11 +255,14 @@ def chunked_head(model: torch.nn.Module) -> bool:
 def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast) -> torch.Tensor:
     """Mean next-token cross-entropy over the scored targets (data.IGNORE ones are skipped; a
     window with none scores 0, not NaN), the softmax in fp32; for big vocabularies the (B, T, vocab)
-    logits are never made (`chunked_head`)."""
+    logits are never made (`chunked_head`), and the head's matmuls take autocast's dtype as they
+    would on the plain path."""
     if chunked_head(model) and bool((y != data.IGNORE).any()):
         with autocast:
             hidden = model.transformer(input_ids=x, use_cache=False).last_hidden_state  # (B, T, D)
-        return chunked_lm_loss(hidden, model.lm_head.weight, y, ignore_index=data.IGNORE)
+            kind = x.device.type
+            dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
+        return chunked_lm_loss(hidden, model.lm_head.weight, y, ignore_index=data.IGNORE, matmul_dtype=dtype)
     with autocast:
         logits = model(input_ids=x, use_cache=False).logits  # (B, T, vocab)
     total = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=data.IGNORE,

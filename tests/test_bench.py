@@ -12,7 +12,7 @@ import torch
 from conftest import CHROMIUM, ROOT
 from studio import models
 from studio.__main__ import main
-from studio.bench import chat as chat_bench, memory as memory_bench, train as train_bench
+from studio.bench import chat as chat_bench, lora as lora_bench, memory as memory_bench, train as train_bench
 from studio.presets import Preset
 from studio.tokenizer import GPT2BPE
 
@@ -183,3 +183,40 @@ def test_a_probe_reports_its_own_peak_not_its_parents(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert int(out.stdout) < 600 * 2**20, int(out.stdout) / 2**20
     del ballast
+
+
+def test_lora_bench_alternates_the_order_and_reports_medians(monkeypatch):
+    """Rounds run the four configurations forwards, then backwards; speed is the median of the
+    rounds' paired LoRA / full ratios and each row's peak the largest of its rounds."""
+    calls = []
+    speeds = {"full": [100.0, 50.0, 100.0], "lora": [150.0, 60.0, 90.0]}  # round 2 slow, round 3 LoRA slow
+
+    def fake(n_layer, precision, r, ckpt, steps):
+        name = {(0, False): "full", (8, False): "lora", (0, True): "full_ckpt", (8, True): "lora_ckpt"}[(r, ckpt)]
+        calls.append(name)
+        i = calls.count(name) - 1
+        return {"peak": (2 + i) * 2**20 if r == 0 else 2**20, "tokens_per_s": speeds.get(name, [1.0] * 3)[i],
+                "device": "cpu", "step_s": [1.0]}
+
+    monkeypatch.setattr(lora_bench, "measure", fake)
+    result = lora_bench.run(steps=1, n_layer=2, precision="fp32", rounds=3, log=lambda m: None)
+    forwards = list(lora_bench.CONFIGS)
+    assert calls == forwards + forwards[::-1] + forwards
+    assert result["full"]["tokens_per_s"] == 100.0 and result["lora"]["tokens_per_s"] == 90.0
+    assert result["speed_ratio"] == 1.2  # median of 1.5, 1.2, 0.9
+    assert result["full"]["peak_mb"] == 4.0 and result["peak_ratio"] == 0.25
+    assert result["setup"]["rounds"] == 3 and result["setup"]["precision"] == "fp32"
+    with pytest.raises(ValueError, match="rounds"):
+        lora_bench.run(rounds=0)
+
+
+@pytest.mark.slow
+def test_cli_bench_lora_json_on_one_small_layer(monkeypatch, capsys):
+    monkeypatch.setattr(lora_bench, "BATCH", 1)
+    monkeypatch.setattr(lora_bench, "SEQ", 64)
+    result = cli_json(capsys, "lora", "--n-layer", "1", "--steps", "1", "--rounds", "1", "--precision", "fp32")
+    for name in lora_bench.CONFIGS:
+        assert result[name]["peak_mb"] > 0 and result[name]["tokens_per_s"] > 0 and result[name]["estimate_mb"] > 0
+    # the frozen model has no gradients or AdamW states: 12 bytes a parameter fewer
+    assert result["lora"]["peak_mb"] < 0.6 * result["full"]["peak_mb"]
+    assert result["peak_ratio"] == round(result["lora"]["peak_mb"] / result["full"]["peak_mb"], 3)

@@ -90,6 +90,26 @@ def test_inside_bf16_autocast_keeps_fp32_head():
     torch.testing.assert_close(gw1, gw0)
 
 
+def test_bf16_matmuls_match_the_plain_path_under_autocast():
+    """Asked for bf16 matmuls, the loss is the one autocast's plain path computes (the same bf16
+    logits), not the fp32 one; the gradients agree to bf16's precision."""
+    h, w, y = data(v=2003)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        l0, gh0, gw0 = grads(plain, h, w, y)
+    l32 = plain(h, w, y)
+    l1, gh1, gw1 = grads(lambda a, b, c: chunked_lm_loss(a, b, c, chunk_rows=13, matmul_dtype=torch.bfloat16),
+                         h, w, y)
+    assert abs(float(l1 - l32)) > 10 * abs(float(l1 - l0))
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gh1, gh0.float(), rtol=2e-2, atol=1e-4)
+    torch.testing.assert_close(gw1, gw0, rtol=2e-2, atol=1e-4)
+    bf16_weight = w.bfloat16().requires_grad_(False)  # a frozen bf16 head (LoRA): used as it is
+    l2, gh2, _ = grads(lambda a, b, c: chunked_lm_loss(a, bf16_weight, c, matmul_dtype=torch.bfloat16), h, w, y)
+    torch.testing.assert_close(l2, l1, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the evaluation path
+        torch.testing.assert_close(chunked_lm_loss(h, w, y, matmul_dtype=torch.bfloat16), l1, rtol=1e-5, atol=1e-5)
+
+
 def test_real_gpt2_model_matches():
     from transformers import GPT2Config, GPT2LMHeadModel
 

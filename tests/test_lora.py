@@ -194,6 +194,40 @@ def test_cli_lora_flags_parse():
     assert main(["train", "--model", "v1", "--lora-targets", "c_attn"]) == 2  # rank 0 with targets: one line
 
 
+def test_under_autocast_the_adapters_input_is_not_cast_and_the_gradients_are_the_same(base_folder):
+    """peft casts each adapter's input to fp32; under autocast that round trip is skipped, and the
+    adapters' gradients stay bit for bit those of peft's own path. Outside autocast it still casts."""
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    def adapter_grads(skip_cast: bool) -> dict:
+        torch.manual_seed(0)
+        model = lora.wrap(AutoModelForCausalLM.from_pretrained(base_folder), LORA, torch.bfloat16)
+        layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        if not skip_cast:  # peft's own method back
+            for layer in layers:
+                del layer._cast_input_dtype
+        for p in model.parameters():  # B starts at zero: make A's gradient non-zero too
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.1)
+        x = torch.randint(0, 500, (2, 16))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(input_ids=x, labels=x).loss.backward()
+        bf16 = torch.ones(2, dtype=torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            kept = layers[0]._cast_input_dtype(bf16, torch.float32)
+        assert (kept.dtype == torch.bfloat16) == skip_cast
+        assert layers[0]._cast_input_dtype(bf16, torch.float32).dtype == torch.float32
+        with torch.no_grad():  # no autocast: the fp32 adapters on the bf16 base still run
+            model(input_ids=x)
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    ours, peft_s = adapter_grads(True), adapter_grads(False)
+    assert ours.keys() == peft_s.keys() and len(ours) == 2 * 4 * 2  # A and B of 4 matrices in 2 layers
+    for name, grad in ours.items():
+        assert grad.abs().sum() > 0 and torch.equal(grad, peft_s[name]), name
+
+
 def test_memory_counts_adapters_as_peft_makes_them(base_folder):
     from transformers import AutoConfig, AutoModelForCausalLM
 
