@@ -167,13 +167,15 @@ def resolve_precision(device: torch.device, name: str) -> Precision:
 
 PRECISION_CACHE = "precision.json"  # under the checkpoints folder's .cache/
 PROBE_STEPS = 3  # timed forward/backward steps per candidate, interleaved, after one warm-up each
+PROBE_STEP_VERSION = 2  # in the cache key: answers timed on an older step (2: bf16 head) are re-measured
 
 
 def _probe_key(model: torch.nn.Module, device: torch.device, batch: int, block_size: int, kept: str) -> str:
     c = model.config
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     shape = f"L{c.n_layer}-D{c.n_embd}-H{c.n_head}-F{c.n_inner or 4 * c.n_embd}-V{c.vocab_size}"
-    return f"{where}:{torch.get_num_threads()}t:{shape}-{kept}:{batch}x{block_size}:torch{torch.__version__}"
+    return (f"{where}:{torch.get_num_threads()}t:{shape}-{kept}:{batch}x{block_size}:torch{torch.__version__}"
+            f":v{PROBE_STEP_VERSION}")
 
 
 def _step_ms(model: torch.nn.Module, x: torch.Tensor, precision: Precision) -> float:
