@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="rounds of the four configurations, order alternated; "
                    "medians are reported")
     p.add_argument("--n-layer", type=int, default=24, help="layers (24 = gpt2-medium; fewer for a quick run)")
-    p.add_argument("--precision", default="fast", help="fast (the device's 16-bit path; fp32 on MPS) | fp32 | bf16 "
+    p.add_argument("--precision", default="fast", help="fast (bf16 autocast on CUDA, else the CPU) | fp32 | bf16 "
                    "(both configurations alike)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench_lora)

@@ -12,7 +12,7 @@ slow spell of a shared machine falls on both sides. Each row has `peak_mb` (the 
 rounds), `tokens_per_s` (the median) and `estimate_mb` (`memory.estimate`); `peak_ratio` is
 LoRA / full without checkpointing and `speed_ratio` the median of the rounds' LoRA / full
 (goals <= 0.45, >= 1.3). The precision is the device's fast path by default: bf16 autocast on
-CPU and CUDA (frozen LoRA weights in bf16), fp32 on MPS.
+CUDA or, where there is none, the CPU (frozen LoRA weights in bf16).
 
 The measuring side is this module run as a script:
     python -m studio.bench.lora N_LAYER BATCH SEQ PRECISION LORA_R CHECKPOINTING STEPS
@@ -44,6 +44,12 @@ def _config(n_layer: int):
     return gpt2_config(replace(get_preset("gpt2-medium"), n_layer=n_layer))
 
 
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the probe's device: never MPS
+
+
 def probe(n_layer: int, batch: int, seq: int, precision: str, r: int, checkpointing: bool, steps: int) -> dict:
     """Train one configuration in this (fresh) process: its peak bytes and timed tokens/s."""
     import torch
@@ -51,7 +57,7 @@ def probe(n_layer: int, batch: int, seq: int, precision: str, r: int, checkpoint
     from studio import activations, lora
     from studio.training import lm_loss, make_optimizer, resolve_precision
 
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = _device()
     prec = resolve_precision(dev, precision)
     base = torch.cuda.memory_allocated() if dev.type == "cuda" else rss()
     # transformers after the baseline, as in `bench memory`: estimates include its model code
@@ -99,14 +105,11 @@ def measure(n_layer: int, precision: str, r: int, checkpointing: bool, steps: in
 
 def run(steps: int = 2, n_layer: int = 24, precision: str = "fast", rounds: int = 3, log=print) -> dict:
     """The four configurations, `rounds` times each in fresh processes, with the estimate beside each."""
-    import torch
-
     from studio.training import resolve_precision
 
     if rounds < 1 or steps < 1:
         raise ValueError(f"bench lora: rounds and steps must be >= 1, got rounds={rounds}, steps={steps}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = resolve_precision(device, precision).name
+    precision = resolve_precision(_device(), precision).name
     runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
     for i in range(rounds):
         for name in (CONFIGS if i % 2 == 0 else reversed(CONFIGS)):
