@@ -111,6 +111,14 @@ def wrap(model: torch.nn.Module, settings: LoraSettings, frozen_dtype: torch.dty
     return wrapped
 
 
+def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """The wrapped `model`'s frozen weights in `dtype`, its adapters as they are: `wrap`'s
+    `frozen_dtype` for a model whose precision is chosen after it was wrapped ("fast")."""
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point():
+            p.data = p.data.to(dtype)
+
+
 def _forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """peft's `lora.Linear.forward`, with its training case (one plain adapter, not merged) done as
     `addmm(base(x), A(dropout(x)), (B * scaling).T)`: the same sum as peft's

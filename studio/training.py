@@ -456,6 +456,11 @@ class Run:
             self.tracker.close()
 
 
+def _frozen_dtype(precision: Precision) -> torch.dtype | None:
+    """A LoRA run's frozen weights: in bf16 under bf16 autocast (half the bytes, no cast each step)."""
+    return torch.bfloat16 if precision.autocast == torch.bfloat16 else None
+
+
 def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) -> Run:
     """Build the run; every check that can fail runs before metrics.jsonl is opened."""
     started = time.time()
@@ -473,7 +478,7 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     if cfg.lora.enabled:
         if lora_base is None:  # a scratch base cannot be rebuilt from its name alone: the run keeps it
             lora_base = _save_scratch_base(model, tokenizer, spec, folder, accelerator)
-        model = lora.wrap(model, cfg.lora, torch.bfloat16 if precision.autocast == torch.bfloat16 else None)
+        model = lora.wrap(model, cfg.lora, _frozen_dtype(precision))
         if cfg.resume:
             lora.load_adapter_weights(model, folder / "last")
     block_size = _block_size(cfg, model)
@@ -503,6 +508,8 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
             precision, choice = choose_precision(model, device, micro_batch, block_size,
                                                  data.token_cache_dir().parent / PRECISION_CACHE, kept)
         info.update(precision=precision.name, precision_choice=choice)
+        if cfg.lora.enabled and _frozen_dtype(precision):  # as wrap does when the precision is named
+            lora.cast_frozen(model, _frozen_dtype(precision))
     optimizer = make_optimizer(model, cfg.settings, device)
     wrapped = accelerator.prepare(model)
     loaded = models.LoadedModel(models.ModelSpec(folder.name, "checkpoint"), accelerator.unwrap_model(wrapped),

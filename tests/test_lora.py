@@ -251,6 +251,21 @@ def test_the_adapters_training_forward_is_peft_s_sum_in_one_pass(base_folder, mo
         assert len(calls) == 2 * 2 * 4
 
 
+@pytest.mark.parametrize("fp32_ms, bf16_ms, frozen", [(60.0, 30.0, torch.bfloat16), (30.0, 60.0, torch.float32)])
+def test_fast_precision_freezes_the_base_in_the_dtype_it_chose(base_folder, small_data, monkeypatch,
+                                                               fp32_ms, bf16_ms, frozen):
+    """"fast" is measured after the model is wrapped: choosing bf16 then halves the frozen weights as
+    naming bf16 does; the adapters stay fp32."""
+    monkeypatch.setattr(training, "_step_ms", lambda m, x, p: fp32_ms if p.autocast is None else bf16_ms)
+    (checkpoints_dir() / ".cache" / training.PRECISION_CACHE).unlink(missing_ok=True)
+    with training.prepare(config(base_folder, small_data, f"lora-fast-{frozen}", precision="fast")) as run:
+        params = list(run.loaded.model.parameters())
+        assert {p.dtype for p in params if not p.requires_grad} == {frozen}
+        assert {p.dtype for p in params if p.requires_grad} == {torch.float32}
+        x, y = training.next_batch(run)
+        assert math.isfinite(training.train_step(run, x, y))
+
+
 def test_memory_counts_adapters_as_peft_makes_them(base_folder):
     from transformers import AutoConfig, AutoModelForCausalLM
 
