@@ -98,13 +98,13 @@ def wrap(model: torch.nn.Module, settings: LoraSettings, frozen_dtype: torch.dty
     from transformers.pytorch_utils import Conv1D
 
     check_targets(settings, model)
-    if frozen_dtype is not None:
-        model.to(frozen_dtype)
     conv1d = any(isinstance(m, Conv1D) and name.rsplit(".", 1)[-1] in settings.target_modules
                  for name, m in model.named_modules())
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=list(settings.target_modules), fan_in_fan_out=conv1d, task_type="CAUSAL_LM")
-    wrapped = get_peft_model(model, config)  # autocast_adapter_dtype keeps the adapters in fp32
+    wrapped = get_peft_model(model, config)  # the adapters in fp32
+    if frozen_dtype is not None:
+        cast_frozen(wrapped, frozen_dtype)
     for layer in wrapped.modules():
         if isinstance(layer, PeftLinear):
             layer.forward = MethodType(_forward, layer)
@@ -113,7 +113,7 @@ def wrap(model: torch.nn.Module, settings: LoraSettings, frozen_dtype: torch.dty
 
 def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """The wrapped `model`'s frozen weights in `dtype`, its adapters as they are: `wrap`'s
-    `frozen_dtype` for a model whose precision is chosen after it was wrapped ("fast")."""
+    `frozen_dtype`, and for a model whose precision is chosen after it was wrapped ("fast")."""
     for p in model.parameters():
         if not p.requires_grad and p.is_floating_point():
             p.data = p.data.to(dtype)
@@ -128,14 +128,12 @@ def _forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     adapters' fp32 and autocast casts it back, two copies for the same numbers. The two were 8%
     and 5% of a bf16 LoRA step at gpt2-medium's shape on the development CPU. Any other case
     (merged, disabled, several adapters, DoRA and peft's other variants) is peft's own forward."""
-    from peft.tuners.lora import Linear as PeftLinear
-
     (name, *others) = layer.active_adapters or (None,)
     autocast = torch.is_autocast_enabled(x.device.type)
     plain = (not args and not kwargs and not others and name in layer.lora_A and name not in layer.lora_variant
              and not layer.disable_adapters and not layer.merged)
     if not plain or not (autocast or layer.get_base_layer().weight.dtype == layer.lora_A[name].weight.dtype):
-        return PeftLinear.forward(layer, x, *args, **kwargs)
+        return type(layer).forward(layer, x, *args, **kwargs)
     result = layer.base_layer(x)
     a = layer.lora_A[name](layer.lora_dropout[name](x if autocast else x.to(layer.lora_A[name].weight.dtype)))
     b = layer.lora_B[name].weight * layer.scaling[name]
