@@ -420,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(repeatable: one column each)")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--device", default="auto")
-    p.add_argument("--exact", action="store_true", help="fp32 output layer (default: bfloat16, faster)")
+    p.add_argument("--exact", action="store_true", help="fp32 output layer (default: bfloat16 where bf16 is fast here)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_compare)
 
@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="rounds of the four configurations, order alternated; "
                    "medians are reported")
     p.add_argument("--n-layer", type=int, default=24, help="layers (24 = gpt2-medium; fewer for a quick run)")
-    p.add_argument("--precision", default="fast", help="fast (bf16 autocast on CUDA, else the CPU) | fp32 | bf16 "
+    p.add_argument("--precision", default="fast", help="fast (bf16 where this device has fast bf16, else fp32) | fp32 | bf16 "
                    "(both configurations alike)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench_lora)
@@ -493,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--exact", action="store_true", help="time the fp32 output layer instead of bfloat16")
+    p.add_argument("--exact", action="store_true", help="time the fp32 output layer (default: bfloat16 where bf16 is fast here)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench_compare)
     return parser

@@ -27,6 +27,7 @@ from typing import Callable, Hashable
 
 HUMAN, ASSISTANT = "Human: ", "Assistant: "
 HELDOUT_PER_TASK = 25
+DEV_PER_TASK = 8  # kept out of training too: what a run scores at every eval and may stop on
 CHAT_DEMO = ("add", (4, 5))  # "What is 4 plus 5?": trained, so the Chat tab answers "9"
 
 
@@ -86,27 +87,35 @@ TASK_NAMES = tuple(t.name for t in TASKS)
 _WEIGHTS = [t.weight for t in TASKS]
 
 
-def heldout_inputs(seed: int = 0, per_task: int = HELDOUT_PER_TASK) -> dict[str, set]:
-    """The held-out inputs of every task, drawn first from the seed."""
+def heldout_inputs(seed: int = 0, per_task: int = HELDOUT_PER_TASK, dev_per_task: int = DEV_PER_TASK
+                   ) -> dict[str, list]:
+    """Every task's inputs kept out of training, drawn first from the seed: the first `per_task`
+    are the held-out (test) questions, the next `dev_per_task` the dev questions."""
     rng = random.Random(seed)
-    held: dict[str, set] = {}
+    held: dict[str, list] = {}
     for task in TASKS:
-        inputs: set = set()
-        while len(inputs) < per_task:
+        inputs: list = []
+        while len(inputs) < per_task + dev_per_task:
             x = task.draw(rng)
-            if (task.name, x) == CHAT_DEMO:
+            if (task.name, x) == CHAT_DEMO or x in inputs:
                 continue
             if task.name == "add" and (x[0] == x[1] or (x[1], x[0]) in inputs):
                 continue  # "add" is held out by ordered pair: the swapped pair stays in training
-            inputs.add(x)
+            inputs.append(x)
         held[task.name] = inputs
     return held
+
+
+def _questions(inputs: dict[str, list], part: slice) -> list[Example]:
+    """Examples of every task's inputs[part], balanced: the tasks interleaved, each sorted by input."""
+    by_task = [[task.example(x) for x in sorted(inputs[task.name][part], key=str)] for task in TASKS]
+    return [e for group in zip(*by_task) for e in group]
 
 
 def builtin_examples(n_train: int = 50_000, n_heldout: int = HELDOUT_PER_TASK * len(TASKS),
                      seed: int = 0) -> tuple[list[Example], list[Example]]:
     """(train, held-out) exchanges, tasks in shares by their weights (the slow learners, addition and
-    copying, get twice the examples); no held-out input is in its task's training.
+    copying, get twice the examples); no held-out or dev input is in its task's training.
 
     >>> train, held = builtin_examples(50, 14)
     >>> len(held), {e.question for e in held} & {e.question for e in train}
@@ -114,19 +123,29 @@ def builtin_examples(n_train: int = 50_000, n_heldout: int = HELDOUT_PER_TASK * 
     """
     per_task = -(-n_heldout // len(TASKS))
     held = heldout_inputs(seed, per_task)
-    heldout = [task.example(x) for task in TASKS for x in sorted(held[task.name], key=str)]
-    # balanced: the first n_heldout of the tasks interleaved
-    by_task = [heldout[i * per_task:(i + 1) * per_task] for i in range(len(TASKS))]
-    heldout = [e for group in zip(*by_task) for e in group][:n_heldout]
+    heldout = _questions(held, slice(per_task))[:n_heldout]
+    kept_out = {task: set(inputs) for task, inputs in held.items()}
     rng = random.Random(f"train-{seed}")
     train = [next(t for t in TASKS if t.name == CHAT_DEMO[0]).example(CHAT_DEMO[1])]
     while len(train) < n_train:
         task = rng.choices(TASKS, _WEIGHTS)[0]
         x = task.draw(rng)
-        if x not in held[task.name]:
+        if x not in kept_out[task.name]:
             train.append(task.example(x))
     rng.shuffle(train)
     return train[:n_train], heldout
+
+
+def dev_examples(seed: int = 0, per_task: int = HELDOUT_PER_TASK) -> list[Example]:
+    """The dev questions of `builtin_examples(seed=seed)`: kept out of training like the held-out
+    ones and disjoint from them. Training scores them at every eval and may stop on them
+    (`TrainSettings.stop_at_exact_match`), so the held-out score stays untouched by any decision.
+
+    >>> dev, (_, held) = dev_examples(), builtin_examples()
+    >>> len(dev), {e.question for e in dev} & {e.question for e in held}
+    (48, set())
+    """
+    return _questions(heldout_inputs(seed, per_task), slice(per_task, None))
 
 
 def builtin_texts(seed: int = 0) -> list[str]:

@@ -24,7 +24,7 @@ import torch
 
 from studio import checkpoints_dir
 from studio.atomic import replacing
-from studio.corpus import ASSISTANT, HUMAN, Example, builtin_examples, format_exchange
+from studio.corpus import ASSISTANT, HUMAN, Example, builtin_examples, dev_examples, format_exchange
 from studio.hub import hub_reachable
 from studio.names import shown
 
@@ -51,6 +51,7 @@ class Documents:
     skipped: int = 0  # malformed rows or lines, never fatal
     rated_down: int = 0  # chat replies rated down, left out on purpose
     heldout: list[Example] = field(default_factory=list)  # built-in only: questions for exact match
+    dev: list[Example] = field(default_factory=list)  # built-in only: questions scored at every eval
     text: str = ""  # a .txt file's text as it is: what a sequential split cuts
 
     def joined(self) -> str:
@@ -184,7 +185,7 @@ def read_source(spec: str, seed: int = 0) -> Documents:
     spec = (spec or "").strip()
     if spec == "builtin":
         train, heldout = builtin_examples(seed=seed)
-        return Documents("builtin", [e.text for e in train], heldout=heldout)
+        return Documents("builtin", [e.text for e in train], heldout=heldout, dev=dev_examples(seed))
     if spec.startswith("hub:"):
         return read_hub(spec[4:])
     if not spec:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
+from studio import devices
 from studio.arch import context_length
 from studio.models import LoadedModel
 from studio.sampling import DecodingSettings, RowParams, process, sample
@@ -137,8 +138,9 @@ class _Step:
     """One model step: (new ids, cache) -> the logits at the last position, float32. (b, t) -> (b, V)
 
     `fast` runs the output projection, the largest matmul of a small model (n_embd x vocab, e.g.
-    192 x 50257), in bfloat16 from a copy of the weights: on CPUs with bf16 units it is several
-    times faster, and the logits move by about 1e-2, enough to flip near-ties of greedy decoding.
+    192 x 50257), in bfloat16 from a copy of the weights where the device has fast bf16
+    (`devices.bf16_speed`): on CPUs with bf16 units it is several times faster, and the logits move
+    by about 1e-2, enough to flip near-ties of greedy decoding; where bf16 is emulated it is fp32.
     Only for GPT-2 models (their head is a plain bias-free linear after the final layer norm).
     """
 
@@ -146,7 +148,8 @@ class _Step:
         self.model, self.weight = model, None
         head = model.get_output_embeddings()
         device = next(model.parameters()).device
-        if fast and model.config.model_type == "gpt2" and device.type in ("cpu", "cuda") and head.bias is None:
+        if (fast and model.config.model_type == "gpt2" and device.type in ("cpu", "cuda") and head.bias is None
+                and devices.bf16_speed(device).fast):
             self.weight = head.weight.detach().to(torch.bfloat16)  # (V, n_embd)
 
     def __call__(self, ids: torch.Tensor, cache=None):
@@ -165,7 +168,7 @@ def stream(loaded: LoadedModel, prompt: str, settings: Sequence[DecodingSettings
 
     The columns are the same objects each time, updated in place; the last yield has every
     column finished. `stop_at_eos=False` keeps going past the end-of-text token (benchmarks);
-    `fast` computes the output layer in bfloat16 (see `_Step`: quicker, not bit-exact).
+    `fast` computes the output layer in bfloat16 where that is fast (see `_Step`: quicker, not bit-exact).
     """
     if not settings:
         raise ValueError("settings must hold at least one decoding setting")

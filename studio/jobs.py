@@ -152,6 +152,7 @@ class RunPlan:
     data: dict  # tokens, tokens per parameter, the ~20 rule of thumb (data.TokenData.report)
     seconds_per_step: float | None  # measured on the latest run of this model and device, if any
     device_check: DeviceCheck | None  # an accelerator against the CPU (None on the CPU)
+    precision_hint: str = ""  # what the chosen precision means on this device (devices.precision_hint)
 
     @property
     def fits(self) -> bool:
@@ -166,7 +167,7 @@ def plan(cfg: TrainConfig, progress: models.LoadProgress | None = None) -> RunPl
     tok = models.tokenizer_for(spec, documents.docs)
     tokens = data.prepare(documents, tok, data.token_cache_dir(), cfg.seed, progress, cfg.split_mode)
     device = devices.pick_device(cfg.device)
-    prec = training.resolve_precision(device, cfg.precision)
+    prec = devices.precision(device, cfg.precision)
     block = cfg.block_size or config.max_position_embeddings
     if cfg.lora.enabled:
         lora.check_targets_of(cfg.lora, config)
@@ -190,7 +191,7 @@ def plan(cfg: TrainConfig, progress: models.LoadProgress | None = None) -> RunPl
     n_params = count_parameters(config)
     return RunPlan(cfg, n_params, str(device), available, est, suggestion, lora_est, lora_fit,
                    tokens.report(n_params), _measured_step_time(cfg.model, str(device)),
-                   device_check.checked(device, prec.name))
+                   device_check.checked(device, prec.name), devices.precision_hint(device, cfg.precision))
 
 
 def _measured_step_time(model: str, device: str) -> float | None:

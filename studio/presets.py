@@ -57,6 +57,9 @@ class TrainSettings:
     # answers when every document is a chat exchange (built-in corpus, saved chats), else all
     loss_on: str = "auto"
     beta2: float = 0.95  # AdamW's second-moment decay; small batches (nanoGPT's char recipe) like 0.99
+    # built-in data: stop once every task's dev exact match (questions kept out of training, never
+    # the held-out ones the run is scored on) reaches this at an eval; 0 = off
+    stop_at_exact_match: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.learning_rate <= 1:
@@ -80,6 +83,8 @@ class TrainSettings:
             raise ValueError(f"loss_on must be one of {list(LOSS_ON)}, got {self.loss_on!r}")
         if not 0 < self.beta2 < 1:
             raise ValueError(f"beta2 must be in (0, 1), got {self.beta2}")
+        if not 0 <= self.stop_at_exact_match <= 1:
+            raise ValueError(f"stop_at_exact_match must be in [0, 1] (0 = off), got {self.stop_at_exact_match}")
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "train") -> "TrainSettings":

@@ -18,10 +18,11 @@ for a reader. Under `accelerate launch`/`torchrun` the same call runs DDP: each 
 its share of every global batch, and only the main process writes files.
 
 Precision: "auto" is the device policy (fp32 on CPU and MPS, bf16 on CUDA with bf16);
-"fast" is the faster of fp32 and the device's fast path (bf16 autocast on CPU and CUDA), as
-measured: a few interleaved steps of each at the start, remembered per model shape, batch,
-device and thread count in the checkpoints folder's cache (`choose_precision`). bf16 autocast
-adds a cast per matmul input, which costs more than it saves for narrow models on a CPU.
+"fast" is the faster of fp32 and the device's fast path (bf16 autocast where the device has fast
+bf16, `devices.bf16_speed`), as measured: a few interleaved steps of each at the start,
+remembered per model shape, batch, device and thread count in the checkpoints folder's cache
+(`choose_precision`). bf16 autocast adds a cast per matmul input, which costs more than it saves
+for narrow models on a CPU; a CPU without bf16 units is fp32 at once, never probed.
 
 Activations: models 512 wide and up redo their cheap element-wise work in the backward instead
 of keeping it, for the same gradients (`studio.activations`); run.json's "activations" says which.
@@ -43,6 +44,7 @@ from typing import IO, Callable, Iterator
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import broadcast
 from safetensors.torch import load_file, save_file
 
 from studio import activations, corpus, data, device_check, devices, lora, memory, models, runs, tracking
@@ -156,15 +158,6 @@ def lr_at(step: int, s: TrainSettings) -> float:
     return low + 0.5 * (1 + math.cos(math.pi * progress)) * (s.learning_rate - low)
 
 
-def resolve_precision(device: torch.device, name: str) -> Precision:
-    """The device policy of `devices.precision`, plus "fast": the device's fast path."""
-    if name == "fast":
-        name = "fp32" if device.type == "mps" else "bf16"
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            name = "fp32"
-    return devices.precision(device, name)
-
-
 PRECISION_CACHE = "precision.json"  # under the checkpoints folder's .cache/
 PROBE_STEPS = 3  # timed forward/backward steps per candidate, interleaved, after one warm-up each
 PROBE_STEP_VERSION = 2  # in the cache key: answers timed on an older step (2: bf16 head) are re-measured
@@ -196,9 +189,9 @@ def choose_precision(model: torch.nn.Module, device: torch.device, batch: int, b
     step, the RNG restored), or reads the answer remembered in `cache` for this model shape,
     batch, device and thread count. Returns the precision and {"chosen", "why", "ms_per_step"}.
     """
-    fast, fp32 = resolve_precision(device, "fast"), devices.precision(device, "fp32")
+    fast, fp32 = devices.precision(device, "fast"), devices.precision(device, "fp32")
     if fast.autocast is None:
-        return fp32, {"chosen": "fp32", "why": f"the fast path on {device.type} is fp32"}
+        return fp32, {"chosen": "fp32", "why": f"the fast path is fp32: {devices.bf16_speed(device).note()}"}
     key = _probe_key(model, device, batch, block_size, kept)
     known = json.loads(cache.read_text()) if cache and cache.is_file() else {}
     if key in known:
@@ -395,6 +388,7 @@ class Run:
     optimizer: torch.optim.AdamW
     tokens: data.TokenData
     heldout: list[corpus.Example]  # built-in data: the questions of samples and of the exact-match score
+    dev: list[corpus.Example]  # built-in data: the questions every eval scores (and may stop on)
     block_size: int
     global_batch: int  # examples per optimizer step, over all processes
     state: TrainState
@@ -467,7 +461,7 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     accelerator = make_accelerator(cfg.device)
     device = accelerator.device
     # "fast" is decided by a measurement on the built model; until then, plan memory for fp32
-    precision = resolve_precision(device, "fp32" if cfg.precision == "fast" else cfg.precision)
+    precision = devices.precision(device, "fp32" if cfg.precision == "fast" else cfg.precision)
     folder = cfg.run_dir
     _check_run_folder(cfg, folder)
     # a resumed run's weights are all in last/ (a LoRA run's adapters need their base)
@@ -490,8 +484,9 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     n_params = model.num_parameters()
     info = {"params": n_params, "trainable_params": lora.trainable_parameters(model), "device": str(device),
             "precision": precision.name,
-            "precision_choice": {"chosen": precision.name, "why": f"precision {cfg.precision!r}" + (
-                f": the {device.type} policy" if cfg.precision == "auto" else "")},
+            "precision_choice": {"chosen": precision.name, "why": "; ".join(filter(None, (
+                f"precision {cfg.precision!r}" + (f": the {device.type} policy" if cfg.precision == "auto" else ""),
+                devices.precision_hint(device, cfg.precision) if cfg.precision == "bf16" else "")))},
             "processes": accelerator.num_processes, "data_report": tokens.report(n_params)}
     global_batch, micro_batch = _split_batch(cfg.settings, accelerator.num_processes)
     checkpointing, fit_note = cfg.grad_checkpointing, None
@@ -527,7 +522,7 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
     return Run(cfg=cfg, folder=folder, accelerator=accelerator, precision=precision,
                scaler=torch.amp.GradScaler(device.type, enabled=precision.autocast == torch.float16),
                model=wrapped, loaded=loaded, preset=spec.preset, optimizer=optimizer, tokens=tokens,
-               heldout=documents.heldout, block_size=block_size, global_batch=global_batch, state=state, info=info,
+               heldout=documents.heldout, dev=documents.dev, block_size=block_size, global_batch=global_batch, state=state, info=info,
                fit_note=fit_note, metrics=metrics, on_event=on_event, started=started, eval_text=eval_text,
                tracker=tracker, lora_base=lora_base if cfg.lora.enabled else None)
 
@@ -676,6 +671,8 @@ def train(cfg: TrainConfig, stop: threading.Event | None = None,
                 run.emit("eval", **eval_row(run, [], show=True))
         if run.fit_note:
             run.event("fit", run.fit_note)
+        if run.cfg.precision == "bf16" and devices.precision_hint(run.device, "bf16"):
+            run.event("precision", run.info["precision_choice"]["why"])
         check = device_check.checked(run.device, run.precision.name)
         if check is not None:  # the run's own record of whether its device can be trusted
             run.event("device_check", check.message)
@@ -703,16 +700,15 @@ def train(cfg: TrainConfig, stop: threading.Event | None = None,
                 run.emit("step", loss=loss, lr=run.optimizer.param_groups[0]["lr"],
                          tokens_per_s=tokens_since_log / max(now - last_log, 1e-9), elapsed_s=run.elapsed_s())
                 last_log, tokens_since_log = now, 0
-            stop_early = False
+            stop_why = ""
             if state.step % settings.eval_interval == 0:
-                val_loss, stop_early = evaluate(run, since_eval)
+                val_loss, stop_why = evaluate(run, since_eval)
                 since_eval, last_eval = [], state.step
             if state.step % settings.save_interval == 0:
                 save(run, "last")
-            if stop_early:
+            if stop_why:
                 reason = "early_stop"
-                run.event("early_stop", f"val loss did not improve by {settings.early_stop_min_delta} "
-                          f"for {settings.early_stop_patience} evals: stopped at step {state.step}")
+                run.event("early_stop", f"{stop_why}: stopped at step {state.step}")
                 break
         if last_eval != state.step and state.step > 0:
             # a stop's eval is off the schedule: it reports, and leaves early stopping as it was,
@@ -844,21 +840,20 @@ def mean_val_loss(run: Run) -> float:
     return total / len(x)
 
 
-HELDOUT_SUBSET_PER_TASK = 5  # questions per task scored at every eval: a quick, fixed, balanced subset
-
-
 def eval_row(run: Run, train_losses: list[float], show: bool = False) -> dict:
-    """Val loss, and with held-out questions (built-in data) the exact match on a fixed subset;
-    `show` also emits a few of its answers as held-out sample rows."""
+    """Val loss, and with dev questions (built-in data) their exact match, overall and per task;
+    `show` also emits the answers to one held-out question per task as sample rows (the same
+    questions the end of the run shows: the report's before and after)."""
     val_loss = mean_val_loss(run)
     row = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
     if train_losses:
         row["train_loss"] = sum(train_losses) / len(train_losses)
-    accuracy = heldout_accuracy(run, corpus.balanced_subset(run.heldout, HELDOUT_SUBSET_PER_TASK))
+    accuracy = heldout_accuracy(run, run.dev)
     if accuracy:
         row.update(heldout_exact_match=accuracy["exact_match"], heldout_per_task=accuracy["per_task"])
-        if show:
-            emit_answers(run, accuracy)
+    shown = heldout_accuracy(run, corpus.balanced_subset(run.heldout, 1)) if show else None
+    if shown:
+        emit_answers(run, shown)
     return row
 
 
@@ -868,23 +863,37 @@ def emit_answers(run: Run, accuracy: dict) -> None:
                  expected=answer["expected"], heldout=True)
 
 
-def evaluate(run: Run, train_losses: list[float], scheduled: bool = True) -> tuple[float, bool]:
-    """Eval row, samples, and on a scheduled eval the early-stopping count and the `best`
-    checkpoint on improvement; returns (val loss, stop early?)."""
+def evaluate(run: Run, train_losses: list[float], scheduled: bool = True) -> tuple[float, str]:
+    """Eval row, samples, and on a scheduled eval the early-stopping checks and the `best`
+    checkpoint on improvement; returns (val loss, why to stop early or "")."""
     row = eval_row(run, train_losses)
     val_loss = row["val_loss"]
     run.emit("eval", **row)
     write_samples(run)
     if not scheduled:
-        return val_loss, False
+        return val_loss, ""
     state = run.state
     if val_loss < state.best_val_loss - run.settings.early_stop_min_delta:
         state.best_val_loss, state.bad_evals = val_loss, 0
         save(run, "best")
     else:
         state.bad_evals += 1
-    patience = run.settings.early_stop_patience
-    return val_loss, bool(patience and state.bad_evals >= patience)
+    settings = run.settings
+    if settings.early_stop_patience and state.bad_evals >= settings.early_stop_patience:
+        return val_loss, (f"val loss did not improve by {settings.early_stop_min_delta} "
+                          f"for {settings.early_stop_patience} evals")
+    if settings.stop_at_exact_match and target_reached(run, row.get("heldout_per_task")):
+        return val_loss, f"every task's dev exact match reached {settings.stop_at_exact_match:g}"
+    return val_loss, ""
+
+
+def target_reached(run: Run, per_task: dict[str, float] | None) -> bool:
+    """Whether every task's dev exact match is at `stop_at_exact_match` (the main process scores
+    the dev questions; the others follow its answer, so every process stops at the same step)."""
+    reached = bool(per_task) and min(per_task.values()) >= run.settings.stop_at_exact_match
+    if run.accelerator.num_processes == 1:
+        return reached
+    return bool(broadcast(torch.tensor([int(reached)], device=run.device))[0])
 
 
 def write_samples(run: Run) -> None:

@@ -7,7 +7,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from studio import activations, lora
 from studio.lora import LoraSettings
 from studio.presets import TrainSettings
-from studio.training import lm_loss, make_optimizer, resolve_precision
+from studio.devices import precision
+from studio.training import lm_loss, make_optimizer
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +34,7 @@ def trained(mode: str, dropout: float, adapters: bool = False, steps: int = 3) -
     model = tiny(dropout, adapters)
     activations.apply(model, mode)
     opt = make_optimizer(model, TrainSettings(), torch.device("cpu"))
-    ctx = resolve_precision(torch.device("cpu"), "fp32")
+    ctx = precision(torch.device("cpu"), "fp32")
     g = torch.Generator().manual_seed(1)
     torch.manual_seed(2)  # dropout's masks: the recomputation must replay the same ones
     for _ in range(steps):
@@ -72,7 +73,7 @@ def op_counts(mode: str, adapters: bool = False) -> dict[str, int]:
     activations.apply(model, mode)
     x = torch.randint(0, 97, (2, 16))
     with _Count() as seen:
-        lm_loss(model, x, x, resolve_precision(torch.device("cpu"), "fp32").context()).backward()
+        lm_loss(model, x, x, precision(torch.device("cpu"), "fp32").context()).backward()
     return seen.ops
 
 

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from studio.corpus import (CHAT_DEMO, HELDOUT_PER_TASK, TASK_NAMES, TASKS, Example, answer_of, balanced_subset,
-                           builtin_examples, builtin_texts, exact_match, format_exchange, per_task_match)
+from studio.corpus import (CHAT_DEMO, DEV_PER_TASK, HELDOUT_PER_TASK, TASK_NAMES, TASKS, Example, answer_of, balanced_subset,
+                           builtin_examples, builtin_texts, dev_examples, exact_match, format_exchange, per_task_match)
 
 
 def test_the_same_seed_gives_the_same_corpus():
@@ -21,21 +21,24 @@ def test_no_heldout_input_appears_in_its_tasks_training(seed):
     train, heldout = builtin_examples(seed=seed)
     assert {e.task for e in heldout} == set(TASK_NAMES) and len(heldout) == HELDOUT_PER_TASK * len(TASKS)
     counts = {name: sum(e.task == name for e in train) for name in TASK_NAMES}
-    # shares follow the weights (the slow learners get more examples); a quarter of the addition
-    # facts are held out, so a quarter of its draws are rejected
+    # shares follow the weights (the slow learners get more examples); a third of the 100 addition
+    # facts are held out (test and dev), so a third of its draws are rejected
     weight = {t.name: t.weight for t in TASKS}
     assert counts["repeat"] / counts["first"] == pytest.approx(weight["repeat"] / weight["first"], rel=0.05)
-    assert counts["add"] / counts["first"] == pytest.approx(0.75 * weight["add"] / weight["first"], rel=0.05)
+    kept = 1 - (HELDOUT_PER_TASK + DEV_PER_TASK) / 100
+    assert counts["add"] / counts["first"] == pytest.approx(kept * weight["add"] / weight["first"], rel=0.05)
     by_task = {name: {e.question for e in train if e.task == name} for name in TASK_NAMES}
     for task in TASKS:  # the input is what the question holds besides the instruction's words
         held = [e for e in heldout if e.task == task.name]
         assert len(held) == HELDOUT_PER_TASK
         assert not {e.question for e in held} & by_task[task.name], task.name
+    dev = dev_examples(seed)
+    assert len(dev) == DEV_PER_TASK * len(TASKS) and not {e.question for e in dev} & {e.question for e in heldout}
     trained_inputs = {name: {_input(q) for q in qs} for name, qs in by_task.items()}
-    for e in heldout:
+    for e in heldout + dev:
         assert _input(e.question) not in trained_inputs[e.task], e
     # addition is held out by ordered pair: the swapped question is trained, so it is learnable
-    for e in heldout:
+    for e in heldout + dev:
         if e.task == "add":
             a, b = re.findall(r"\d+", e.question)
             assert f"What is {b} plus {a}?" in by_task["add"]

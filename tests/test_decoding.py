@@ -3,7 +3,7 @@ and export, on real (tiny) models."""
 import pytest
 import torch
 
-from studio import decoding, models
+from studio import decoding, devices, models
 from studio.sampling import DecodingSettings
 
 
@@ -30,12 +30,20 @@ def test_greedy_equals_generate(tiny, penalty):
     assert col.token_ids == ref[0, ids.shape[1]:].tolist()
 
 
-def test_fast_output_layer_stays_close(tiny):
+@pytest.mark.parametrize("bf16_units", [True, False])
+def test_fast_output_layer_is_bf16_only_where_bf16_is_fast(tiny, monkeypatch, bf16_units):
+    monkeypatch.setattr(devices, "bf16_speed", lambda d: devices.Bf16Speed(d.type, bf16_units, None))
+    assert (decoding._Step(tiny.model, fast=True).weight is not None) == bf16_units
+    assert decoding._Step(tiny.model, fast=False).weight is None
     s = [DecodingSettings(temperature=0, max_new_tokens=10), DecodingSettings(top_k=20, max_new_tokens=10)]
     exact = decoding.generate(tiny, "Once upon", s, stop_at_eos=False)
     fast = decoding.generate(tiny, "Once upon", s, stop_at_eos=False, fast=True)
     assert [len(c.tokens) for c in fast] == [10, 10]
     assert fast[0].tokens[0].prob == pytest.approx(exact[0].tokens[0].prob, rel=0.05)
+    if bf16_units:  # the bf16 head moves the probabilities a little; the fp32 head not at all
+        assert fast[0].tokens[0].prob != exact[0].tokens[0].prob
+    else:
+        assert fast[0].tokens[0].prob == exact[0].tokens[0].prob
 
 
 def test_greedy_equals_generate_on_a_random_model(tiny_char):

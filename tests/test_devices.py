@@ -1,10 +1,13 @@
 """Devices: which device `auto` takes, the dtype policy per device, and memory figures."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from studio import devices
+from studio import ROOT, devices
 from studio.devices import DeviceMemory, memory, pick_device, precision
-from studio.training import resolve_precision
 
 
 @pytest.fixture
@@ -43,17 +46,48 @@ def test_a_missing_or_unknown_device_is_a_clear_error(no_accelerator):
     ("cuda", False, "fp16", "fp16"),
 ])
 def test_precision_policy_per_device(monkeypatch, device, bf16_gpu, name, expected):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_gpu)
+    monkeypatch.setattr(devices, "bf16_speed", lambda d: devices.Bf16Speed(d.type, bf16_gpu, None))
     p = precision(torch.device(device), name)
     assert p.name == expected
     assert p.autocast == {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[expected]
 
 
-@pytest.mark.parametrize("device, bf16_gpu, expected", [
-    ("cpu", False, "bf16"), ("mps", False, "fp32"), ("cuda", True, "bf16"), ("cuda", False, "fp32")])
-def test_fast_is_the_devices_fast_path(monkeypatch, device, bf16_gpu, expected):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_gpu)
-    assert resolve_precision(torch.device(device), "fast").name == expected
+@pytest.mark.parametrize("device, bf16_units, expected", [
+    ("cpu", True, "bf16"), ("cpu", False, "fp32"), ("mps", False, "fp32"), ("cuda", True, "bf16"),
+    ("cuda", False, "fp32")])
+def test_fast_is_bf16_only_where_bf16_is_fast(monkeypatch, device, bf16_units, expected):
+    monkeypatch.setattr(devices, "bf16_speed", lambda d: devices.Bf16Speed(d.type, bf16_units, None))
+    assert precision(torch.device(device), "fast").name == expected
+
+
+def test_a_cpu_without_bf16_units_is_never_timed(monkeypatch):
+    devices._bf16_speed.cache_clear()
+    monkeypatch.setattr(devices, "_cpu_has_bf16_isa", lambda: False)
+    monkeypatch.setattr(devices, "matmul_slowdown", lambda d: pytest.fail("timed bf16 on a CPU without units"))
+    assert not devices.bf16_speed(torch.device("cpu")).fast
+    devices._bf16_speed.cache_clear()
+
+
+@pytest.mark.parametrize("slowdown, fast", [(0.4, True), (3.0, False)])
+def test_bf16_flags_are_confirmed_by_timing(monkeypatch, slowdown, fast):
+    # ONEDNN_MAX_CPU_ISA or a VM can hide the units the flags report: the timing decides
+    devices._bf16_speed.cache_clear()
+    monkeypatch.setattr(devices, "_cpu_has_bf16_isa", lambda: True)
+    monkeypatch.setattr(devices, "matmul_slowdown", lambda d: slowdown)
+    speed = devices.bf16_speed(torch.device("cpu"))
+    assert (speed.fast, speed.slowdown) == (fast, slowdown)
+    assert precision(torch.device("cpu"), "fast").name == ("bf16" if fast else "fp32")
+    devices._bf16_speed.cache_clear()
+
+
+def test_avx2_kernels_mean_no_bf16_fast_path():
+    # what a user's AVX2-only laptop has, reproduced on any x86 CPU by lowering torch's kernels
+    code = ("import torch; from studio import devices as d; cpu = torch.device('cpu'); s = d.bf16_speed(cpu);"
+            "print(s.fast, d.precision(cpu, 'fast').name, d.precision_hint(cpu, 'bf16'))")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=ROOT).stdout
+    assert out.startswith("False fp32 bf16 is slow here, cpu (AVX2, no bf16 units): a bf16 matmul took")
 
 
 def test_unsupported_precisions_are_refused():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from studio import checkpoints_dir, models, runs, training
+from studio import checkpoints_dir, devices, models, runs, training
 from studio.corpus import builtin_examples
 from studio.presets import TrainSettings
 from studio.training import TrainConfig, lr_at, train
@@ -271,6 +271,7 @@ def test_fast_takes_the_measured_faster_precision_and_remembers_it(tiny_char_che
         return fp32_ms if precision.autocast is None else bf16_ms
 
     monkeypatch.setattr(training, "_step_ms", fake_step)
+    bf16_units(monkeypatch, True)
     cache = checkpoints_dir() / ".cache" / training.PRECISION_CACHE
     cache.unlink(missing_ok=True)
     s = settings(max_steps=2)
@@ -291,6 +292,7 @@ def test_the_probe_leaves_the_run_as_it_would_be(tiny_char_checkpoint, small_dat
     gradients: when it picks fp32, the curve is fp32's to the last bit."""
     real = training._step_ms
     monkeypatch.setattr(training, "_step_ms", lambda m, x, p: real(m, x, p) + (0 if p.autocast is None else 1e6))
+    bf16_units(monkeypatch, True)
     s = settings(max_steps=3)
     train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="probe-fp32", settings=s, precision="fp32"))
     (checkpoints_dir() / ".cache" / training.PRECISION_CACHE).unlink(missing_ok=True)
@@ -298,6 +300,30 @@ def test_the_probe_leaves_the_run_as_it_would_be(tiny_char_checkpoint, small_dat
     assert runs.read_run("probe-fast")["precision"] == "fp32"
     assert step_losses("probe-fast") == step_losses("probe-fp32")
     assert runs.read_run("probe-fp32")["precision_choice"] == {"chosen": "fp32", "why": "precision 'fp32'"}
+
+
+def bf16_units(monkeypatch, units: bool) -> None:
+    monkeypatch.setattr(devices, "bf16_speed", lambda d: devices.Bf16Speed(d.type, units, None))
+
+
+def test_fast_never_probes_bf16_without_bf16_units(tiny_char_checkpoint, small_data, monkeypatch):
+    monkeypatch.setattr(training, "_step_ms", lambda *a: pytest.fail("probed bf16 on a CPU without bf16 units"))
+    bf16_units(monkeypatch, False)
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="fast-no-units", settings=settings(max_steps=2),
+                      precision="fast"))
+    run = runs.read_run("fast-no-units")
+    assert run["precision"] == "fp32" and run["precision_choice"]["why"].startswith("the fast path is fp32: cpu (")
+
+
+def test_a_hand_picked_slow_bf16_says_what_it_costs(tiny_char_checkpoint, small_data, monkeypatch):
+    bf16_units(monkeypatch, False)
+    monkeypatch.setattr(devices, "matmul_slowdown", lambda d: 68.0)
+    train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="slow-bf16", settings=settings(max_steps=2),
+                      precision="bf16"))
+    why = runs.read_run("slow-bf16")["precision_choice"]["why"]
+    assert "bf16 is slow here" in why and "68x fp32's time" in why
+    events = [r for r in runs.metric_rows("slow-bf16") if r.get("type") == "event" and r.get("kind") == "precision"]
+    assert events and "68x" in events[0]["message"]
 
 
 def test_gradient_checkpointing_gives_the_same_losses(tiny_char_checkpoint, small_data):

@@ -2,7 +2,7 @@
 
 Both sides use random-weight models built from presets (no download), the same settings, the
 same prompt and the same number of new tokens (neither stops at end-of-text). The batched side
-uses the bfloat16 output layer unless `fast=False` (`generate` runs fp32 throughout). Timings are
+uses the bfloat16 output layer where bf16 is fast here (`devices.bf16_speed`) unless `fast=False` (`generate` runs fp32 throughout). Timings are
 medians of interleaved repeats, so other load on the machine hits both sides alike.
 
 `run` returns, per architecture: `batched_s`, `sequential_s`, `ratio` (batched / sequential),

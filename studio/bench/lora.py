@@ -11,8 +11,9 @@ checkpointing the model keeps what a run of its width keeps (`activations.defaul
 slow spell of a shared machine falls on both sides. Each row has `peak_mb` (the largest of its
 rounds), `tokens_per_s` (the median) and `estimate_mb` (`memory.estimate`); `peak_ratio` is
 LoRA / full without checkpointing and `speed_ratio` the median of the rounds' LoRA / full
-(goals <= 0.45, >= 1.3). The precision is the device's fast path by default: bf16 autocast on
-CUDA or, where there is none, the CPU (frozen LoRA weights in bf16).
+(goals <= 0.45, >= 1.3). The precision is the device's fast path by default (`devices.precision`
+"fast"): bf16 autocast (frozen LoRA weights in bf16) where `devices.bf16_speed` finds bf16 fast,
+else fp32.
 
 The measuring side is this module run as a script:
     python -m studio.bench.lora N_LAYER BATCH SEQ PRECISION LORA_R CHECKPOINTING STEPS
@@ -55,10 +56,11 @@ def probe(n_layer: int, batch: int, seq: int, precision: str, r: int, checkpoint
     import torch
 
     from studio import activations, lora
-    from studio.training import lm_loss, make_optimizer, resolve_precision
+    from studio.devices import precision as precision_of
+    from studio.training import lm_loss, make_optimizer
 
     dev = _device()
-    prec = resolve_precision(dev, precision)
+    prec = precision_of(dev, precision)
     base = torch.cuda.memory_allocated() if dev.type == "cuda" else rss()
     # transformers after the baseline, as in `bench memory`: estimates include its model code
     from transformers import GPT2LMHeadModel
@@ -105,11 +107,11 @@ def measure(n_layer: int, precision: str, r: int, checkpointing: bool, steps: in
 
 def run(steps: int = 2, n_layer: int = 24, precision: str = "fast", rounds: int = 3, log=print) -> dict:
     """The four configurations, `rounds` times each in fresh processes, with the estimate beside each."""
-    from studio.training import resolve_precision
+    from studio.devices import precision as precision_of
 
     if rounds < 1 or steps < 1:
         raise ValueError(f"bench lora: rounds and steps must be >= 1, got rounds={rounds}, steps={steps}")
-    precision = resolve_precision(_device(), precision).name
+    precision = precision_of(_device(), precision).name
     runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
     for i in range(rounds):
         for name in (CONFIGS if i % 2 == 0 else reversed(CONFIGS)):

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from studio import activations
 from studio.arch import gpt2_config
 from studio.presets import get_preset
-from studio.training import lm_loss, make_optimizer, resolve_precision
+from studio.devices import precision as precision_of
+from studio.training import lm_loss, make_optimizer
 
 PATHS = ("studio", "plain-head", "before")
 
@@ -63,7 +64,7 @@ def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool
     activations.apply(model, "keep" if path == "before" and not checkpointing
                       else activations.default_mode(cfg.n_embd, checkpointing))
     opt = make_optimizer(model, preset.train, dev)
-    ctx = resolve_precision(dev, precision)
+    ctx = precision_of(dev, precision)
     for _ in range(3):
         if path != "studio":
             with ctx.context():

@@ -4,8 +4,9 @@
 (a) `ratio`: a bare PyTorch loop / the studio loop, same model, batch and precision (fp32) --
     what the loop's bookkeeping costs (1.0 = nothing);
 (b) `speedup`: transformers' GPT-2 in fp32 with its defaults (gelu_new) in a bare loop / the
-    studio loop on the device's fast path (precision "fast": bf16 autocast on CPU and CUDA,
-    and the fused gelu_pytorch_tanh, the same function as gelu_new).
+    studio loop on the device's fast path (precision "fast": bf16 autocast where
+    `devices.bf16_speed` finds bf16 fast, else fp32; and the fused gelu_pytorch_tanh, the same
+    function as gelu_new).
 (c) `head`: the chunked output layer and loss (`studio.head`, what `lm_loss` does for big
     vocabularies) against the whole (batch, seq, vocab) logits: v1's tokens/s at its preset
     defaults (`v1_tokens_per_s_ratio`, chunked / plain) and the GPT-2 architecture's training
@@ -42,7 +43,8 @@ from studio.bench import memory as memory_bench
 from studio.arch import count_parameters, gpt2_config
 from studio.presets import Preset, TrainSettings, get_preset
 from studio.tokenizer import GPT2BPE
-from studio.training import TrainConfig, lm_loss, lr_at, make_optimizer, resolve_precision, train
+from studio.devices import precision
+from studio.training import TrainConfig, lm_loss, lr_at, make_optimizer, train
 
 WARMUP = 2
 TRAIN_ARCHS = {  # name -> (preset, micro-batch, sequence, peak learning rate)
@@ -104,7 +106,7 @@ def _arch_bench(name: str, steps: int, work: Path) -> dict:
     folder = models.save_model(models.build_scratch(preset, tok, 0), tok, work / f"{name}-init" / "last",
                                {"preset": preset.to_dict(), "step": 0})
     tokens = data.prepare(data.read_source("builtin"), tok, work / "tokens").train
-    fp32 = resolve_precision(torch.device("cpu"), "fp32").context()
+    fp32 = precision(torch.device("cpu"), "fp32").context()
 
     def bare(activation: str | None):
         model = models.build_scratch(preset, tok, 0)
@@ -148,7 +150,7 @@ def head_speed(steps: int, work: Path) -> dict:
     tok = GPT2BPE()
     tokens, mask, turns = data.prepare(data.read_source("builtin"), tok, work / "tokens", answers=True).split("train")
     s = preset.train
-    fp32 = resolve_precision(torch.device("cpu"), "fp32").context()
+    fp32 = precision(torch.device("cpu"), "fp32").context()
     cases = {"chunked": (lm_loss, mask), "plain": (plain_loss, mask), "chunked_all": (lm_loss, None),
              "plain_all": (plain_loss, None)}
     times: dict[str, list[float]] = {name: [] for name in cases}

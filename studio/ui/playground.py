@@ -2,7 +2,7 @@
 batch, tokens coloured by probability with the alternatives on hover, a one-setting sweep, export.
 
 Every action is one engine call in `studio.decoding` (`stream`, `sweep`, `comparison`), with
-the bfloat16 output layer (`fast`): an interactive comparison trades bit-exactness for speed.
+the bfloat16 output layer where bf16 is fast here (`fast`): an interactive comparison trades bit-exactness for speed.
 """
 from __future__ import annotations
 

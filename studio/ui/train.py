@@ -72,6 +72,8 @@ def plan_markdown(p: jobs.RunPlan) -> str:
     lines.append(f"**Data:** {d['train_tokens']:,} training tokens from {d['docs']:,} documents{skipped}: "
                  f"{d['tokens_per_param']:.2f} tokens per parameter for {p.params / 1e6:.2f}M parameters, "
                  f"{rule} the ~20 rule of thumb ({d['rule_of_thumb_tokens']:,} tokens).")
+    if p.precision_hint:
+        lines.append(f"**Precision:** {p.precision_hint}.")
     if p.device_check is not None:
         lines.append(f"**Device check:** {p.device_check.message}" if p.device_check.ok
                      else f"**Device check failed.** {p.device_check.message}")
