@@ -8,7 +8,7 @@
     python -m studio lesson [--seed S] [--max-steps N] [--json]   (the 5-minute lesson and its report)
     python -m studio train --model M ... --lora-r 8 [--lora-alpha 16 --lora-dropout 0 --lora-targets c_attn,c_proj]
     python -m studio merge RUN [--json]   (a LoRA run's adapter merged into its base: RUN/merged)
-    python -m studio bench train|memory|chat|compare|train-tab|peer|lora [--json]
+    python -m studio bench train|memory|chat|compare|train-tab|peer|lora|lesson [--json]
     python -m studio compare --model M --prompt P --setting "temperature=0.7,top_k=50" --setting ... [--json]
     python -m studio eval --model M [--model M2 ...] --data FILE|builtin|hub:NAME [--stride S] [--split all|val] [--json]
     python -m studio preset new NAME --n-layer L --n-embd E --n-head H [--n-inner F ...] [--json]
@@ -268,7 +268,7 @@ def cmd_lesson(args: argparse.Namespace) -> dict:
     rep["seconds"] = round(time.time() - STARTED, 1)
     if not args.json:
         print(lesson.format_report(rep))
-    return {k: rep[k] for k in ("seconds", "heldout_exact_match", "per_task", "before", "after", "run_dir")}
+    return {k: rep[k] for k in ("seconds", "heldout_exact_match", "per_task", "before", "after", "steps", "run_dir")}
 
 
 def cmd_merge(args: argparse.Namespace) -> dict:
@@ -308,6 +308,19 @@ def cmd_bench_peer(args: argparse.Namespace) -> dict:
     from studio.bench import peer
 
     return peer.run(args.rounds, args.shared, progress_log(args), args.steps)
+
+
+def cmd_bench_lesson(args: argparse.Namespace) -> dict:
+    from studio.bench import lesson as lesson_bench
+
+    # every seed's line is printed as it ends (a JSON line under --json), the summary last
+    result = lesson_bench.run(lesson_bench.parse_seeds(args.seeds), print)
+    if not args.json:
+        worst = result["worst_task"]
+        print(f"worst seed {result['worst_overall']:.0%} overall (goal >= 80%), worst task {worst['task']} "
+              f"{worst['exact_match']:.0%} with seed {worst['seed']} (goal >= 50%), median {result['median_s']} s "
+              f"(goal <= 200 s)")
+    return result
 
 
 def cmd_bench_train_tab(args: argparse.Namespace) -> dict:
@@ -472,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0: the recipe's 2000 steps)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench_peer)
+    p = bench.add_parser("lesson", help="the lesson once per seed (fresh processes): worst score, median time")
+    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default 0,1,2,3,4)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_bench_lesson)
     p = bench.add_parser("train-tab", help="training tokens/s with the Train tab open in a browser vs the CLI")
     p.add_argument("--model", default="v1")
     p.add_argument("--rounds", type=int, default=2, help="rounds of one CLI run and one tab run, order alternating")

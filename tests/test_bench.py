@@ -13,6 +13,7 @@ from conftest import CHROMIUM, ROOT
 from studio import models
 from studio.__main__ import main
 from studio.bench import chat as chat_bench, lora as lora_bench, memory as memory_bench, train as train_bench
+from studio.corpus import TASK_NAMES
 from studio.presets import Preset
 from studio.tokenizer import GPT2BPE
 
@@ -220,3 +221,29 @@ def test_cli_bench_lora_json_on_one_small_layer(monkeypatch, capsys):
     # the frozen model has no gradients or AdamW states: 12 bytes a parameter fewer
     assert result["lora"]["peak_mb"] < 0.6 * result["full"]["peak_mb"]
     assert result["peak_ratio"] == round(result["lora"]["peak_mb"] / result["full"]["peak_mb"], 3)
+
+
+def test_bench_lesson_reports_the_worst_seed_and_task_and_the_median():
+    from studio.bench import lesson as lesson_bench
+
+    runs = [{"seed": 0, "seconds": 150.0, "heldout_exact_match": 0.9, "per_task": {"add": 0.7, "next": 1.0}},
+            {"seed": 1, "seconds": 190.0, "heldout_exact_match": 0.85, "per_task": {"add": 0.9, "next": 0.6}},
+            {"seed": 2, "seconds": 400.0, "heldout_exact_match": 0.95, "per_task": {"add": 0.95, "next": 0.9}}]
+    s = lesson_bench.summary(runs)
+    assert s["worst_overall"] == 0.85 and s["worst_task"] == {"seed": 1, "task": "next", "exact_match": 0.6}
+    assert s["median_s"] == 190.0 and s["runs"] == runs
+    with pytest.raises(ValueError, match="seeds must be"):
+        lesson_bench.parse_seeds("0,a")
+    with pytest.raises(ValueError, match="seeds must be one or more whole numbers >= 0"):
+        lesson_bench.parse_seeds("-1")
+
+
+@pytest.mark.slow
+def test_bench_lesson_runs_each_seed_in_a_fresh_process(tmp_path):
+    from studio.bench import lesson as lesson_bench
+
+    r = lesson_bench.one_seed(3, tmp_path / "ck", ["--max-steps", "4"])
+    assert r["seed"] == 3 and r["steps"] == 4 and r["seconds"] > 0
+    assert set(r["per_task"]) == set(TASK_NAMES)
+    assert 0 <= r["heldout_exact_match"] <= 1 and r["before"] == 0.0
+    assert (tmp_path / "ck").is_dir()  # its own checkpoints folder, not the user's

@@ -7,6 +7,7 @@
     chat.py          a chat reply's time to first token and tokens/s
     lora.py          LoRA r=8 against full fine-tuning on gpt2-medium's shape (each config a fresh process)
     train_tab.py     training tokens/s with the Train tab open in a real browser, against the CLI
+    lesson.py        the lesson over several seeds (fresh processes): the worst score and the median time
     browser.py       Debian's chromium and its flags (shared with the browser tests)
 
 The package imports the engine; nothing in the engine imports it. `python -m studio bench ...`
