@@ -15,6 +15,10 @@ training, e.g. a held-out "Repeat the word kqv." beside a trained "How many lett
 that task's skill is still untested on it.) "What is 4 plus 5?" is always in training: it is
 the Chat tab's first question, never held out.
 
+The dev questions (`DEV_PER_TASK` per task, drawn right after the held-out ones and kept out of
+training the same way) are what a run scores at every eval and may stop on; the held-out
+questions are scored once, at the end, so no decision ever saw them.
+
 `format_exchange` is the chat template every data source and the Chat tab share.
 This module imports nothing from the studio, so tokenizers, models and data can all build on it.
 """
@@ -26,8 +30,8 @@ from dataclasses import dataclass
 from typing import Callable, Hashable
 
 HUMAN, ASSISTANT = "Human: ", "Assistant: "
-HELDOUT_PER_TASK = 25
-DEV_PER_TASK = 8  # kept out of training too: what a run scores at every eval and may stop on
+HELDOUT_PER_TASK = 20
+DEV_PER_TASK = 5  # kept out of training too: what a run scores at every eval and may stop on
 CHAT_DEMO = ("add", (4, 5))  # "What is 4 plus 5?": trained, so the Chat tab answers "9"
 
 
@@ -143,7 +147,7 @@ def dev_examples(seed: int = 0, per_task: int = HELDOUT_PER_TASK) -> list[Exampl
 
     >>> dev, (_, held) = dev_examples(), builtin_examples()
     >>> len(dev), {e.question for e in dev} & {e.question for e in held}
-    (48, set())
+    (30, set())
     """
     return _questions(heldout_inputs(seed, per_task), slice(per_task, None))
 

@@ -18,7 +18,8 @@ def test_lesson_json_report_and_the_rows_the_train_tab_plots(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(result) == {"seconds", "heldout_exact_match", "per_task", "before", "after", "run_dir"}
+    assert set(result) == {"seconds", "heldout_exact_match", "per_task", "before", "after", "steps", "run_dir"}
+    assert result["steps"] == 6
     assert set(result["per_task"]) == set(TASK_NAMES) and result["after"] == result["heldout_exact_match"]
     assert result["before"] == 0.0 and 0 < result["seconds"] < 600
     rows = runs.metric_rows(out)

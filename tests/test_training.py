@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
@@ -413,3 +414,37 @@ def test_heldout_exact_match_scores_greedy_answers(tiny_char_checkpoint):
     own[2] = replace(own[2], answer=own[2].answer + " 7")
     scored = heldout_exact_match(loaded, own, max_new_tokens=4)
     assert scored["exact_match"] == 3 / 4 and scored["per_task"][own[2].task] == 0.0
+
+
+def test_a_run_stops_once_every_task_reaches_its_dev_target(tiny_char_checkpoint, small_data, monkeypatch):
+    """The dev questions decide the stop; the held-out ones are only scored at the end."""
+    from studio import corpus, data
+
+    dev, heldout = corpus.dev_examples(0, 2), builtin_examples(10, 12)[1]
+    real_read = data.read_source
+    monkeypatch.setattr(data, "read_source", lambda spec, seed=0: replace(real_read(spec, seed), dev=dev,
+                                                                           heldout=heldout))
+    scored: list[tuple[int, str]] = []  # (how many questions, which)
+    learned_at = 8  # the "model" answers every dev question from step 8 on, but for one task before
+
+    def fake_scores(loaded, examples, max_new_tokens=None):
+        run_step = len([s for s in scored if s[1] == "dev"]) * 4  # evals at 0, 4, 8, ...
+        which = "dev" if examples == dev else "heldout"
+        scored.append((len(examples), which))
+        per_task = {t: 1.0 for t in corpus.TASK_NAMES}
+        if which == "dev" and run_step < learned_at:
+            per_task["add"] = 0.5
+        return {"exact_match": 0.9, "per_task": per_task, "heldout": len(examples), "answers": []}
+
+    monkeypatch.setattr(training, "heldout_exact_match", fake_scores)
+    s = settings(max_steps=40, stop_at_exact_match=0.8)
+    summary = train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="target", settings=s))
+    assert summary["reason"] == "early_stop" and summary["steps"] == learned_at
+    events = [r["message"] for r in runs.metric_rows("target") if r.get("type") == "event"]
+    assert "every task's dev exact match reached 0.8: stopped at step 8" in events
+    # the held-out questions: one per task answered untrained (the report's "before", shown only),
+    # then all of them once, at the end, after every decision
+    assert [s for s in scored if s[1] == "heldout"] == [(len(corpus.TASKS), "heldout"), (len(heldout), "heldout")]
+    assert scored[-1] == (len(heldout), "heldout")
+    with pytest.raises(ValueError, match=r"stop_at_exact_match must be in \[0, 1\]"):
+        settings(stop_at_exact_match=1.5)
