@@ -350,7 +350,7 @@ def test_7_a_run_folder_is_trained_by_one_process_at_a_time(tiny_char_checkpoint
     cfg = TrainConfig(model=tiny_char_checkpoint, data=str(data), name="owned", heldout_eval=False, sample_tokens=4,
                       settings=TrainSettings(max_steps=100_000, batch_size=2, eval_interval=10_000,
                                              save_interval=10_000, log_interval=1, warmup_steps=0))
-    stop = threading.Event()
+    stop, job = threading.Event(), jobs.TrainingJob()
     first = threading.Thread(target=training.train, args=(cfg,), kwargs={"stop": stop}, daemon=True)
     first.start()
     folder = checkpoints_dir() / "owned"
@@ -359,14 +359,14 @@ def test_7_a_run_folder_is_trained_by_one_process_at_a_time(tiny_char_checkpoint
         while not (folder / "last" / "state" / "trainer.json").is_file():
             assert time.time() < deadline and first.is_alive(), "the first trainer did not start"
             time.sleep(0.2)
-        second = replace(cfg, resume=True)
+        second = replace(cfg, resume=True, settings=replace(cfg.settings, max_steps=2))
         with pytest.raises(ValueError, match=f"being trained by process {os.getpid()}"):
             training.train(second)
-        job = jobs.TrainingJob()
         with pytest.raises(ValueError, match=f"being trained by process {os.getpid()}"):
             jobs.resume(job, "owned")  # the app's Resume while the CLI trains
         assert not (folder / jobs.JOB_FILE).exists() and not job.running()
     finally:
+        job.close()
         stop.set()
         first.join(timeout=120)
         shutil.rmtree(folder, ignore_errors=True)
