@@ -144,14 +144,17 @@ def test_2_every_hidden_handler_takes_forged_events_cleanly(app_url, planted):
     config = config_of(app_url)
     events = hidden_events(config)
     assert len(events) >= 10
-    outside = {d: sorted(os.listdir(d)) for d in (ROOT, planted, Path(tempfile.gettempdir()))}
+    outside = {d: sorted(os.listdir(d)) for d in (ROOT, planted)}
+    session = uuid.uuid4().hex[:10]  # one page: what one forged event leaves in its state, the next one uses
     for dep in events:
         for bad in ("../../x", str(planted), "\x00", 10**12):
-            for event_data in HOSTILE_EVENT_DATA:
-                reply = json.dumps(forge(app_url, dep["id"], [bad] * len(dep["inputs"]), event_data,
+            for event_data in [*HOSTILE_EVENT_DATA, {"index": [0, 0], "row_value": [str(planted)], "value": "x"}]:
+                reply = json.dumps(forge(app_url, dep["id"], [bad] * len(dep["inputs"]), event_data, session,
                                          trigger=dep["targets"][0][0] if dep["targets"] else None))
                 assert "Traceback" not in reply and str(checkpoints_dir()) not in reply, (dep["id"], reply[:300])
                 assert "s3cret" not in reply, (dep["id"], reply[:300])
+    status = json.dumps(forge(app_url, fn_of(config, "train_status"), [None], session=session))
+    assert '"planted"' not in status and "s3cret" not in status
     assert {d: sorted(os.listdir(d)) for d in outside} == outside
     assert requests.get(f"{app_url}config", timeout=30).status_code == 200  # still serving
 
