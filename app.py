@@ -1,8 +1,10 @@
-"""Launch the studio: `python app.py [--host 127.0.0.1] [--port 7860] [--share] [--auth user:pass] [--models-dir DIR]`.
+"""Launch the studio: `python app.py [--host 127.0.0.1] [--port 7860] [--share] [--auth-file FILE] [--models-dir DIR]`.
 
 Reachable means authenticated: with `--share`, or a `--host` that is not a loopback address, and no
-`--auth`, the app makes up a password, prints the login once (as Jupyter prints its token) and
-requires it. `--public-without-login` opts out, and says the risk in its name.
+login given, the app makes up a password, prints the login once (as Jupyter prints its token) and
+requires it. `--public-without-login` opts out, and says the risk in its name. A login is given
+as `--auth-file FILE` (its first line, user:pass) or the `STUDIO_AUTH` variable, which other
+users of the machine cannot read in `ps`; `--auth user:pass` still works, visibly.
 
 Models its users may name: presets, runs, and model folders under each `--models-dir`; a typed
 local folder anywhere else only while the app is reachable from this machine alone
@@ -17,6 +19,7 @@ import secrets
 import sys
 
 LOGIN_USER = "studio"
+AUTH_ENV = "STUDIO_AUTH"
 
 
 def is_loopback(host: str) -> bool:
@@ -38,17 +41,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 = first free from 7860)")
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link")
-    p.add_argument("--auth", help="require a login, as user:pass (made up and printed when the app is reachable)")
+    p.add_argument("--auth", help="require a login, as user:pass (every user of the machine sees it in ps: "
+                                  "prefer --auth-file or $STUDIO_AUTH)")
+    p.add_argument("--auth-file", metavar="FILE", help="require the login on FILE's first line, user:pass")
     p.add_argument("--public-without-login", action="store_true",
                    help="serve a reachable app with no login: anyone who can reach it can train on this machine")
     p.add_argument("--models-dir", action="append", default=[], metavar="DIR",
                    help="a folder of Hugging Face model folders to offer in the model pickers (repeatable); "
                         "a reachable app opens no other local folder")
     args = p.parse_args(argv)
-    if args.auth is not None:
-        user, sep, password = args.auth.partition(":")
+    if args.auth is not None and args.auth_file is not None:
+        p.error("give --auth or --auth-file, not both")
+    source, login = "--auth", args.auth
+    if args.auth_file is not None:
+        try:
+            with open(os.path.expanduser(args.auth_file)) as f:
+                source, login = "--auth-file", f.readline().strip()
+        except OSError as e:
+            p.error(f"--auth-file: cannot read {args.auth_file}: {e.strerror}")
+    elif login is None and os.environ.get(AUTH_ENV):
+        source, login = AUTH_ENV, os.environ[AUTH_ENV].strip()
+    args.auth = None
+    if login is not None:
+        user, sep, password = login.partition(":")
         if not sep or not user or not password:
-            p.error("--auth must be user:pass with both parts non-empty")
+            p.error(f"{source} must be user:pass with both parts non-empty")
         args.auth = (user, password)
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be in [0, 65535], got {args.port}")
@@ -69,19 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     import studio
 
     studio.interactive_threads()  # before torch loads (through the UI)
-    from studio.ui import build_app
+    from studio.ui import build_app, serve
     from studio.workspace import ModelAccess, Workspace
 
     access = ModelAccess(roots=tuple(args.models_dir), local_folders=not args.reachable)
     demo = build_app(Workspace(access=access))
-    demo.queue(default_concurrency_limit=2)
-    _, local_url, share_url = demo.launch(
-        server_name=args.host, server_port=args.port or None, share=args.share, auth=args.auth,
-        prevent_thread_lock=True, quiet=False)
+    served = serve.launch(demo, args.host, args.port or None, loopback=is_loopback(args.host), share=args.share,
+                          auth=args.auth, quiet=False)
+    local_url, share_url = served.local_url, served.share_url
     if args.generated_login:
         print(f"This app can be reached from other machines, so it asks for a login:\n"
               f"    user: {args.auth[0]}\n    password: {args.auth[1]}\n"
-              f"(choose your own with --auth user:pass)", flush=True)
+              f"(choose your own with --auth-file FILE or ${AUTH_ENV}=user:pass)", flush=True)
     elif args.reachable and args.auth is None:
         print("WARNING: --public-without-login: anyone who can reach this app can use it", flush=True)
     if args.share and not share_url:
@@ -92,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        # a run started from the app stops with it, after saving its `last` checkpoint
-        demo.workspace.training.close()
+        # a run started from the app stops with it, after saving its `last` checkpoint; its temp files go
+        demo.workspace.close()
     return 0
 
 

@@ -196,7 +196,11 @@ def cmd_train(args: argparse.Namespace) -> dict:
         cfg = train_config(args)
         summary = train_with_progress(cfg, stop, args.json)
     except BaseException as e:
-        if args.config:  # the app's job: its run folder exists, and the page reads why from run.json
+        from studio.runlock import RunBusy
+
+        # the app's job: its run folder exists, and the page reads why from run.json; a run that
+        # another process trains is theirs, and this process changes nothing in it
+        if args.config and not isinstance(e, RunBusy):
             folder = cfg.run_dir if cfg else Path(args.config).parent
             runs.record_failure(folder, cfg.to_dict() if cfg else {}, runs.failure_message(e))
         raise

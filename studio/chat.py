@@ -36,6 +36,7 @@ from studio.sampling import DecodingSettings
 DEFAULT_STOP: tuple[str, ...] = ("\n", "Human:")  # end-of-text always stops (the decoder's eos)
 CHATS_DIR = "_chats"  # under checkpoints_dir(); the runs listing skips names starting with "_"
 DEFAULT_FILE = "conversations.jsonl"
+MAX_TURNS = 500  # a history's ceiling: a client sends the whole history with every message
 
 
 # ---- template and truncation ----
@@ -94,11 +95,22 @@ def fit_prompt(loaded: LoadedModel, history: Sequence[dict], message: str,
     alone (with the system prompt) does not fit."""
     room = loaded.block_size - reply_budget(settings, loaded.block_size)
     pairs = turns(history)
-    for dropped in range(len(pairs) + 1):
-        prompt = format_chat(pairs[dropped:], message, system)
-        n = len(loaded.tokenizer.encode(prompt))
-        if n <= room:
-            return prompt, dropped
+    if len(pairs) > MAX_TURNS:
+        raise ValueError(f"history must hold at most {MAX_TURNS} turns (in [0, {MAX_TURNS}]), got {len(pairs)}: "
+                         f"clear the chat or undo some turns")
+
+    def n_tokens(dropped: int) -> int:
+        return len(loaded.tokenizer.encode(format_chat(pairs[dropped:], message, system)))
+
+    # the fewest dropped turns that fit, by bisection: the prompt shrinks as turns go, and a
+    # long history is encoded log2(turns) times, not once per dropped turn (quadratic)
+    low, high = 0, len(pairs)
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if n_tokens(mid) <= room else (mid + 1, high)
+    n = n_tokens(low)
+    if n <= room:
+        return format_chat(pairs[low:], message, system), low
     raise ValueError(f"message too long for the context: {n} tokens with the system prompt, room for {room} "
                      f"(context {loaded.block_size} minus {loaded.block_size - room} for the reply); "
                      f"shorten it, or lower max_new_tokens")

@@ -279,6 +279,7 @@ def generate(loaded: LoadedModel, prompt: str, settings: Sequence[DecodingSettin
 # ---- comparing settings ----
 
 SWEEPABLE = ("temperature", "top_k", "top_p", "repetition_penalty")
+MAX_SWEEP = 16  # values of one sweep: each is a row of one batch (256 ran as one)
 
 
 def sweep(loaded: LoadedModel, prompt: str, base: DecodingSettings, name: str,
@@ -289,8 +290,8 @@ def sweep(loaded: LoadedModel, prompt: str, base: DecodingSettings, name: str,
     """
     if name not in SWEEPABLE:
         raise ValueError(f"sweep setting must be one of {list(SWEEPABLE)}, got {name!r}")
-    if not values:
-        raise ValueError("sweep values must hold at least one value")
+    if not 1 <= len(values) <= MAX_SWEEP:
+        raise ValueError(f"sweep values must hold 1 to {MAX_SWEEP} values, got {len(values)}")
     cast = int if name == "top_k" else float
     settings = [base.with_(**{name: cast(v)}) for v in values]
     columns = generate(loaded, prompt, settings, fast=fast)

@@ -19,12 +19,12 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-from studio import ROOT, checkpoints_dir, data, device_check, devices, lora, memory, models, runs, training, training_env
+from studio import ROOT, checkpoints_dir, data, device_check, devices, lora, memory, models, runlock, runs, training, training_env
 from studio.arch import count_parameters
 from studio.device_check import DeviceCheck
 from studio.devices import pick_device
 from studio.lora import LoraSettings
-from studio.names import inside, plain_name, slug
+from studio.names import hide_paths, inside, run_name, slug
 from studio.presets import TrainSettings
 from studio.training import TrainConfig
 
@@ -56,11 +56,13 @@ class TrainingJob:
 
     def start(self, config: dict, run_dir: Path) -> Path:
         """Launch training for `config` (a TrainConfig as a dict) writing into `run_dir`, which
-        must lie inside the checkpoints folder: the app writes nowhere else."""
+        must lie inside the checkpoints folder (the app writes nowhere else) and be trained by no
+        other process (a CLI run): then it says which, and changes nothing."""
         with self._lock:
             if self.running():
                 raise ValueError(f"a training run is already going ({self._run_dir.name}); stop it first")
             inside(checkpoints_dir(), run_dir)
+            runlock.check_free(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             job = run_dir / JOB_FILE
             job.write_text(json.dumps(config, indent=1))
@@ -99,7 +101,7 @@ class TrainingJob:
         if not path or not path.is_file():
             return ""
         lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip() and "\r" not in ln]
-        return "\n".join(lines[-n:])
+        return hide_paths("\n".join(lines[-n:]))  # a traceback's lines name server folders
 
     def close(self, grace_s: float = 10.0) -> None:
         """Stop a running job and wait for it (app shutdown)."""
@@ -130,7 +132,7 @@ def make_config(identifier: str, data_spec: str, settings: dict, name: str = "",
     """
     s = replace(default_settings(identifier), **settings)
     if (name or "").strip():
-        name = plain_name(name, "run name")
+        name = run_name(name, "run name")
     else:  # a folder's name may hold characters a run name may not
         name = f"{slug(Path(identifier).name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     return TrainConfig(model=identifier, data=data_spec, name=name, settings=s, device=device,
@@ -233,14 +235,15 @@ def run_progress(job: TrainingJob, run_dir: Path, df) -> RunProgress:
     state = status.state if live else run.get("status", "starting")  # run.json: done | stopped | failed
     step = int(df["step"].max()) if len(df) and "step" in df else 0
     max_steps = int(run.get("settings", {}).get("max_steps", 0)) or step
-    error = (run.get("error") or (status.message if live else "")) if state == "failed" else ""
+    error = hide_paths(run.get("error") or (status.message if live else "")) if state == "failed" else ""
     return RunProgress(run_dir.name, state, step, max_steps, runs.step_rate(df), error)
 
 
 def shown_run(job: TrainingJob, watched: str) -> Path | None:
-    """The run a page shows: the one it picked, else the app's job, else the newest run."""
+    """The run a page shows: the one it picked (a run name, checked: it comes from the client),
+    else the app's job, else the newest run."""
     if watched:
-        return runs.run_dir(watched)
+        return runs.named(watched, "run")
     if job.status().run_dir is not None:
         return job.status().run_dir
     table = runs.list_runs()
@@ -249,6 +252,7 @@ def shown_run(job: TrainingJob, watched: str) -> Path | None:
 
 def start(job: TrainingJob, cfg: TrainConfig) -> Path:
     run_dir = cfg.run_dir
+    runlock.check_free(run_dir)  # before a stale run.json is cleared: a CLI run may be writing it
     if (run_dir / runs.RUN_FILE).is_file():
         if not runs.failed_before_start(run_dir):
             raise ValueError(f"run name: {cfg.name!r} exists already; resume it or choose another name")
@@ -260,7 +264,7 @@ def start(job: TrainingJob, cfg: TrainConfig) -> Path:
 def resume(job: TrainingJob, name: str) -> Path:
     if not name:
         raise ValueError("runs: pick the run to resume (click it in the Runs table)")
-    run_dir = runs.run_dir(plain_name(name, "run name"))
+    run_dir = runs.named(name, "run name")
     cfg = TrainConfig.from_dict({**runs.read_run(run_dir), "resume": True}, strict=False)
     return job.start(cfg.to_dict(), run_dir)
 

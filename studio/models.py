@@ -92,16 +92,16 @@ def resolve(identifier: str) -> ModelSpec:
         if path.is_dir():
             folder = _model_folder(path)
             if folder is None:
-                raise ValueError(f"model folder {path} holds no config.json or adapter_config.json "
+                raise ValueError(f"model folder {identifier!r} holds no config.json or adapter_config.json "
                                  f"(nor merged/, best/ or last/ with one)")
             if is_adapter_folder(folder):
                 base = _folder_meta(folder).get("base")
                 if not base:
-                    raise ValueError(f"adapter folder {folder}: its {MODEL_META} names no base model")
+                    raise ValueError(f"adapter folder {identifier!r}: its {MODEL_META} names no base model")
                 return ModelSpec(identifier, "lora", preset=_folder_preset(folder), path=folder, base=base)
             return ModelSpec(identifier, "checkpoint", preset=_folder_preset(folder), path=folder)
     raise ValueError(f"model {identifier!r} not found: expected a preset ({', '.join(presets)}), "
-                     f"a run in {checkpoints_dir()} ({', '.join(list_checkpoints()) or 'none yet'}), "
+                     f"a run in the checkpoints folder ({', '.join(list_checkpoints()) or 'none yet'}), "
                      f"or a folder with a Hugging Face model")
 
 
@@ -302,15 +302,20 @@ def merged_adapter(spec: ModelSpec, seed: int = 0) -> torch.nn.Module:
         return PeftModel.from_pretrained(base, str(spec.path)).merge_and_unload()
 
 
+def adapter_folder(path: Path, field: str = "merge") -> Path:
+    """The adapter a merge takes from LoRA run (or adapter folder) `path`: itself, its best/, its last/."""
+    adapter = next((p for p in (path, path / "best", path / "last") if is_adapter_folder(p)), None)
+    if adapter is None:
+        raise ValueError(f"{field}: {path.name!r} is not a LoRA run (no adapter_config.json in it, "
+                         f"its best/ or its last/)")
+    return adapter
+
+
 def merge_run(identifier: str) -> Path:
     """Write `<run>/merged`: a LoRA run's adapter (its `best`, else `last`; or the adapter folder
     named) merged into its base, a folder `AutoModelForCausalLM.from_pretrained` loads without peft."""
     path = checkpoints_dir() / identifier
-    path = path if path.is_dir() else Path(identifier).expanduser()
-    adapter = next((p for p in (path, path / "best", path / "last") if is_adapter_folder(p)), None)
-    if adapter is None:
-        raise ValueError(f"merge: {identifier!r} is not a LoRA run (no adapter_config.json in it, "
-                         f"its best/ or its last/)")
+    adapter = adapter_folder(path if path.is_dir() else Path(identifier).expanduser())
     spec = resolve(str(adapter))
     meta = {**_folder_meta(adapter), "merged_from": adapter.name}
     return save_model(merged_adapter(spec), load_tokenizer(adapter), adapter.parent / MERGED, meta)

@@ -13,6 +13,7 @@ a designed preset can never take a shipped preset's name.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,15 +21,21 @@ from typing import Any
 from studio import PRESETS_DIR, checkpoints_dir
 from studio.atomic import write_json
 from studio.config import check_keys
-from studio.names import plain_name
+from studio.names import USER_PRESETS, plain_name, preset_name
 from studio.sampling import DecodingSettings
 
 TOKENIZERS = ("gpt2", "char", "bpe")
 KINDS = ("pretrained", "scratch")
-USER_PRESETS = "_presets"  # designed presets, inside the checkpoints folder
 ARCHITECTURE = ("name", "kind", "n_layer", "n_embd", "n_head", "n_inner", "block_size", "dropout", "tokenizer",
                 "vocab_size")
 DEFAULT_VOCAB = {"gpt2": 50257, "bpe": 8192, "char": 98}  # char: a size before the data is seen
+# Ceilings on a model's shape: a design (from the UI, the API or a saved file) beyond them is
+# refused before anything is built. 5,000 layers took 89 s to count on the meta device while
+# holding the build lock; a 200 x 16,384 design would be ~645B parameters. GPT-2 XL (48 x 1,600,
+# 1.56B) is the largest shape the studio takes.
+LIMITS = {"n_layer": 48, "n_embd": 4096, "n_head": 64, "n_inner": 16384, "block_size": 8192, "vocab_size": 200_000}
+MAX_PARAMETERS = 2_000_000_000
+log = logging.getLogger(__name__)
 
 
 LOSS_ON = ("auto", "answers", "all")
@@ -118,10 +125,10 @@ class Preset:
         if self.kind == "pretrained" and not self.hf_id:
             raise ValueError("hf_id must name the hub model for a pretrained preset")
         for name in ("n_layer", "n_embd", "n_head", "block_size", "vocab_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_inner < 0:
-            raise ValueError(f"n_inner must be >= 0 (0 = 4 * n_embd), got {self.n_inner}")
+            if not 1 <= getattr(self, name) <= LIMITS[name]:
+                raise ValueError(f"{name} must be in [1, {LIMITS[name]:,}], got {getattr(self, name):,}")
+        if not 0 <= self.n_inner <= LIMITS["n_inner"]:
+            raise ValueError(f"n_inner must be in [0, {LIMITS['n_inner']:,}] (0 = 4 * n_embd), got {self.n_inner:,}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0 <= self.dropout < 1:
@@ -132,10 +139,25 @@ class Preset:
             raise ValueError(f"vocab_size must be 50257 with the gpt2 tokenizer, got {self.vocab_size}")
         if self.tokenizer == "bpe" and not 257 <= self.vocab_size <= 200_000:
             raise ValueError(f"vocab_size must be in [257, 200000] for a trained BPE, got {self.vocab_size}")
+        if self.parameters > MAX_PARAMETERS:
+            raise ValueError(f"parameters: this shape has {self.parameters:,}, more than the {MAX_PARAMETERS:,} "
+                             f"allowed; lower n_layer, n_embd, n_inner or vocab_size")
 
     @property
     def d_ff(self) -> int:
         return self.n_inner or 4 * self.n_embd
+
+    @property
+    def parameters(self) -> int:
+        """GPT-2's parameter count in closed form (`arch.count_parameters` builds the model on the
+        meta device and agrees, tested): the ceiling is checked before anything is built.
+
+        >>> Preset(name="v1", n_layer=3, n_embd=128, n_head=4, n_inner=512).parameters
+        7044352
+        """
+        d, f = self.n_embd, self.d_ff
+        block = 4 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d)  # 2 LayerNorms, attn, MLP
+        return (self.vocab_size + self.block_size) * d + self.n_layer * block + 2 * d  # tied lm_head, ln_f
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "preset") -> "Preset":
@@ -157,12 +179,12 @@ def load_preset_file(path: Path) -> Preset:
     try:
         values = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise ValueError(f"{Path(path).name}: not valid JSON ({e})") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: must hold a JSON object")
+        raise ValueError(f"{Path(path).name}: must hold a JSON object")
     values.setdefault("name", Path(path).stem)
     if values["name"] != Path(path).stem:
-        raise ValueError(f"{path}: name {values['name']!r} must match the file name")
+        raise ValueError(f"{Path(path).name}: name {values['name']!r} must match the file name")
     try:
         return Preset.from_dict(values, where=Path(path).name)
     except ValueError as e:
@@ -176,13 +198,20 @@ def user_presets_dir() -> Path:
 
 def load_presets(folder: Path | None = None) -> dict[str, Preset]:
     """All presets in `folder`, by name, in file-name order; by default the shipped presets, then
-    the designed ones (a designed file named like a shipped preset is never read)."""
+    the designed ones (a designed file named like a shipped preset is never read). A designed
+    file that is not a valid preset is skipped with a logged warning: one bad file in the
+    checkpoints folder must not stop every model picker (and the app) from loading."""
     if folder is not None:
         return {p.stem: load_preset_file(p) for p in sorted(Path(folder).glob("*.json"))}
     presets = load_presets(PRESETS_DIR)
     user = user_presets_dir()
-    if user.is_dir():
-        presets.update({p.stem: load_preset_file(p) for p in sorted(user.glob("*.json")) if p.stem not in presets})
+    for path in sorted(user.glob("*.json")) if user.is_dir() else []:
+        if path.stem in presets:
+            continue
+        try:
+            presets[path.stem] = load_preset_file(path)
+        except (ValueError, OSError) as e:
+            log.warning("skipped the designed preset %s: %s", path, e)
     return presets
 
 
@@ -210,10 +239,8 @@ def design_preset(name: str, n_layer: int, n_embd: int, n_head: int, n_inner: in
 
 def save_preset(preset: Preset) -> Path:
     """Write a designed preset to `_presets/<name>.json` in the checkpoints folder (replacing an
-    earlier design of that name); a shipped preset's name is refused."""
-    name = plain_name(preset.name, "name")
-    if (PRESETS_DIR / f"{name}.json").is_file():
-        raise ValueError(f"name {name!r} is a shipped preset; choose another name")
+    earlier design of that name); a shipped preset's or a run's name is refused (`names.preset_name`)."""
+    name = preset_name(preset.name, "name")
     # the architecture is written out in full, so a later change of a default cannot reshape it
     defaults = Preset(name=name).to_dict()
     values = {k: v for k, v in preset.to_dict().items() if k in ARCHITECTURE or v != defaults[k]}

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from studio import checkpoints_dir
 from studio.atomic import write_json  # run.json's writer (also used as runs.write_json)
+from studio.names import hide_paths, inside, plain_name, shown
 
 if TYPE_CHECKING:  # pandas takes ~1 s to import: only the tables need it, not a training process
     import pandas as pd
@@ -32,6 +33,20 @@ def run_dir(name: str | Path) -> Path:
     return Path(where["folder"]) if "folder" in where else checkpoints_dir() / str(name)
 
 
+def named(name: object, field: str = "run") -> Path:
+    """The folder of the run called `name` in the checkpoints folder: what the app takes from a
+    client (a typed name, a row picked in the Runs table, a page's state), never a path. A
+    ValueError naming `field` when it is not a plain name or no such folder is there (a link out
+    of the checkpoints folder counts as none: the same answer, so no oracle for the disk)."""
+    folder = checkpoints_dir() / plain_name(name, field)
+    try:
+        if folder.is_dir():
+            return inside(checkpoints_dir(), folder)
+    except ValueError:
+        pass
+    raise ValueError(f"{field}: no run {shown(name)} in the checkpoints folder")
+
+
 def name_or_folder(text: str) -> dict[str, str]:
     """The CLI's `--out` (and run.json's old "out" key) as TrainConfig fields: a single name is
     a run name under the checkpoints folder, anything path-like is the run's folder."""
@@ -44,7 +59,7 @@ def name_or_folder(text: str) -> dict[str, str]:
 def read_run(folder: str | Path) -> dict:
     path = run_dir(folder) / RUN_FILE
     if not path.is_file():
-        raise ValueError(f"{run_dir(folder)} is not a run folder (no {RUN_FILE})")
+        raise ValueError(f"run {run_dir(folder).name!r} has not started yet (no {RUN_FILE})")
     return json.loads(path.read_text())
 
 
@@ -100,8 +115,9 @@ def run_summary(folder: Path) -> dict:
     steps = [r["step"] for r in rows if r.get("type") == "step"]
     vals = [r["val_loss"] for r in rows if r.get("type") == "eval"]
     updated = (folder / METRICS_FILE) if (folder / METRICS_FILE).is_file() else folder / RUN_FILE
-    return {"name": folder.name, "status": run.get("status"), "model": run.get("model"),
-            "data": run.get("data"), "steps": max(steps, default=0),
+    # an uploaded file or a model folder is shown by its name: a table row names no server path
+    return {"name": folder.name, "status": run.get("status"), "model": hide_paths(run.get("model") or ""),
+            "data": hide_paths(run.get("data") or ""), "steps": max(steps, default=0),
             "best_val_loss": min(vals) if vals else None,
             "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(updated.stat().st_mtime))}
 
@@ -110,11 +126,19 @@ def list_runs() -> pd.DataFrame:
     """One row per run folder under the checkpoints folder, newest first."""
     root = checkpoints_dir()
     cols = ["name", "status", "model", "data", "steps", "best_val_loss", "updated"]
-    folders = [p for p in root.iterdir() if (p / RUN_FILE).is_file()] if root.is_dir() else []
+    folders = [p for p in root.iterdir() if (p / RUN_FILE).is_file() and is_run_name(p.name)] if root.is_dir() else []
     rows = [run_summary(p) for p in folders]
     import pandas as pd
 
     return pd.DataFrame(rows, columns=cols).sort_values("updated", ascending=False, ignore_index=True)
+
+
+def is_run_name(name: str) -> bool:
+    """A folder of the checkpoints folder a run may have: the app's own (`_chats`, `.cache`) may not."""
+    try:
+        return plain_name(name, "run") == name
+    except ValueError:
+        return False
 
 
 def failure_message(e: BaseException) -> str:

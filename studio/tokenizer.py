@@ -121,6 +121,9 @@ def _load_gpt2_encoding():
                              special_tokens={EOT: 50256}, explicit_n_vocab=50257)
 
 
+MAX_CHARS = 16_384  # a character vocabulary's ceiling
+
+
 class CharTokenizer(Tokenizer):
     """Characters in first-seen order; id len(chars) is end-of-text, unknown characters are dropped.
 
@@ -139,9 +142,14 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def from_texts(cls, texts: Iterable[str]) -> "CharTokenizer":
+        """The characters of `texts`; at most `MAX_CHARS` (a file of all of Unicode would make an
+        embedding a million rows tall: a character model is for text with a small alphabet)."""
         seen: dict[str, None] = {}
         for t in texts:
             seen.update(dict.fromkeys(t.replace(EOT, "")))
+        if len(seen) > MAX_CHARS:
+            raise ValueError(f"char vocabulary: the data has {len(seen):,} distinct characters, more than the "
+                             f"{MAX_CHARS:,} allowed (in [1, {MAX_CHARS:,}]); use the bpe tokenizer for it")
         return cls("".join(sorted(seen)))
 
     def encode(self, text: str) -> list[int]:

@@ -37,7 +37,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
@@ -47,7 +47,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast
 from safetensors.torch import load_file, save_file
 
-from studio import activations, corpus, data, device_check, devices, lora, memory, models, runs, tracking
+from studio import activations, checkpoints_dir, corpus, data, device_check, devices, lora, memory, models, runlock, runs, tracking
 from studio.arch import BUILD_LOCK, context_length
 from studio.atomic import recover, replacing
 from studio.config import check_keys
@@ -56,7 +56,7 @@ from studio.devices import PRECISIONS, Precision, pick_device
 from studio.evaluate import readable_text, score
 from studio.head import CHUNKED_MIN_VOCAB, chunked_lm_loss
 from studio.lora import LoraSettings
-from studio.names import plain_name, slug
+from studio.names import plain_name, run_name, slug
 from studio.presets import Preset, TrainSettings
 from studio.sampling import DecodingSettings
 from studio.tokenizer import Tokenizer
@@ -400,6 +400,7 @@ class Run:
     eval_text: str  # the text the final model is scored on (cfg.eval_data), read and checked up front
     tracker: tracking.Tracker | None  # mirrors step/eval rows (cfg.report_to), main process only
     lora_base: str | None = None  # LoRA runs: the base model's identifier, kept in every checkpoint's meta
+    lock: runlock.RunLock | None = None  # the main process's hold on the run folder (`studio.runlock`)
 
     @property
     def settings(self) -> TrainSettings:
@@ -448,6 +449,8 @@ class Run:
             self.metrics.close()
         if self.tracker:
             self.tracker.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _frozen_dtype(precision: Precision) -> torch.dtype | None:
@@ -456,9 +459,21 @@ def _frozen_dtype(precision: Precision) -> torch.dtype | None:
 
 
 def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) -> Run:
-    """Build the run; every check that can fail runs before metrics.jsonl is opened."""
-    started = time.time()
+    """Build the run; every check that can fail runs before metrics.jsonl is opened. The main
+    process first takes the run folder's lock (a RunBusy naming the holder when another process
+    trains it), held until the Run closes."""
     accelerator = make_accelerator(cfg.device)
+    lock = runlock.RunLock(cfg.run_dir) if accelerator.is_main_process else None
+    try:
+        return replace(_prepare(cfg, on_event, accelerator), lock=lock)
+    except BaseException:
+        if lock is not None:
+            lock.release(discard=True)
+        raise
+
+
+def _prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None, accelerator: Accelerator) -> Run:
+    started = time.time()
     device = accelerator.device
     # "fast" is decided by a measurement on the built model; until then, plan memory for fp32
     precision = devices.precision(device, "fp32" if cfg.precision == "fast" else cfg.precision)
@@ -577,6 +592,8 @@ def _check_run_folder(cfg: TrainConfig, folder: Path) -> None:
             raise ValueError(f"cannot resume: {folder} holds no saved state (last/state/trainer.json)")
     if not cfg.resume and (folder / runs.RUN_FILE).is_file():
         raise ValueError(f"run {folder} already exists: resume it, or choose another output name")
+    if not cfg.resume and folder.resolve().parent == checkpoints_dir().resolve():
+        run_name(folder.name)  # a run in the checkpoints folder may not take a preset's name
 
 
 def _starting_model(cfg: TrainConfig, spec: models.ModelSpec, folder: Path,

@@ -12,10 +12,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from studio import checkpoints_dir, models
+from studio import checkpoints_dir, models, runs
 from studio.jobs import TrainingJob
 from studio.names import inside, shown
 from studio.presets import load_presets
+from studio.scratch import Scratch
 
 DEFAULT_MODEL = "tiny-tale"  # a scratch preset whose tokenizer needs no download
 MAX_IDENTIFIER = 4096  # longer is no folder anyone has (and the OS refuses such names)
@@ -69,9 +70,10 @@ class ModelAccess:
         path = Path(text)
         if self.local_folders:  # where models.resolve looks: a run, else the folder itself
             return _is_dir(checkpoints_dir() / path) or _is_dir(path.expanduser())
-        if not path.is_absolute():  # a run (or a folder in one), never the checkpoints folder itself
+        if not path.is_absolute():  # a run (or a folder in one), never the app's own folders (_chats, .cache)
             run = checkpoints_dir() / path
-            return self._under(checkpoints_dir(), path) and _is_dir(run) and run.resolve() != checkpoints_dir().resolve()
+            return (runs.is_run_name(text.split("/")[0]) and self._under(checkpoints_dir(), path) and _is_dir(run)
+                    and run.resolve() != checkpoints_dir().resolve())
         return any(self._under(root, path) for root in self.roots) and _is_dir(path)
 
     @staticmethod
@@ -94,16 +96,34 @@ class Workspace:
         self._models: OrderedDict[tuple, models.LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self.training = TrainingJob()
+        self.scratch = Scratch()  # the app's temp files (exports), removed when it closes
 
     def model_id(self, identifier: object, field: str = "model") -> str:
         """A model identifier from the UI or the API that `access` allows and that resolves to a
-        model; else a ValueError naming `field`."""
+        model (a LoRA adapter's base model too: loading it loads the base); else a ValueError
+        naming `field`."""
         identifier = self.access.check(identifier, field)
         try:
-            models.resolve(identifier)
+            spec = models.resolve(identifier)
         except ValueError as e:  # a folder without a model in it, say
             raise ValueError(f"{field}: {e}") from None
+        if spec.source == "lora":
+            self.access.check(spec.base, f"{field}'s base model")
         return identifier
+
+    def merge(self, name: object, field: str = "run") -> Path:
+        """Merge LoRA run `name` (a run in the checkpoints folder, never a path) into its base:
+        writes `<run>/merged` and returns it. The base model is checked as every loaded model is."""
+        folder = runs.named(name, field)
+        adapter = models.adapter_folder(folder, field)
+        inside(folder, adapter.parent / models.MERGED)  # merged/ goes into the run, nowhere else
+        self.access.check(models.resolve(str(adapter)).base, f"{field}'s base model")
+        return models.merge_run(str(folder))
+
+    def close(self) -> None:
+        """The app is shutting down: its training run stops (saving `last`), its temp files go."""
+        self.training.close()
+        self.scratch.close()
 
     def list_models(self) -> list[str]:
         """What the model pickers offer: presets, runs, then the folders under the roots."""

@@ -82,14 +82,13 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def app_url(_scratch_dirs):
     """The whole app, served on a free localhost port for the session."""
-    from studio.ui import build_app
+    from studio.ui import build_app, serve
 
     demo = build_app()
-    demo.queue(default_concurrency_limit=2)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    url = serve.launch(demo).local_url  # with the app's own guards (Host, Origin, cookies, queue)
     yield url
     demo.close()
-    demo.workspace.training.close()  # a run the tests started must not outlive them
+    demo.workspace.close()  # a run the tests started must not outlive them
 
 
 @pytest.fixture(scope="session")

@@ -33,14 +33,14 @@ def test_exact_parameter_counts_without_download():
 
 @pytest.mark.parametrize("field, value, needle", [
     ("n_embd", 130, "n_embd (130) must be divisible by n_head"),
-    ("n_layer", -1, "n_layer must be >= 1"),
-    ("n_head", 0, "n_head must be >= 1"),
-    ("block_size", 0, "block_size must be >= 1"),
+    ("n_layer", -1, "n_layer must be in [1, 48], got -1"),
+    ("n_head", 0, "n_head must be in [1, 64], got 0"),
+    ("block_size", 0, "block_size must be in [1, 8,192], got 0"),
     ("dropout", 1.0, "dropout must be in [0, 1)"),
     ("dropout", -0.1, "dropout must be in [0, 1)"),
     ("tokenizer", "words", "tokenizer must be one of"),
     ("kind", "magic", "kind must be one of"),
-    ("n_inner", -5, "n_inner must be >= 0"),
+    ("n_inner", -5, "n_inner must be in [0, 16,384]"),
 ])
 def test_bad_preset_field_is_named(field, value, needle):
     with pytest.raises(ValueError, match=None) as e:

@@ -20,7 +20,8 @@ def build_app(ws: Workspace | None = None) -> gr.Blocks:
     # threads, and two threads importing them at once raise ImportError
     from transformers import GPT2Config, GPT2LMHeadModel  # noqa: F401
     pickers = Pickers(ws)
-    with gr.Blocks(title=TITLE) as demo:
+    # Gradio's cache keeps a copy of every upload and download: files older than a day go, hourly
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 86400)) as demo:
         gr.Markdown(f"# {TITLE}\nTrain and probe small language models on your own machine.")
         with gr.Tabs():
             with gr.Tab("Models", id="models") as models_tab_:
@@ -35,4 +36,7 @@ def build_app(ws: Workspace | None = None) -> gr.Blocks:
         for tab in (models_tab_, train_tab, playground_tab, chat_tab):
             tab.select(pickers.refresh, pickers.dropdowns, pickers.dropdowns, api_visibility="private", queue=False)
     demo.workspace = ws
+    # api_open=False: no endpoint runs outside the queue (POST /gradio_api/run/<name> is refused),
+    # so the model queue's concurrency limit holds for scripts too
+    demo.queue(default_concurrency_limit=2, api_open=False)
     return demo

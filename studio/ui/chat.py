@@ -153,7 +153,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         return [], "", {}, ""
 
     def rate(ratings_, data: gr.LikeData):
-        index = data.index if isinstance(data.index, int) else data.index[0]
+        index = data.index if isinstance(data.index, int) else (data.index or [None])[0]  # client-sent
         # a second click on the same thumb takes the rating back (liked is then neither True nor False)
         return rate_reply(ratings_, index, {True: 1, False: -1}.get(data.liked, 0))
 
@@ -162,7 +162,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         """Rate the assistant message at `index` of the history: 1 (up), -1 (down) or 0 (no rating)."""
         if rating not in (-1, 0, 1):
             raise ValueError(f"rating must be 1, -1 or 0, got {rating}")
-        if index is None or int(index) < 0:
+        if not isinstance(index, (int, float)) or int(index) < 0:
             raise ValueError(f"index must be >= 0 (an assistant message's position in the history), got {index}")
         ratings_ = dict(ratings_ or {})
         if rating:
@@ -175,7 +175,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     def save(history, ratings_, model, system, file_name, conv_id):
         path, conv_id, n = chat.save_conversation(plain(history), ratings_, model=ws.model_id(model), system=system,
                                                   conversation_id=conv_id, path=chat.chat_file(file_name))
-        return f"{n} exchange(s) of conversation {conv_id} saved in {path}", conv_id
+        return f"{n} exchange(s) of conversation {conv_id} saved in {chat.CHATS_DIR}/{path.name}", conv_id
 
     @user_errors
     def arena(model_a, model_b, message, history_a, history_b, system, stop, device, temperature, top_k, top_p,

@@ -150,8 +150,8 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
 
     @user_errors
     def merge(model: str) -> str:
-        path = models.merge_run(ws.model_id(model))
-        return f"merged {model} into {path}: it loads with transformers alone"
+        path = ws.merge(model, "model")  # a run's name: a merge writes into its run, nowhere else
+        return f"merged {model} into {model}/{path.name}: it loads with transformers alone"
 
     @user_errors
     def generate(model: str, text: str, n_tokens: float, device: str, init_seed: float):

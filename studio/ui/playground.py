@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -50,9 +49,8 @@ def metrics_markdown(col: Column) -> str:
             f"repeated 3-grams {m['repeated_3gram_share']:.2f}{loop}")
 
 
-def export(columns: list[Column]) -> list[str]:
-    """CSV (one row per column) and JSON (with every token) in a fresh temp folder, never the repo."""
-    folder = Path(tempfile.mkdtemp(prefix="studio-compare-"))
+def export(columns: list[Column], folder: Path) -> list[str]:
+    """CSV (one row per column) and JSON (with every token) in `folder` (the app's temp files, never the repo)."""
     decoding.comparison_table(columns).to_csv(folder / "comparison.csv", index=False)
     (folder / "comparison.json").write_text(json.dumps(decoding.comparison(columns, tokens=True), indent=1))
     return [str(folder / "comparison.csv"), str(folder / "comparison.json")]
@@ -72,6 +70,8 @@ def sweep_figure(df, name: str) -> go.Figure:
 
 def _settings(count: float, values: tuple, width: int) -> list[DecodingSettings]:
     """The first `count` panels' values (`width` each, in `DecodingControls.inputs` order) as settings."""
+    if not isinstance(count, (int, float)) or not 1 <= count <= len(values) // width:
+        raise ValueError(f"Columns must be in [1, {len(values) // width}], got {shown(count)}")
     return [DecodingControls.settings(*values[i * width:(i + 1) * width]) for i in range(int(count))]
 
 
@@ -120,7 +120,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                 shown = time.perf_counter()
                 blank = [""] * (MAX_COLUMNS - len(columns))
                 yield ([token_html(c) for c in columns] + blank + [metrics_markdown(c) for c in columns] + blank
-                       + [export(columns) if done else None])
+                       + [export(columns, ws.scratch.folder("studio-compare")) if done else None])
 
     @user_errors
     def sweep(model: str, text: str, name: str, sweep_values: str, *values):

@@ -7,7 +7,6 @@ on a timer, so the page can be reloaded or opened twice without touching the run
 from __future__ import annotations
 
 import html
-import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -16,7 +15,6 @@ import pandas as pd
 from studio import chat, data, devices, jobs, lesson, models, runs, tracking
 from studio.corpus import HUMAN
 from studio.lora import DEFAULT_TARGETS, LoraSettings
-from studio.names import plain_name, shown
 from studio.presets import TrainSettings
 from studio.ui import plots
 from studio.ui.common import DATA_KINDS, HUB_EXAMPLE, Pickers, data_spec, user_errors
@@ -155,10 +153,11 @@ def events_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def picked_runs(names: list[str] | None) -> list[str]:
     """Runs picked in the tab or named over the API: plain names of runs in the checkpoints folder."""
-    for name in names or []:
-        if not (runs.run_dir(plain_name(name, "run names")) / runs.RUN_FILE).is_file():
-            raise ValueError(f"run names: no run {shown(name)} in the checkpoints folder")
-    return [name.strip() for name in names or []]
+    folders = [runs.named(name, "run names") for name in names or []]
+    for folder in folders:
+        if not (folder / runs.RUN_FILE).is_file():
+            raise ValueError(f"run names: run {folder.name!r} has not started yet")
+    return [folder.name for folder in folders]
 
 
 def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
@@ -272,13 +271,15 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         gr.Info(f"the lesson started: {run_dir.name}")
         return run_dir.name, None
 
+    @user_errors
     def merge(name: str):
         run_dir = jobs.shown_run(ws.training, name)
         if run_dir is None:
             raise ValueError("merge: pick the LoRA run to merge (click it in the Runs table)")
-        path = models.merge_run(str(run_dir))
-        gr.Info(f"merged {run_dir.name} into {path}")
-        return f"merged {run_dir.name}: {path} loads with transformers alone (and in every model picker)"
+        path = ws.merge(run_dir.name)
+        gr.Info(f"merged {run_dir.name} into {run_dir.name}/{path.name}")
+        return (f"merged {run_dir.name}: {run_dir.name}/{path.name} loads with transformers alone "
+                f"(and in every model picker)")
 
     @user_errors
     def stop():
@@ -291,6 +292,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         gr.Info(f"resuming {run_dir.name}")
         return run_dir.name, None
 
+    @user_errors
     def status(name: str) -> dict:
         run_dir = jobs.shown_run(ws.training, name)
         if run_dir is None:
@@ -301,7 +303,10 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
              report_box, report_md, answers_df, tasks_df]
 
     def poll(name: str, last):
-        run_dir = jobs.shown_run(ws.training, name)
+        try:
+            run_dir = jobs.shown_run(ws.training, name)
+        except ValueError:  # the picked run's folder is gone
+            run_dir = None
         if run_dir is None:
             return [gr.skip()] * len(drawn) + [last]
         # what was drawn: the files' signature and the job's state (a process can end without writing)
@@ -330,10 +335,13 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     def export(run_names: list[str], current: str):
         chosen = picked_runs(run_names or ([current] if current else []))
         # Gradio serves downloads from the temp folder (or the working directory), not the checkpoints folder
-        return str(runs.export_metrics(chosen, Path(tempfile.mkdtemp(prefix="studio-export-"))))
+        return str(runs.export_metrics(chosen, ws.scratch.folder("studio-export")))
 
+    @user_errors
     def pick_row(evt: gr.SelectData):
-        return (evt.row_value[0], None) if evt.row_value else (gr.skip(), gr.skip())
+        # the row comes from the client (any event can be forged by fn_index): a run's name, checked
+        row = evt.row_value if isinstance(evt.row_value, list) else []
+        return (runs.named(row[0], "runs table row").name, None) if row else (gr.skip(), gr.skip())
 
     def toggle(kind: str):
         saved = chat.saved_chat_files() if kind == "saved chat" else []
