@@ -33,8 +33,8 @@ def status(reply: chat.Reply, block_size: int) -> str:
     ended = {"eos": "ended by end-of-text", "stop": "ended by a stop string", "length": "ended by max new tokens",
              "context": "ended by the context window", "stopped": "stopped by you"}.get(reply.finish_reason or "")
     text = f"{reply.n_tokens} tokens" + (f", {ended}" if ended else "")
-    dropped = chat.dropped_note(reply.dropped, block_size)
-    return f"{text}; {dropped}" if dropped else text
+    note = chat.fit_note(reply, block_size)
+    return f"{text}; {note}" if note else text
 
 
 class StopRequests:
