@@ -111,8 +111,8 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
             arena_decoding = gr.Radio(list(ARENA_DECODING), value=ARENA_DECODING[0], label="Decoding",
                                       info="max new tokens always within each model's context")
         with gr.Row():
-            chat_a = gr.Chatbot(label="A", height=320, feedback_options=None)
-            chat_b = gr.Chatbot(label="B", height=320, feedback_options=None)
+            chat_a = gr.Chatbot(label="A", height=320, feedback_options=None, elem_id="arena-a")
+            chat_b = gr.Chatbot(label="B", height=320, feedback_options=None, elem_id="arena-b")
         arena_note = gr.Textbox(label="Arena status", interactive=False)
         arena_msg = gr.Textbox(label="Arena message", placeholder="asked to both models")
         with gr.Row():
