@@ -13,7 +13,9 @@ import pytest
 from playwright.sync_api import expect
 
 from conftest import ARTIFACTS
-from studio import chat
+from studio import chat, models
+from studio.presets import get_preset
+from studio.ui.common import decoding_summary
 from studio.ui.train import LESSON_MAX_STEPS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -51,8 +53,10 @@ def test_lesson_chat_rate_save_fine_tune_and_arena(page, monkeypatch):
     page.get_by_role("tab", name="Chat", exact=True).click()
     pick(page, "Model", run)
     status = page.get_by_label("Status", exact=True).filter(visible=True)
-    expect(status).to_have_value(f"{run}: its own decoding defaults, greedy, up to 16 new tokens")
-    expect(page.get_by_label("number input for max new tokens").filter(visible=True).first).to_have_value("16")
+    own = models.default_decoding(run)  # the lesson preset's: greedy, 16 new tokens
+    expect(status).to_have_value(f"{run}: its own decoding defaults, {decoding_summary(own)}")
+    expect(page.get_by_label("number input for max new tokens").filter(visible=True).first).to_have_value(
+        str(own.max_new_tokens))
     box = page.get_by_role("textbox", name="Message", exact=True)
     box.fill(QUESTION)
     box.press("Enter")
@@ -76,7 +80,8 @@ def test_lesson_chat_rate_save_fine_tune_and_arena(page, monkeypatch):
     page.get_by_role("tab", name="Train", exact=True).click()
     pick(page, "Model to train", run)
     steps = page.get_by_label("max steps", exact=True)
-    expect(steps).to_have_value("4000")  # the run's own training defaults arrived: now change them
+    # the run's own training defaults (its preset's) arrived: now change them
+    expect(steps).to_have_value(str(get_preset("lesson").train.max_steps))
     steps.fill("5")
     page.get_by_label("saved chat", exact=True).check()
     saved_chat = page.get_by_label("Saved chat", exact=True)
