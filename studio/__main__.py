@@ -125,18 +125,13 @@ def cmd_chat(args: argparse.Namespace) -> None:
             print(flush=True)
             continue
         shown = 0
-        try:
-            for reply in chat.reply_stream(loaded, history, message, settings, args.system):
-                text = reply.text.replace("\n", " ")  # a custom stop list may let newlines through
-                print(text[shown:], end="", flush=True)
-                shown = len(text)
-        except ValueError as e:  # this message only (too long): say so, keep the session going
-            print(flush=True)
-            print(f"error: {e}", file=sys.stderr)
-            continue
+        for reply in chat.reply_stream(loaded, history, message, settings, args.system):
+            text = reply.text.replace("\n", " ")  # a custom stop list may let newlines through
+            print(text[shown:], end="", flush=True)
+            shown = len(text)
         print(flush=True)
-        if reply.dropped:
-            print(chat.dropped_note(reply.dropped, loaded.block_size), file=sys.stderr)
+        if note := chat.fit_note(reply, loaded.block_size):
+            print(note, file=sys.stderr)
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": reply.text}]
 
 

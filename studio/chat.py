@@ -83,16 +83,19 @@ def format_chat(pairs: Sequence[tuple[str, str]], message: str, system: str = ""
 
 
 def reply_budget(settings: DecodingSettings, block_size: int) -> int:
-    """Tokens kept free for the reply: max_new_tokens, but at most half the context, so a long
-    reply setting never leaves no room for the conversation (the decoder crops the same way)."""
-    return min(settings.max_new_tokens, block_size // 2)
+    """Tokens kept free for the reply: max_new_tokens, but at most half the context
+    (`DecodingSettings.fitted`, as the decoder crops), so a long reply setting never leaves no
+    room for the conversation."""
+    return settings.fitted(block_size).max_new_tokens
 
 
 def fit_prompt(loaded: LoadedModel, history: Sequence[dict], message: str,
-               settings: DecodingSettings, system: str = "") -> tuple[str, int]:
-    """(prompt, n_dropped): the oldest turns are dropped until the prompt plus the reply budget
-    fits the context window; the newest turns always survive. ValueError when even the message
-    alone (with the system prompt) does not fit."""
+               settings: DecodingSettings, system: str = "") -> tuple[str, int, int]:
+    """(prompt, n_dropped, n_cropped): the oldest turns are dropped until the prompt plus the
+    reply budget fits the context window; the newest turns always survive. When even the
+    message alone (with the system prompt) does not fit, the prompt is cropped from the left:
+    `n_cropped` tokens of it, which the decoder leaves out (`decoding.stream` keeps a prompt's
+    last tokens), so the model still sees the end of the message and "Assistant:"."""
     room = loaded.block_size - reply_budget(settings, loaded.block_size)
     pairs = turns(history)
     if len(pairs) > MAX_TURNS:
@@ -109,21 +112,19 @@ def fit_prompt(loaded: LoadedModel, history: Sequence[dict], message: str,
         mid = (low + high) // 2
         low, high = (low, mid) if n_tokens(mid) <= room else (mid + 1, high)
     n = n_tokens(low)
-    if n <= room:
-        return format_chat(pairs[low:], message, system), low
-    raise ValueError(f"message too long for the context: {n} tokens with the system prompt, room for {room} "
-                     f"(context {loaded.block_size} minus {loaded.block_size - room} for the reply); "
-                     f"shorten it, or lower max_new_tokens")
+    return format_chat(pairs[low:], message, system), low, max(0, n - room)
 
 
 # ---- replies ----
 
 @dataclass
 class Reply:
-    """A reply as it grows; `dropped` turns of history did not fit the context."""
+    """A reply as it grows; `dropped` turns of history did not fit the context, and `cropped`
+    tokens were cut from the left of a message too long for it."""
 
     text: str = ""
     dropped: int = 0
+    cropped: int = 0
     n_tokens: int = 0
     finished: bool = False
     finish_reason: str | None = None  # the decoder's ("eos" | "stop" | "length" | "context") or "stopped"
@@ -138,8 +139,8 @@ def reply_stream(loaded: LoadedModel, history: Sequence[dict], message: str, set
     """
     if not message.strip():
         raise ValueError("message is empty: type something to send")
-    prompt, dropped = fit_prompt(loaded, history, message, settings, system)
-    reply = Reply(dropped=dropped)
+    prompt, dropped, cropped = fit_prompt(loaded, history, message, settings, system)
+    reply = Reply(dropped=dropped, cropped=cropped)
     for (col,) in stream(loaded, prompt, [settings]):
         # the template ends at "Assistant:"; the space the model puts after it is not the reply's
         reply.text, reply.n_tokens = col.text.strip(), len(col.tokens)
@@ -165,11 +166,19 @@ def interleave(*streams: Iterator) -> Iterator[tuple]:
         yield tuple(latest)
 
 
-def dropped_note(dropped: int, block_size: int) -> str:
-    if not dropped:
-        return ""
-    return (f"{dropped} oldest turn{'s' if dropped > 1 else ''} left out to fit the context of "
-            f"{block_size} tokens")
+def fit_note(reply: Reply, block_size: int) -> str:
+    """What was left out of the prompt to fit the context, in words ("" when nothing was).
+
+    >>> fit_note(Reply(dropped=2, cropped=5), 64)
+    '2 oldest turns left out and the message cropped from the left (its first 5 tokens) to fit the context of 64 tokens'
+    """
+    cut = []
+    if reply.dropped:
+        cut.append(f"{reply.dropped} oldest turn{'s' if reply.dropped > 1 else ''} left out")
+    if reply.cropped:
+        cut.append(f"the message cropped from the left (its first {reply.cropped} token"
+                   f"{'s' if reply.cropped > 1 else ''})")
+    return f"{' and '.join(cut)} to fit the context of {block_size} tokens" if cut else ""
 
 
 # ---- stop lists as the user types them ----

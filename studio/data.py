@@ -386,6 +386,9 @@ def prepare(documents: Documents, tok, cache_dir: Path | None, seed: int = 0,
                     np.save(f, arr, allow_pickle=False)
     train, val = arrays[:2]
     masks = arrays[2:] if answers else [None, None]
+    if not len(val):  # one short document (a chat saved after one exchange) holds nothing to hold out:
+        # validate on the training text, so the run trains (its val loss then measures fit, not generalisation)
+        val, masks[1] = train, masks[0]
     if progress:
         progress(1.0, f"{len(train):,} train and {len(val):,} val tokens")
     return TokenData(documents.source, train, val, len(documents.docs), documents.skipped, documents.rated_down,

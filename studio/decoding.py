@@ -113,8 +113,8 @@ def _encode_prompt(loaded: LoadedModel, prompt: str, room: int) -> list[int]:
 
 
 def _prompt_room(block: int, s: DecodingSettings) -> int:
-    """Prompt tokens a column keeps: the context less its own new tokens (at most half of it)."""
-    return max(1, block - min(s.max_new_tokens, block // 2))
+    """Prompt tokens a column keeps: the context less its own new tokens (at most `max_reply`)."""
+    return max(1, block - s.fitted(block).max_new_tokens)
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

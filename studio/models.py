@@ -107,9 +107,11 @@ def resolve(identifier: str) -> ModelSpec:
 
 def default_decoding(identifier: str) -> DecodingSettings:
     """A model's own decoding defaults: its preset's (for a checkpoint, the preset it was trained
-    from), else the plain defaults."""
+    from), else the plain defaults; max_new_tokens clamped to what its context allows
+    (`DecodingSettings.fitted`), so a context-64 model is never asked for more than 32."""
     spec = resolve(identifier)
-    return spec.preset.decode if spec.preset else DecodingSettings()
+    settings = spec.preset.decode if spec.preset else DecodingSettings()
+    return settings.fitted(context_length(model_config(spec)))
 
 
 def list_checkpoints() -> list[str]:

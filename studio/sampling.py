@@ -65,6 +65,20 @@ class DecodingSettings:
     def with_(self, **changes) -> "DecodingSettings":
         return replace(self, **changes)
 
+    def fitted(self, block_size: int) -> "DecodingSettings":
+        """These settings with max_new_tokens clamped to what a `block_size` context allows (`max_reply`)."""
+        return replace(self, max_new_tokens=min(self.max_new_tokens, max_reply(block_size)))
+
+
+def max_reply(block_size: int) -> int:
+    """The most new tokens a context of `block_size` tokens gives a reply: half of it, so the
+    other half is always left to the prompt (the chat and the decoder keep that much for it).
+
+    >>> max_reply(64)
+    32
+    """
+    return max(1, block_size // 2)
+
 
 # Named starting points. "focused" is what stopped GPT-2's looping in hand-rolled scripts: a cooler
 # temperature, a short top-k/top-p tail, a repetition penalty and fewer tokens.

@@ -54,7 +54,8 @@ def test_take_back_removes_the_last_exchange_and_returns_its_message():
 def test_truncation_keeps_the_newest_turns_within_the_context(tiny, max_new_tokens):
     pairs = [(f"question number {i}", f"answer number {i}") for i in range(12)]
     settings = DecodingSettings(max_new_tokens=max_new_tokens)
-    prompt, dropped = chat.fit_prompt(tiny, history_of(pairs), "the last one?", settings)
+    prompt, dropped, cropped = chat.fit_prompt(tiny, history_of(pairs), "the last one?", settings)
+    assert cropped == 0
     room = tiny.block_size - min(max_new_tokens, tiny.block_size // 2)
     assert 0 < dropped < len(pairs)
     assert len(tiny.tokenizer.encode(prompt)) <= room
@@ -63,17 +64,47 @@ def test_truncation_keeps_the_newest_turns_within_the_context(tiny, max_new_toke
     assert len(tiny.tokenizer.encode(chat.format_chat(pairs[dropped - 1:], "the last one?"))) > room
 
 
-def test_short_history_is_kept_whole_and_a_huge_message_is_a_clear_error(tiny):
+def test_short_history_is_kept_whole_and_a_huge_message_is_cropped_from_the_left(tiny):
     settings = DecodingSettings(max_new_tokens=8)
-    prompt, dropped = chat.fit_prompt(tiny, history_of([("hi", "hello")]), "ok?", settings)
-    assert dropped == 0 and prompt.startswith("Human: hi")
-    with pytest.raises(ValueError, match="message too long for the context"):
-        chat.fit_prompt(tiny, [], "word " * 200, settings)
+    prompt, dropped, cropped = chat.fit_prompt(tiny, history_of([("hi", "hello")]), "ok?", settings)
+    assert (dropped, cropped) == (0, 0) and prompt.startswith("Human: hi")
+    huge = "word " * 200
+    prompt, dropped, cropped = chat.fit_prompt(tiny, history_of([("hi", "hello")]), huge, settings)
+    room = tiny.block_size - 8
+    assert (prompt, dropped) == (chat.format_chat([], huge), 1)
+    assert cropped == len(tiny.tokenizer.encode(prompt)) - room > 0  # the decoder keeps the last `room` tokens
+    reply = list(chat.reply_stream(tiny, history_of([("hi", "hello")]), huge, settings.with_(temperature=0)))[-1]
+    assert reply.finished and (reply.dropped, reply.cropped) == (1, cropped)
+    assert chat.fit_note(reply, tiny.block_size) == (
+        f"1 oldest turn left out and the message cropped from the left (its first {cropped} tokens) "
+        f"to fit the context of {tiny.block_size} tokens")
+
+
+def test_the_lessons_first_question_fits_a_lesson_run_with_its_own_decoding_defaults(tmp_path):
+    """After the lesson, the Chat tab asks with the run's own defaults (greedy, 16 new tokens):
+    "What is 4 plus 5?" is 35 characters of prompt, which fits the 64-character context beside
+    the reply budget. The tab's old fixed defaults (48 new tokens) left room for 32 only."""
+    from studio import models
+    from studio.presets import get_preset
+
+    preset = get_preset("lesson")
+    tok = models.scratch_tokenizer(preset)
+    models.save_model(models.build_scratch(preset, tok), tok, checkpoints_dir() / "lesson-like" / "last",
+                      {"preset": preset.to_dict(), "step": 0})  # as a lesson run saves itself
+    settings = models.default_decoding("lesson-like")
+    assert settings == preset.decode and settings.greedy and settings.max_new_tokens == 16
+    loaded = models.load("lesson-like", device="cpu")
+    prompt, dropped, cropped = chat.fit_prompt(loaded, [], "What is 4 plus 5?", settings)
+    assert prompt == "Human: What is 4 plus 5?\nAssistant:" and len(loaded.tokenizer.encode(prompt)) == 35
+    assert (dropped, cropped) == (0, 0) and chat.reply_budget(settings, loaded.block_size) == 16
+    assert chat.fit_prompt(loaded, [], "What is 4 plus 5?", settings.with_(max_new_tokens=48))[2] == 3  # the bug
+    reply = list(chat.reply_stream(loaded, [], "What is 4 plus 5?", settings.with_(stop=chat.DEFAULT_STOP)))[-1]
+    assert reply.finished and reply.n_tokens <= 16 and chat.fit_note(reply, loaded.block_size) == ""
 
 
 def test_stop_strings_end_generation(tiny):
     base = DecodingSettings(temperature=0, max_new_tokens=12)
-    prompt, _ = chat.fit_prompt(tiny, [], "hello", base)
+    prompt, _, _ = chat.fit_prompt(tiny, [], "hello", base)
     free = generate(tiny, prompt, [base])[0]
     assert len(free.tokens) >= 6
     stop = free.tokens[5].text  # a string the greedy reply is known to reach
@@ -186,8 +217,8 @@ def test_cli_chat_prints_one_reply_line_per_input_line(tiny_checkpoint):
                 input=f"hello\n\n{too_long}\nthird\n")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.split("\n")
-    assert len(lines) == 4 + 1 and lines[1] == lines[2] == ""  # 4 lines read -> 4 reply lines
-    assert "message too long for the context" in r.stderr
+    assert len(lines) == 4 + 1 and lines[1] == ""  # 4 lines read -> 4 reply lines
+    assert "the message cropped from the left" in r.stderr  # answered, not refused
 
 
 def test_cli_chat_bad_flag_is_one_line(tiny_checkpoint):

@@ -61,10 +61,12 @@ def test_stop_ends_a_streaming_reply_and_the_chat_goes_on(page, long_checkpoint)
     picker = page.get_by_label("Model", exact=True).filter(visible=True).first
     picker.fill(long_checkpoint)
     page.get_by_role("option", name=long_checkpoint, exact=True).click()
+    status = page.get_by_label("Status", exact=True).filter(visible=True)
+    # the model's own defaults arrive first (64 new tokens: a 1,024 context allows 512); then ask for more
+    expect(status).to_have_value(f"{long_checkpoint}: its own decoding defaults, temperature 1, up to 64 new tokens")
     page.get_by_label("number input for max new tokens").filter(visible=True).first.fill("512")
     page.get_by_role("textbox", name=re.compile("^Stop strings")).fill("")  # only end-of-text or Stop ends it
     box = page.get_by_role("textbox", name="Message", exact=True)
-    status = page.get_by_label("Status", exact=True).filter(visible=True)
     stop = page.get_by_role("button", name="Stop", exact=True).filter(visible=True).first
 
     def send_and_stop(text: str) -> int:

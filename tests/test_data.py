@@ -98,6 +98,21 @@ def test_a_single_document_is_split_at_paragraphs():
     assert len(train) == 18 and len(val) == 2
 
 
+def test_a_chat_saved_after_one_exchange_validates_on_its_training_text(tmp_path):
+    """The first fine-tune a new user tries: one rated answer. Nothing can be held out, so the run
+    validates on what it trains on instead of failing at its first eval with no val tokens."""
+    from studio import chat
+
+    path, _, _ = chat.save_conversation([{"role": "user", "content": "What is 4 plus 5?"},
+                                         {"role": "assistant", "content": "9"}], path=tmp_path / "one.jsonl")
+    documents = data.read_source(str(path))
+    tok = CharTokenizer.from_texts(documents.docs)
+    for cache in (tmp_path / "cache", tmp_path / "cache"):  # computed, then read back from the cache
+        tokens = data.prepare(documents, tok, cache, answers=True)
+        assert len(tokens.train) > 0 and np.array_equal(tokens.val, tokens.train)
+        assert np.array_equal(tokens.val_mask, tokens.train_mask)
+
+
 def test_sequential_split_holds_out_exactly_the_last_tenth_of_the_file(tmp_path):
     path = tmp_path / "book.txt"
     text = "".join(f"line {i} of the book\n" + ("\n" if i % 7 == 0 else "") for i in range(60))  # 1,200+ chars

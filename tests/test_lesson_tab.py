@@ -95,3 +95,22 @@ def test_charts_read_well_from_their_first_point():
     # perplexity on a log axis, a decade either side of a lone point (plotly's log ranges are log10)
     assert ppl.layout.yaxis.type == "log"
     assert ppl.layout.yaxis.range == pytest.approx((math.log10(13.5) - 1, math.log10(13.5) + 1))
+
+
+@pytest.mark.parametrize("raw, expected", [("", {}), ("10", {"max_steps": 10}), (" 7 ", {"max_steps": 7})])
+def test_the_lesson_button_can_be_shortened_through_the_environment(monkeypatch, raw, expected):
+    from studio.ui.train import LESSON_MAX_STEPS, lesson_overrides
+
+    monkeypatch.setenv(LESSON_MAX_STEPS, raw)
+    assert lesson_overrides() == expected
+    own = get_preset("lesson").train.max_steps
+    assert lesson.config(**lesson_overrides()).settings.max_steps == expected.get("max_steps", own)
+
+
+@pytest.mark.parametrize("raw", ["0", "-3", "ten", "1.5"])
+def test_a_bad_lesson_length_names_the_variable_and_the_range(monkeypatch, raw):
+    from studio.ui.train import LESSON_MAX_STEPS, lesson_overrides
+
+    monkeypatch.setenv(LESSON_MAX_STEPS, raw)
+    with pytest.raises(ValueError, match=rf"^{LESSON_MAX_STEPS} must be a whole number >= 1 .*got '{re.escape(raw)}'"):
+        lesson_overrides()

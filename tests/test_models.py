@@ -99,7 +99,10 @@ def test_default_decoding_is_the_models_preset_else_the_plain_defaults(tiny_char
     assert models.default_decoding(str(tmp_path / "tuned")) == tuned.decode  # the preset it was trained from
     shutil.copytree(tmp_path / "tuned" / "last", tmp_path / "bare")
     (tmp_path / "bare" / models.MODEL_META).unlink()  # a plain Hugging Face folder: no preset known
-    assert models.default_decoding(str(tmp_path / "bare")) == DecodingSettings()
+    assert models.default_decoding(str(tmp_path / "bare")) == DecodingSettings().with_(max_new_tokens=32)
+    # clamped to what the context allows: half of it (the char preset asks for 200 of its 64 positions)
+    assert presets["char"].decode.max_new_tokens == 200 and presets["char"].block_size == 64
+    assert models.default_decoding("char") == presets["char"].decode.with_(max_new_tokens=32)
 
 
 def test_two_threads_loading_at_once_both_get_tied_weights(tiny_char_checkpoint, monkeypatch):

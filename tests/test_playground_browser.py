@@ -19,6 +19,11 @@ def test_two_columns_stream_side_by_side(page):
     picker = page.get_by_label("Model", exact=True).nth(1)  # the Models tab's picker comes first
     picker.fill("v2")  # context 128, random init: long enough to watch it grow
     picker.press("Enter")
+    # column 1 takes v2's own decoding (its preset's); the other columns keep their contrasts
+    expect(page.get_by_label("Status", exact=True).filter(visible=True)).to_have_value(
+        "v2: its own decoding defaults, temperature 0.8, top-k 200, up to 64 new tokens")
+    expect(page.get_by_label("number input for top-k (0 = off)").nth(0)).to_have_value("200")
+    expect(page.get_by_label("number input for top-k (0 = off)").nth(1)).to_have_value("50")
     for column, value in ((1, "0.9"), (2, "1.3")):  # fill both columns' temperature
         box = page.get_by_label("number input for temperature (0 = greedy)").nth(column - 1)
         box.fill(value)

@@ -52,7 +52,7 @@ def _timed_replies(loaded: LoadedModel, n_tokens: int, repeats: int) -> dict:
             ttfts.append(first - t0)
             if reply.n_tokens > 1:
                 rates.append((reply.n_tokens - 1) / (last - first))
-    prompt, dropped = fit_prompt(loaded, history, message, settings)
+    prompt, dropped, _ = fit_prompt(loaded, history, message, settings)
     return {"model": loaded.name, "device": str(loaded.device), "context": loaded.block_size,
             "prompt_tokens": len(loaded.tokenizer.encode(prompt)), "dropped_turns": dropped,
             "new_tokens": reply.n_tokens, "time_to_first_token_s": round(statistics.median(ttfts), 4),

@@ -12,11 +12,13 @@ import weakref
 import gradio as gr
 
 from studio import chat, devices, models
-from studio.sampling import NAMED
-from studio.ui.common import MODEL_QUEUE, DecodingControls, Pickers, user_errors
+from studio.ui.common import MODEL_QUEUE, DecodingControls, Pickers, on, user_errors
 from studio.workspace import DEFAULT_MODEL, Workspace
 
 STOP_HELP = "stop strings, | between them, \\n = newline; end-of-text always stops"
+# the arena compares two models each at its own defaults (as each was made to answer), or both
+# at the chat's settings (the same settings, so only the weights differ); stop strings are always the chat's
+ARENA_DECODING = ("each model's own defaults", "the chat's settings above")
 
 
 def text_of(content) -> str:
@@ -33,8 +35,8 @@ def status(reply: chat.Reply, block_size: int) -> str:
     ended = {"eos": "ended by end-of-text", "stop": "ended by a stop string", "length": "ended by max new tokens",
              "context": "ended by the context window", "stopped": "stopped by you"}.get(reply.finish_reason or "")
     text = f"{reply.n_tokens} tokens" + (f", {ended}" if ended else "")
-    dropped = chat.dropped_note(reply.dropped, block_size)
-    return f"{text}; {dropped}" if dropped else text
+    note = chat.fit_note(reply, block_size)
+    return f"{text}; {note}" if note else text
 
 
 class StopRequests:
@@ -93,7 +95,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                 clear_btn = gr.Button("Clear")
         with gr.Column(scale=2):
             with gr.Accordion("Decoding settings", open=True):
-                dec = DecodingControls(NAMED["focused"], label="Chat")
+                dec = DecodingControls(models.default_decoding(DEFAULT_MODEL), label="Chat")
                 stop_text = gr.Textbox(chat.format_stop_list(chat.DEFAULT_STOP), label="Stop strings", info=STOP_HELP)
                 device = gr.Dropdown(list(devices.DEVICES), value="auto", label="Device")
             with gr.Accordion("Save for fine-tuning", open=True):
@@ -102,13 +104,15 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                                             "folder; the Train tab takes it as data")
                 save_btn = gr.Button("Save conversation")
                 saved = gr.Textbox(label="Saved", interactive=False)
-    with gr.Accordion("Arena: one message, two models side by side (uses the settings above)", open=False):
+    with gr.Accordion("Arena: one message, two models side by side", open=False):
         with gr.Row():
             model_a = pickers.model("Model A", value="gpt2")
             model_b = pickers.model("Model B", value=(models.list_checkpoints() or [DEFAULT_MODEL])[0])
+            arena_decoding = gr.Radio(list(ARENA_DECODING), value=ARENA_DECODING[0], label="Decoding",
+                                      info="max new tokens always within each model's context")
         with gr.Row():
-            chat_a = gr.Chatbot(label="A", height=320, feedback_options=None)
-            chat_b = gr.Chatbot(label="B", height=320, feedback_options=None)
+            chat_a = gr.Chatbot(label="A", height=320, feedback_options=None, elem_id="arena-a")
+            chat_b = gr.Chatbot(label="B", height=320, feedback_options=None, elem_id="arena-b")
         arena_note = gr.Textbox(label="Arena status", interactive=False)
         arena_msg = gr.Textbox(label="Arena message", placeholder="asked to both models")
         with gr.Row():
@@ -179,24 +183,30 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
 
     @user_errors
     def arena(model_a, model_b, message, history_a, history_b, system, stop, device, temperature, top_k, top_p,
-              repetition_penalty, max_new_tokens, seed, request: gr.Request = None):
+              repetition_penalty, max_new_tokens, seed, decoding=ARENA_DECODING[0], request: gr.Request = None):
         settings = DecodingControls.settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed,
                                              stop=chat.parse_stop_list(stop))
         if not (message or "").strip():
             raise ValueError("message is empty: type something to send")
-        ws.model_id(model_b, "model b")  # both names are checked before either model loads
+        if decoding not in ARENA_DECODING:
+            raise ValueError(f"decoding must be one of {list(ARENA_DECODING)}, got {decoding!r}")
+        # both names are checked before either model loads
+        named = [ws.model_id(m, field) for m, field in ((model_a, "model a"), (model_b, "model b"))]
+        own = decoding == ARENA_DECODING[0]
+        sides = [models.default_decoding(m).with_(stop=settings.stop) if own else settings for m in named]
         stopped = arena_stops.begin(request)
-        a, b = ws.model(model_a, device=device, field="model a"), ws.model(model_b, device=device, field="model b")
-        streams = [_stream(m, plain(h), message, settings, system, stopped)
-                   for m, h in ((a, history_a), (b, history_b))]
+        a, b = (ws.model(m, device=device, field=field) for m, field in zip(named, ("model a", "model b")))
+        streams = [_stream(m, plain(h), message, side, system, stopped)
+                   for m, h, side in ((a, history_a, sides[0]), (b, history_b, sides[1]))]
         for (shown_a, info_a), (shown_b, info_b) in chat.interleave(*streams):
             yield shown_a, shown_b, "", f"A: {info_a}  |  B: {info_b}"
 
     decoding_inputs = [system, stop_text, device, *dec.inputs]
-    gr.on([send_btn.click, message.submit], respond, [model, message, chatbot, *decoding_inputs],
-          [chatbot, message, note], api_name="chat", concurrency_id=MODEL_QUEUE)
-    regen_btn.click(regenerate, [model, chatbot, ratings, *decoding_inputs],
-                    [chatbot, note, dec.seed, ratings], api_name="regenerate", concurrency_id=MODEL_QUEUE)
+    dec.follow(model, ws, note, api_name="chat_defaults")
+    on([send_btn.click, message.submit], respond, [model, message, chatbot, *decoding_inputs],
+       [chatbot, message, note], status=note, api_name="chat", concurrency_id=MODEL_QUEUE)
+    on(regen_btn.click, regenerate, [model, chatbot, ratings, *decoding_inputs],
+       [chatbot, note, dec.seed, ratings], status=note, api_name="regenerate", concurrency_id=MODEL_QUEUE)
     stop_btn.click(chat_stops.stop, None, None, api_name="stop_chat", queue=False)
     undo_btn.click(undo, [chatbot, ratings], [chatbot, message, ratings], api_name="undo", queue=False)
     clear_btn.click(clear, None, [chatbot, note, ratings, conversation_id], api_name="clear_chat", queue=False)
@@ -206,9 +216,10 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         rate_index, rate_value = gr.Number(precision=0), gr.Number(precision=0)
         rate_btn = gr.Button()
     rate_btn.click(rate_reply, [ratings, rate_index, rate_value], ratings, api_name="rate_reply", queue=False)
-    save_btn.click(save, [chatbot, ratings, model, system, file_name, conversation_id], [saved, conversation_id],
-                   api_name="save_chat")
-    gr.on([ask_btn.click, arena_msg.submit], arena, [model_a, model_b, arena_msg, chat_a, chat_b, *decoding_inputs],
-          [chat_a, chat_b, arena_msg, arena_note], api_name="arena", concurrency_id=MODEL_QUEUE)
+    on(save_btn.click, save, [chatbot, ratings, model, system, file_name, conversation_id], [saved, conversation_id],
+       status=saved, api_name="save_chat")
+    on([ask_btn.click, arena_msg.submit], arena,
+       [model_a, model_b, arena_msg, chat_a, chat_b, *decoding_inputs, arena_decoding],
+       [chat_a, chat_b, arena_msg, arena_note], status=arena_note, api_name="arena", concurrency_id=MODEL_QUEUE)
     arena_stop.click(arena_stops.stop, None, None, api_name="stop_arena", queue=False)
     arena_clear.click(lambda: ([], [], ""), None, [chat_a, chat_b, arena_note], api_name="clear_arena", queue=False)

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import functools
+import inspect
+import threading
+from collections import OrderedDict
 from typing import Callable
 
 import gradio as gr
+from gradio.context import LocalContext
 
-from studio import chat
+from studio import chat, models
 from studio.data import HUB, hub_source
 from studio.sampling import NAMED, DecodingSettings
 from studio.workspace import DEFAULT_MODEL, Workspace
@@ -63,14 +67,49 @@ def data_spec(kind: str, file, saved: str, hub: str) -> str:
     return "builtin"
 
 
+ERROR = "Error: "  # how a status line starts while it shows an action's error
+
+
+class _RecentErrors:
+    """The last error of each (browser session, handler), from the moment the handler raises
+    until the event's failure listener puts it on the status line. Bounded: an API client's
+    failure has no listener to take its message back."""
+
+    def __init__(self, keep: int = 1024) -> None:
+        self.keep = keep
+        self._messages: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _session(request: gr.Request | None) -> str:
+        return getattr(request, "session_hash", None) or ""
+
+    def put(self, handler: Callable, message: str) -> None:
+        with self._lock:
+            self._messages[(self._session(LocalContext.request.get(None)), id(handler))] = message
+            while len(self._messages) > self.keep:
+                self._messages.popitem(last=False)
+
+    def take(self, handler: Callable, request: gr.Request | None) -> str:
+        with self._lock:
+            message = self._messages.pop((self._session(request), id(handler)), None)
+        # anything but a ValueError is a bug, whose traceback went to the app's console
+        return ERROR + (message or "the action failed unexpectedly (the app's console says why)")
+
+
+_recent = _RecentErrors()
+
+
 def user_errors(fn: Callable) -> Callable:
-    """Show the engine's ValueError as a gr.Error (a toast naming the field), never a traceback."""
-    if _is_generator(fn):
+    """Show the engine's ValueError as a gr.Error (a toast naming the field; an API caller gets
+    it as the call's error), never a traceback; `on` also puts it on the tab's status line."""
+    if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
             except ValueError as e:
+                _recent.put(gen_wrapper, str(e))
                 raise gr.Error(str(e)) from None
         return gen_wrapper
 
@@ -79,14 +118,40 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except ValueError as e:
+            _recent.put(wrapper, str(e))
             raise gr.Error(str(e)) from None
     return wrapper
 
 
-def _is_generator(fn: Callable) -> bool:
-    import inspect
+def on(triggers, fn: Callable, inputs, outputs, *, status: gr.components.Component, **kwargs):
+    """`gr.on` for an action whose error stays on screen, in words, on the tab's `status` line
+    until the next action: Gradio badges every output of a failed event "Error" (a chat or a
+    message box turns into a bare badge) and its toast fades, so the progress and the error mark
+    go on `status` only, and a failure listener writes the message there. `fn` is a
+    `user_errors` handler. A later success clears a shown error when `status` is not an output."""
+    event = gr.on(triggers, fn, inputs, outputs, show_progress_on=status, **kwargs)
 
-    return inspect.isgeneratorfunction(fn)
+    def show(request: gr.Request):
+        return _recent.take(fn, request)
+
+    event.failure(show, None, status, queue=False, api_visibility="private", show_progress="hidden")
+    listed = outputs if isinstance(outputs, (list, tuple, set)) else [outputs]
+    if status not in listed:
+        event.success(lambda shown: "" if (shown or "").startswith(ERROR) else gr.skip(), status, status,
+                      queue=False, api_visibility="private", show_progress="hidden")
+    return event
+
+
+def decoding_summary(s: DecodingSettings) -> str:
+    """The settings that are on, in words: "greedy, up to 16 new tokens"."""
+    parts = ["greedy"] if s.greedy else [f"temperature {s.temperature:g}"]
+    if not s.greedy and s.top_k:
+        parts.append(f"top-k {s.top_k}")
+    if not s.greedy and s.top_p < 1:
+        parts.append(f"top-p {s.top_p:g}")
+    if s.repetition_penalty != 1:
+        parts.append(f"repetition penalty {s.repetition_penalty:g}")
+    return ", ".join(parts + [f"up to {s.max_new_tokens} new tokens"])
 
 
 class DecodingControls:
@@ -118,8 +183,24 @@ class DecodingControls:
     def named(name: str):
         if name not in NAMED:
             return [gr.update()] * 6
-        s = NAMED[name]
+        return DecodingControls.values(NAMED[name])
+
+    @staticmethod
+    def values(s: DecodingSettings) -> list:
+        """`s` as the panel's values, in `inputs` order."""
         return [s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.max_new_tokens, s.seed]
+
+    def follow(self, picker: gr.Dropdown, ws: Workspace, status: gr.components.Component, **kwargs) -> None:
+        """Picking a model in `picker` fills the panel with that model's own decoding defaults
+        (`models.default_decoding`: its preset's, max new tokens within its context); `status` says so."""
+        @user_errors
+        def model_defaults(model: str):
+            identifier = ws.model_id(model)
+            s = models.default_decoding(identifier)
+            return ["custom", *self.values(s), f"{identifier}: its own decoding defaults, {decoding_summary(s)}"]
+
+        on(picker.input, model_defaults, picker, [self.preset, *self.inputs, status], status=status, queue=False,
+           **kwargs)
 
     @staticmethod
     def settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed,

@@ -9,7 +9,7 @@ from studio import data, decoding, devices, evaluate, models
 from studio.memory import design, preset_table
 from studio.presets import DEFAULT_VOCAB, TOKENIZERS, Preset, design_preset, load_presets, save_preset
 from studio.ui import plots
-from studio.ui.common import DATA_KINDS, MODEL_QUEUE, Pickers, data_spec, user_errors
+from studio.ui.common import DATA_KINDS, MODEL_QUEUE, Pickers, data_spec, on, user_errors
 from studio.workspace import DEFAULT_MODEL, Workspace
 
 DESIGN_FIELDS = ("n_layer", "n_embd", "n_head", "n_inner", "block_size", "tokenizer", "vocab_size", "dropout")
@@ -187,20 +187,21 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                                 table["bits_per_byte"].tolist(), "bits per byte")
         return table.round({"loss": 4, "ppl": 2, "bits_per_byte": 4}), chart
 
-    model.change(describe, model, info_md, api_name="describe", queue=False)
-    load_btn.click(load, [model, device, seed], status, api_name="load_model", concurrency_id=MODEL_QUEUE)
-    merge_btn.click(merge, model, status, api_name="merge_lora", concurrency_id=MODEL_QUEUE)
-    gen_btn.click(generate, [model, prompt, max_new, device, seed], output, api_name="generate",
-                  concurrency_id=MODEL_QUEUE)
+    on(model.change, describe, model, info_md, status=status, api_name="describe", queue=False)
+    on(load_btn.click, load, [model, device, seed], status, status=status, api_name="load_model",
+       concurrency_id=MODEL_QUEUE)
+    on(merge_btn.click, merge, model, status, status=status, api_name="merge_lora", concurrency_id=MODEL_QUEUE)
+    on(gen_btn.click, generate, [model, prompt, max_new, device, seed], output, status=status, api_name="generate",
+       concurrency_id=MODEL_QUEUE)
     design_inputs = [d_name, *(d_fields[k] for k in DESIGN_FIELDS)]
     d_fields["tokenizer"].change(vocab_for, d_fields["tokenizer"], d_fields["vocab_size"], queue=False,
                                  api_visibility="private")
     gr.on([c.change for c in design_inputs], design_markdown, design_inputs, design_md, queue=False,
           api_name="design_preset")
     demo.load(design_markdown, design_inputs, design_md, queue=False, api_visibility="private")
-    save_btn.click(save, design_inputs, [save_status, presets_df], api_name="save_preset")
-    eval_btn.click(score, [e_models, e_kind, e_file, e_hub, e_split, e_mode, e_stride, device], [eval_df, eval_plot],
-                   api_name="evaluate", concurrency_id=MODEL_QUEUE)
+    on(save_btn.click, save, design_inputs, [save_status, presets_df], status=save_status, api_name="save_preset")
+    on(eval_btn.click, score, [e_models, e_kind, e_file, e_hub, e_split, e_mode, e_stride, device],
+       [eval_df, eval_plot], status=status, api_name="evaluate", concurrency_id=MODEL_QUEUE)
     demo.load(describe, model, info_md, api_visibility="private")
     demo.load(all_presets, None, presets_df, api_name="presets")
     demo.load(device_table, None, devices_df, api_name="devices")

@@ -18,7 +18,7 @@ from studio import decoding
 from studio.decoding import Column
 from studio.names import shown
 from studio.sampling import NAMED, DecodingSettings
-from studio.ui.common import MODEL_QUEUE, DecodingControls, Pickers, user_errors
+from studio.ui.common import MODEL_QUEUE, DecodingControls, Pickers, on, user_errors
 from studio.workspace import Workspace
 
 MAX_COLUMNS = 6
@@ -87,6 +87,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         remove_btn = gr.Button("Remove column", size="sm")
         gen_btn = gr.Button("Generate", variant="primary", elem_id="play-generate")
         stop_btn = gr.Button("Stop", variant="stop")
+    status = gr.Textbox(label="Status", interactive=False)
     groups, controls, views, stats = [], [], [], []
     with gr.Row(equal_height=False):
         for i in range(MAX_COLUMNS):
@@ -134,8 +135,9 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
 
     add_btn.click(lambda n: resize(n, 1), count, [count, *groups], queue=False, api_visibility="private")
     remove_btn.click(lambda n: resize(n, -1), count, [count, *groups], queue=False, api_visibility="private")
-    run = gen_btn.click(compare, [model, prompt, count, *setting_inputs], [*views, *stats, files],
-                        api_name="compare", concurrency_id=MODEL_QUEUE)
+    controls[0].follow(model, ws, status, api_visibility="private")  # the other columns keep their contrasts
+    run = on(gen_btn.click, compare, [model, prompt, count, *setting_inputs], [*views, *stats, files],
+             status=status, api_name="compare", concurrency_id=MODEL_QUEUE)
     stop_btn.click(None, cancels=[run], queue=False, api_visibility="private")
-    sweep_btn.click(sweep, [model, prompt, sweep_name, sweep_values, *controls[0].inputs],
-                    [sweep_plot, sweep_table], api_name="sweep", concurrency_id=MODEL_QUEUE)
+    on(sweep_btn.click, sweep, [model, prompt, sweep_name, sweep_values, *controls[0].inputs],
+       [sweep_plot, sweep_table], status=status, api_name="sweep", concurrency_id=MODEL_QUEUE)

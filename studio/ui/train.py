@@ -7,6 +7,7 @@ on a timer, so the page can be reloaded or opened twice without touching the run
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 
 import gradio as gr
@@ -17,7 +18,7 @@ from studio.corpus import HUMAN
 from studio.lora import DEFAULT_TARGETS, LoraSettings
 from studio.presets import TrainSettings
 from studio.ui import plots
-from studio.ui.common import DATA_KINDS, HUB_EXAMPLE, Pickers, data_spec, user_errors
+from studio.ui.common import DATA_KINDS, HUB_EXAMPLE, Pickers, data_spec, on, user_errors
 from studio.workspace import Workspace
 
 POLL_S = 1.5  # redraw at least every 2 s, as promised in the tab's spec
@@ -151,6 +152,20 @@ def events_table(df: pd.DataFrame) -> pd.DataFrame:
     return rows[cols].iloc[::-1]
 
 
+LESSON_MAX_STEPS = "STUDIO_LESSON_MAX_STEPS"  # shortens the lesson button's run (the browser test's journey)
+
+
+def lesson_overrides() -> dict:
+    """Settings the lesson button's run takes from the environment: `$STUDIO_LESSON_MAX_STEPS`
+    (a whole number >= 1), read at each click; unset, the lesson preset's own."""
+    raw = os.environ.get(LESSON_MAX_STEPS, "").strip()
+    if not raw:
+        return {}
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{LESSON_MAX_STEPS} must be a whole number >= 1 (the lesson's max_steps), got {raw!r}")
+    return {"max_steps": int(raw)}
+
+
 def picked_runs(names: list[str] | None) -> list[str]:
     """Runs picked in the tab or named over the API: plain names of runs in the checkpoints folder."""
     folders = [runs.named(name, "run names") for name in names or []]
@@ -205,6 +220,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                 stop_btn = gr.Button("Stop", variant="stop")
                 resume_btn = gr.Button("Resume")
                 merge_btn = gr.Button("Merge LoRA")
+            status_line = gr.Textbox(label="Status", interactive=False)
     progress = gr.HTML()
     with gr.Accordion("Run status (JSON)", open=False):
         status_json = gr.JSON()
@@ -267,7 +283,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
 
     @user_errors
     def start_lesson():
-        run_dir = jobs.start(ws.training, lesson.config())
+        run_dir = jobs.start(ws.training, lesson.config(**lesson_overrides()))
         gr.Info(f"the lesson started: {run_dir.name}")
         return run_dir.name, None
 
@@ -353,22 +369,24 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     option_inputs = [split_mode, report_to, eval_file, lora_r, lora_alpha, lora_dropout, lora_targets]
     data_inputs = [data_kind, data_file, data_chat, data_hub]
     data_kind.change(toggle, data_kind, [data_file, data_chat, data_hub], queue=False, api_visibility="private")
-    model.change(prefill, model, setting_inputs, queue=False, api_name="train_defaults")
+    on(model.change, prefill, model, setting_inputs, status=status_line, queue=False, api_name="train_defaults")
     demo.load(prefill, model, setting_inputs, queue=False, api_visibility="private")
-    check_btn.click(check, [model, *data_inputs, device, precision, *setting_inputs, *option_inputs], plan_md,
-                    api_name="train_plan")
-    start_btn.click(start, [model, *data_inputs, run_name, device, precision, *setting_inputs, *option_inputs],
-                    [watched, seen], api_name="train_start").then(list_all, None, [runs_df, compare], queue=False)
-    lesson_btn.click(start_lesson, None, [watched, seen], api_name="lesson_start").then(
+    on(check_btn.click, check, [model, *data_inputs, device, precision, *setting_inputs, *option_inputs], plan_md,
+       status=status_line, api_name="train_plan")
+    on(start_btn.click, start, [model, *data_inputs, run_name, device, precision, *setting_inputs, *option_inputs],
+       [watched, seen], status=status_line, api_name="train_start").then(list_all, None, [runs_df, compare],
+                                                                         queue=False)
+    on(lesson_btn.click, start_lesson, None, [watched, seen], status=status_line, api_name="lesson_start").then(
         list_all, None, [runs_df, compare], queue=False)
-    stop_btn.click(stop, None, plan_md, api_name="train_stop", queue=False)
-    resume_btn.click(resume, watched, [watched, seen], api_name="train_resume")
-    merge_btn.click(merge, watched, plan_md, api_name="train_merge")
+    on(stop_btn.click, stop, None, status_line, status=status_line, api_name="train_stop", queue=False)
+    on(resume_btn.click, resume, watched, [watched, seen], status=status_line, api_name="train_resume")
+    on(merge_btn.click, merge, watched, status_line, status=status_line, api_name="train_merge")
     timer.tick(poll, [watched, seen], [*drawn, seen], api_visibility="private", queue=False,
                show_progress="hidden")  # a loading overlay on every drawn component each tick costs the browser CPU
     gr.Button("Refresh status", size="sm").click(status, watched, status_json, api_name="train_status",
                                                  queue=False)
     demo.load(list_all, None, [runs_df, compare], api_name="train_runs")
     runs_df.select(pick_row, None, [watched, seen], api_visibility="private")
-    gr.on([compare.change, metric.change], draw_overlay, [compare, metric], overlay_plot, api_visibility="private")
-    export_btn.click(export, [compare, watched], export_file, api_name="train_export")
+    on([compare.change, metric.change], draw_overlay, [compare, metric], overlay_plot, status=status_line,
+       api_visibility="private")
+    on(export_btn.click, export, [compare, watched], export_file, status=status_line, api_name="train_export")
