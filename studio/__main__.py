@@ -325,6 +325,12 @@ def cmd_bench_lesson(args: argparse.Namespace) -> dict:
 def cmd_bench_train_tab(args: argparse.Namespace) -> dict:
     from studio.bench import train_tab
 
+    if args.lesson:
+        result = train_tab.run_lesson(args.rounds, args.steps, progress_log(args))
+        if not args.json:
+            print(f"the lesson: CLI {result['cli_s']:.1f} s, with the Train tab open {result['tab_s']:.1f} s: "
+                  f"ratio {result['ratio']:.3f} (goal <= 1.1)")
+        return result
     result = train_tab.run(args.model, args.rounds, args.steps, progress_log(args))
     if not args.json:
         print(f"{args.model}: CLI {result['cli_tokens_per_s']:,.0f} tokens/s, with the Train tab open "
@@ -491,7 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("train-tab", help="training tokens/s with the Train tab open in a browser vs the CLI")
     p.add_argument("--model", default="v1")
     p.add_argument("--rounds", type=int, default=2, help="rounds of one CLI run and one tab run, order alternating")
-    p.add_argument("--steps", type=int, default=100, help="optimizer steps per run")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps per run (--lesson: 0 = the preset's)")
+    p.add_argument("--lesson", action="store_true", help="time the lesson instead: `lesson` against its button "
+                   "with the tab open (run time, goal <= 1.1x)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench_train_tab)
     p = bench.add_parser("lora", help="peak memory and tokens/s of LoRA r=8 against full fine-tuning (gpt2-medium)")

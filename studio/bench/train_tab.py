@@ -11,6 +11,12 @@ machine does not favour one side. Each side's figure is the median of the step r
 
 The result: `model`, `steps`, `rounds`, `cli_tokens_per_s`, `tab_tokens_per_s` (medians),
 `cli_runs`, `tab_runs` (one figure per round) and `ratio`.
+
+`run_lesson` measures the lesson itself: `python -m studio lesson` against a click on "Start the
+lesson" with the tab open until its report shows, same seed (so the same steps). Each side's
+figure is the run's own time (prepare to the done row, `elapsed_s`), median over rounds; `ratio`
+= tab / CLI (goal <= 1.1). `cli_wall_s` and `tab_wall_s` add the process start (CLI) and the
+click-to-report time (tab).
 """
 from __future__ import annotations
 
@@ -91,7 +97,6 @@ def run(model: str = "v1", rounds: int = 2, max_steps: int = 100, log: Callable[
     from studio.ui import build_app
 
     demo = build_app()
-    demo.queue()
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
     cli, tab = [], []
     try:
@@ -113,8 +118,75 @@ def run(model: str = "v1", rounds: int = 2, max_steps: int = 100, log: Callable[
             browser.close()
     finally:
         demo.close()
-        demo.workspace.training.close()
+        demo.workspace.close()
     result = {"model": model, "steps": max_steps, "rounds": rounds, "cli_tokens_per_s": statistics.median(cli),
               "tab_tokens_per_s": statistics.median(tab), "cli_runs": cli, "tab_runs": tab}
     result["ratio"] = result["tab_tokens_per_s"] / result["cli_tokens_per_s"]
     return result
+
+
+def _lesson_seconds(run_dir: Path) -> tuple[float, int]:
+    done = [r for r in runs.metric_rows(run_dir) if r.get("type") == "done"]
+    if not done or done[-1].get("reason") == "failed":
+        raise RuntimeError(f"{run_dir.name}: the lesson did not finish")
+    return done[-1]["elapsed_s"], done[-1]["step"]
+
+
+def run_lesson(rounds: int = 2, max_steps: int = 0, log: Callable[[str], None] = print) -> dict:
+    """The lesson from the CLI against the lesson button with the Train tab open (see the module
+    docstring); `max_steps` shortens both (0 = the preset's)."""
+    if not CHROMIUM.exists():
+        raise ValueError(f"the tab benchmark drives a real browser: install chromium ({CHROMIUM} is missing)")
+    from playwright.sync_api import sync_playwright
+
+    folder = Path(tempfile.mkdtemp(prefix="studio-bench-lesson-tab-"))
+    os.environ["STUDIO_CHECKPOINTS"] = str(folder)
+    if max_steps:
+        os.environ["STUDIO_LESSON_MAX_STEPS"] = str(max_steps)
+    from studio.ui import build_app
+
+    demo = build_app()
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    sides: dict[str, list[tuple[float, int, float]]] = {"cli": [], "tab": []}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            for r in range(rounds):
+                for side in ("cli", "tab") if r % 2 == 0 else ("tab", "cli"):
+                    t0 = time.perf_counter()
+                    if side == "cli":
+                        out = folder / f"cli-{r}"
+                        subprocess.run([sys.executable, "-m", "studio", "lesson", "--out", str(out), "--json",
+                                        *(["--max-steps", str(max_steps)] if max_steps else [])],
+                                       cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    else:
+                        out = _tab_lesson(page, url, folder, timeout_s=1800)
+                    wall = time.perf_counter() - t0
+                    seconds, steps = _lesson_seconds(out)
+                    sides[side].append((seconds, steps, wall))
+                    log(f"round {r + 1}: {side} {seconds:.1f} s for {steps} steps ({wall:.1f} s wall)")
+            browser.close()
+    finally:
+        demo.close()
+        demo.workspace.close()
+    med = {side: [statistics.median(x[i] for x in rows) for i in (0, 2)] for side, rows in sides.items()}
+    return {"rounds": rounds, "cli_s": med["cli"][0], "tab_s": med["tab"][0], "ratio": med["tab"][0] / med["cli"][0],
+            "cli_wall_s": med["cli"][1], "tab_wall_s": med["tab"][1],
+            "cli_runs": sides["cli"], "tab_runs": sides["tab"]}
+
+
+def _tab_lesson(page, url: str, folder: Path, timeout_s: float) -> Path:
+    """Click "Start the lesson" on a freshly loaded Train tab and wait, the tab open, for the report."""
+    page.goto(url, wait_until="load")
+    page.get_by_role("tab", name="Train", exact=True).click()
+    before = {d.name for d in folder.iterdir()}
+    page.get_by_role("button", name="Start the lesson", exact=True).click()
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        page.wait_for_timeout(1000)
+        new = [d for d in folder.iterdir() if d.name.startswith("lesson-") and d.name not in before]
+        if new and (new[0] / runs.RUN_FILE).is_file() and runs.read_run(new[0]).get("status") in ("done", "failed"):
+            page.get_by_text("Held-out exact match").first.wait_for(timeout=30_000)  # the report is on screen
+            return new[0]
+    raise RuntimeError(f"the tab's lesson did not finish within {timeout_s:.0f}s")
