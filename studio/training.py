@@ -359,10 +359,9 @@ class TrainState:
     def best_or_none(self) -> float | None:
         return None if math.isinf(self.best_val_loss) else self.best_val_loss
 
-    def to_json(self, data_seed: int) -> dict:
+    def to_json(self) -> dict:
         return {"step": self.step, "lr_scale": self.lr_scale, "best_val_loss": self.best_or_none,
-                "bad_evals": self.bad_evals, "micro_batch": self.micro_batch, "data_seed": data_seed,
-                "data_position": self.step}
+                "bad_evals": self.bad_evals, "micro_batch": self.micro_batch}
 
     @classmethod
     def from_json(cls, trainer: dict, micro_batch: int) -> TrainState:
@@ -935,7 +934,7 @@ def save(run: Run, which: str) -> None:
                 "run": run.folder.name, "val_loss": run.state.best_or_none}
         if run.lora_base is not None:  # models.resolve loads the adapter onto this base
             meta.update(base=run.lora_base, lora=run.cfg.lora.to_dict())
-        trainer = run.state.to_json(run.cfg.seed)
+        trainer = run.state.to_json()
         resume_state = (lambda tmp: write_state(tmp / "state", run.optimizer, trainer)) if which == "last" else None
         models.save_model(run.loaded.model, run.loaded.tokenizer, path, meta, resume_state)
         if which == "last" and (run.folder / "state").is_dir():  # the layout before last/state/
