@@ -29,22 +29,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def add_decoding_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, help="tokens to generate (default: the preset's)")
-    p.add_argument("--temperature", type=float, help="0 = greedy")
-    p.add_argument("--top-k", type=int, help="0 = off")
-    p.add_argument("--top-p", type=float, help="1 = off")
-    p.add_argument("--repetition-penalty", type=float, help="1 = off")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    """One flag per decoding setting (`DecodingSettings`' fields), unset = the model's default."""
+    from studio.config import add_flags
+    from studio.sampling import DecodingSettings
+
+    add_flags(p, DecodingSettings)
 
 
 def decoding_from_args(args: argparse.Namespace, base):
     """The model's default settings with the flags the user gave laid over them."""
-    changes = {k: v for k, v in {
-        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
-        "top_p": args.top_p, "repetition_penalty": args.repetition_penalty, "seed": args.seed,
-        "stop": tuple(args.stop) if args.stop else None}.items() if v is not None}
-    return base.with_(**changes)
+    from studio.config import given
+    from studio.sampling import DecodingSettings
+
+    return base.with_(**given(args, DecodingSettings))
 
 
 def preset_listing(preset) -> dict:
@@ -74,14 +71,12 @@ def add_presets(sub) -> None:
     p.set_defaults(fn=cmd_presets)
 
 
-PRESET_FLAGS = ("n_layer", "n_embd", "n_head", "n_inner", "block_size", "tokenizer", "vocab_size", "dropout")
-
-
 def cmd_preset_new(args: argparse.Namespace) -> dict:
+    from studio.config import given
     from studio.memory import design
-    from studio.presets import design_preset, save_preset
+    from studio.presets import Preset, design_preset, save_preset
 
-    preset = design_preset(args.name, **{k: getattr(args, k) for k in PRESET_FLAGS if getattr(args, k) is not None})
+    preset = design_preset(args.name, **given(args, Preset, "design"))
     path = save_preset(preset)
     if not args.json:
         d = design(preset)
@@ -92,17 +87,13 @@ def cmd_preset_new(args: argparse.Namespace) -> dict:
 
 
 def add_preset_new(sub) -> None:
+    from studio.config import add_flags
+    from studio.presets import Preset
+
     preset = sub.add_parser("preset", help="design a model preset").add_subparsers(dest="preset", required=True)
     p = preset.add_parser("new", help="save a scratch preset (checkpoints/_presets/NAME.json)")
     p.add_argument("name")
-    p.add_argument("--n-layer", type=int, required=True)
-    p.add_argument("--n-embd", type=int, required=True)
-    p.add_argument("--n-head", type=int, required=True)
-    p.add_argument("--n-inner", type=int, help="feed-forward width (default 4 x n_embd)")
-    p.add_argument("--block-size", type=int, help="context length (default 128)")
-    p.add_argument("--tokenizer", help="gpt2 | char | bpe (default gpt2)")
-    p.add_argument("--vocab-size", type=int, help="char/bpe: target vocabulary (gpt2: 50257)")
-    p.add_argument("--dropout", type=float)
+    add_flags(p, Preset, "design", required="required")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_preset_new)
 
@@ -189,16 +180,13 @@ def add_chat(sub) -> None:
     p.set_defaults(fn=cmd_chat)
 
 
-TRAIN_FLAGS = {"max_steps": int, "batch_size": int, "grad_accum": int, "learning_rate": float,
-               "warmup_steps": int, "eval_interval": int, "eval_batches": int, "save_interval": int,
-               "log_interval": int, "early_stop_patience": int, "beta2": float}
-
-
 def train_config(args: argparse.Namespace):
     from dataclasses import replace
 
     from studio import runs
+    from studio.config import given
     from studio.lora import LoraSettings
+    from studio.presets import TrainSettings
     from studio.training import TrainConfig
 
     if args.config:
@@ -212,12 +200,11 @@ def train_config(args: argparse.Namespace):
                       split_mode=args.split_mode, eval_data=args.eval_data, report_to=args.report_to,
                       lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                                         targets=args.lora_targets))
-    changes = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
-    return replace(cfg, settings=replace(cfg.settings, **changes))
+    return replace(cfg, settings=replace(cfg.settings, **given(args, TrainSettings)))
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
-    stop = stop_on_signals()
+    stop = args.stop or stop_on_signals()
     if not 0 <= args.nice <= 19:
         raise ValueError(f"nice must be in [0, 19], got {args.nice}")
     if args.nice:
@@ -247,6 +234,9 @@ def cmd_train(args: argparse.Namespace) -> dict:
 
 
 def add_train(sub) -> None:
+    from studio.config import add_flags
+    from studio.presets import TrainSettings
+
     p = sub.add_parser("train", help="train a preset from scratch or fine-tune a model")
     p.add_argument("--preset", help="scratch preset to train (same as --model)")
     p.add_argument("--config", help="a TrainConfig as JSON (what the app's Train tab runs); other flags are ignored")
@@ -266,16 +256,13 @@ def add_train(sub) -> None:
     p.add_argument("--report-to", default="none", help="also log to tensorboard (in the run folder) | wandb | trackio")
     p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by N (0-19), so "
                    "interactive work (chat) gets the cores first; the app's runs use 10")
-    p.add_argument("--lr", dest="learning_rate", type=float)
     p.add_argument("--lora-r", type=int, default=0, help="LoRA rank: train adapters on the frozen model "
                    "(0 = full fine-tuning, the default)")
     p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale numerator (adapters scale by alpha/r)")
     p.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input, in [0, 1)")
     p.add_argument("--lora-targets", default="", help="comma-separated module names to adapt "
                    "(default c_attn,c_proj,c_fc)")
-    for name, kind in TRAIN_FLAGS.items():
-        if name != "learning_rate":
-            p.add_argument("--" + name.replace("_", "-"), type=kind)
+    add_flags(p, TrainSettings)  # unset: the preset's
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_train)
 
@@ -330,7 +317,7 @@ def train_with_progress(cfg, stop, quiet_samples: bool) -> dict:
 
 
 def cmd_lesson(args: argparse.Namespace) -> dict:
-    stop = stop_on_signals()
+    stop = args.stop or stop_on_signals()
     from studio import lesson
 
     changes = {"max_steps": args.max_steps} if args.max_steps else {}
@@ -373,9 +360,7 @@ def add_merge(sub) -> None:
 def cmd_compare(args: argparse.Namespace) -> dict:
     from studio import decoding, models, sampling
 
-    base = models.default_decoding(args.model)
-    if args.max_new_tokens is not None:
-        base = base.with_(max_new_tokens=args.max_new_tokens)
+    base = decoding_from_args(args, models.default_decoding(args.model))
     settings = [sampling.parse_setting_string(text, base) for text in args.setting or [""]]
     loaded = models.load(args.model, device=args.device)
     columns = decoding.generate(loaded, args.prompt, settings, fast=not args.exact)
@@ -390,8 +375,8 @@ def add_compare(sub) -> None:
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--prompt", default="")
     p.add_argument("--setting", action="append", help='"temperature=0.7,top_k=50" over the model\'s defaults '
-                   "(repeatable: one column each)")
-    p.add_argument("--max-new-tokens", type=int)
+                   "and the decoding flags (repeatable: one column each)")
+    add_decoding_flags(p)  # every column's base
     p.add_argument("--device", default="auto")
     p.add_argument("--exact", action="store_true", help="fp32 output layer (default: bfloat16 where bf16 is fast here)")
     p.add_argument("--json", action="store_true")
@@ -424,16 +409,26 @@ def one_line(text: str) -> str:
 INTERACTIVE = {"generate", "chat", "compare"}
 
 
+# commands that train in this process: they start afresh with `studio.training_env` first, and
+# Ctrl-C (the app's Stop) ends their run cleanly from the moment they start
+TRAINING = {"train", "lesson"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Errors are one line on stderr: a ValueError (bad input) exits 2, anything
     else exits 1 with its type named (`error: OSError: ...`), Ctrl-C exits 130 without a word."""
-    args = build_parser().parse_args(argv)
     from studio.bench import cli as bench_cli
 
-    if args.command in INTERACTIVE or (args.command == "bench" and args.bench in bench_cli.INTERACTIVE):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # both before the parser is built: its flags come from the settings' dataclasses, whose
+    # modules load torch, and OpenMP reads its wait policy as torch loads
+    if argv[:1] and (argv[0] in INTERACTIVE or argv[:1] == ["bench"] and argv[1:2] and argv[1] in bench_cli.INTERACTIVE):
         import studio
 
         studio.interactive_threads()
+    stop = stop_on_signals() if argv[:1] and argv[0] in TRAINING else None
+    args = build_parser().parse_args(argv)
+    args.stop = stop
     try:
         result = args.fn(args)
     except ValueError as e:
@@ -447,10 +442,6 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "json", False) and result is not None:
         print(json.dumps(result))
     return 0
-
-
-# commands that train in this process: they start afresh with `studio.training_env` first
-TRAINING = {"train", "lesson"}
 
 if __name__ == "__main__":
     if sys.argv[1:2] and sys.argv[1] in TRAINING:

@@ -18,18 +18,29 @@ from typing import Sequence
 
 import torch
 
-from studio.config import check_keys
+from studio.config import check_keys, setting
 
 
 @dataclass(frozen=True)
 class DecodingSettings:
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    repetition_penalty: float = 1.0  # 1 = off
-    max_new_tokens: int = 64
-    seed: int = 0
-    stop: tuple[str, ...] = ()
+    """One column's (or one reply's) decoding settings. Every field is declared once, here: the
+    CLI's flags, the Playground's and Chat's panels, the arena and the API's parameters are made
+    from these fields (`studio.config.setting`), in this order."""
+
+    temperature: float = setting(1.0, "0 = greedy", ui=(0, 2, 0.05), label="temperature (0 = greedy)",
+                                 sweep=True, words="temperature", sampled=True)
+    top_k: int = setting(0, "keep the k likeliest tokens; 0 = off", ui=(0, 500, 1), label="top-k (0 = off)",
+                         sweep=True, off=0, words="top-k", sampled=True)
+    top_p: float = setting(1.0, "keep the likeliest tokens holding p of the probability; 1 = off",
+                           ui=(0.01, 1, 0.01), label="top-p (1 = off)", sweep=True, off=1, words="top-p",
+                           sampled=True)
+    repetition_penalty: float = setting(1.0, "divide the logits of tokens already present; 1 = off",
+                                        ui=(0.5, 2, 0.05), label="repetition penalty (1 = off)", sweep=True,
+                                        off=1, words="repetition penalty")
+    max_new_tokens: int = setting(64, "tokens to generate (default: the model's)", ui=(1, 512, 1),
+                                  label="max new tokens")
+    seed: int = setting(0, "the column's own random seed", ui="number", minimum=0)
+    stop: tuple[str, ...] = setting((), "stop string")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))

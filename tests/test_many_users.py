@@ -10,6 +10,7 @@ import pytest
 from gradio_client import Client
 
 from studio import chat, decoding, models
+from studio.config import settings_of
 from studio.sampling import DecodingSettings
 
 pytestmark = pytest.mark.slow
@@ -41,7 +42,8 @@ def messages(session: int, round_: int) -> tuple[str, str]:
 
 
 def panel(s: DecodingSettings) -> list:
-    return [s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.max_new_tokens, s.seed]
+    """A decoding panel's values, as the API takes them: the settings shown on forms, in field order."""
+    return [getattr(s, f.name) for f in settings_of(DecodingSettings, "ui")]
 
 
 def session(url: str, i: int, model: str, out: dict) -> None:

@@ -249,7 +249,7 @@ def test_4_a_sweep_and_a_chat_history_have_ceilings(tiny_char_checkpoint):
     real = loaded.tokenizer.encode
     loaded.tokenizer.encode = lambda text: encodes.append(1) or real(text)
     try:
-        prompt, dropped = chat.fit_prompt(loaded, turn * 400, "hi", settings)
+        prompt, dropped, _ = chat.fit_prompt(loaded, turn * 400, "hi", settings)
     finally:
         del loaded.tokenizer.encode
     assert dropped > 390 and len(real(prompt)) <= loaded.block_size - 4
