@@ -414,7 +414,7 @@ def batch(tokens: np.ndarray, n: int, block: int, seed: int, step: int, mask: np
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-IGNORE = -100  # the target F.cross_entropy skips by default
+IGNORE = -100  # the target F.cross_entropy skips by default (studio.head.IGNORE)
 
 
 def turn_starts(mask: np.ndarray) -> np.ndarray:

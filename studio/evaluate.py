@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from studio import data, models
+from studio.head import IGNORE, lm_loss
 from studio.models import LoadedModel
 
 
@@ -98,14 +98,13 @@ def score(loaded: LoadedModel, text: str, stride: int = 0, batch_size: int = 8) 
         group = spans[i:i + batch_size]
         width = max(end - begin for begin, end, _ in group)
         x = torch.full((len(group), width), loaded.tokenizer.eos_id, dtype=torch.long)
-        y = torch.full((len(group), width), -100, dtype=torch.long)
+        y = torch.full((len(group), width), IGNORE, dtype=torch.long)
         for row, (begin, end, scored) in enumerate(group):
             x[row, :end - begin] = ids[begin:end]
             # position t predicts token t+1: the window's last `scored` tokens are the targets
             y[row, end - begin - scored - 1:end - begin - 1] = ids[end - scored:end]
-        logits = model(input_ids=x.to(loaded.device), use_cache=False).logits.float()  # (B, T, vocab)
-        total += float(F.cross_entropy(logits.view(-1, logits.size(-1)), y.to(loaded.device).view(-1),
-                                       ignore_index=-100, reduction="sum"))
+        # training's loss (the chunked head for big vocabularies: no (B, T, vocab) logits), times its count
+        total += float(lm_loss(model, x.to(loaded.device), y.to(loaded.device))) * int((y != IGNORE).sum())
     model.train(was_training)
     n_tokens, n_bytes = len(ids) - 1, len(text.encode("utf-8"))
     loss = total / n_tokens

@@ -42,19 +42,18 @@ from pathlib import Path
 from typing import IO, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast
 from safetensors.torch import load_file, save_file
 
-from studio import activations, checkpoints_dir, corpus, data, device_check, devices, lora, memory, models, runlock, runs, tracking
-from studio.arch import BUILD_LOCK, context_length
+from studio import activations, checkpoints_dir, corpus, data, device_check, devices, lora, models, plan, runlock, runs, tracking
+from studio.arch import BUILD_LOCK
 from studio.atomic import recover, replacing
 from studio.config import check_keys
 from studio.decoding import generate, greedy_batch
 from studio.devices import PRECISIONS, Precision, pick_device
 from studio.evaluate import readable_text, score
-from studio.head import CHUNKED_MIN_VOCAB, chunked_lm_loss
+from studio.head import chunked_head, lm_loss
 from studio.lora import LoraSettings
 from studio.names import plain_name, run_name, slug
 from studio.presets import Preset, TrainSettings
@@ -236,33 +235,6 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
-
-
-def chunked_head(model: torch.nn.Module) -> bool:
-    """Whether `lm_loss` computes the output layer and loss in chunks (`studio.head`) for `model`:
-    a GPT-2 with a bias-free head and a big vocabulary. A DDP wrapper (several processes) has no
-    `transformer`: it keeps the plain path, whose forward goes through the wrapper's gradient hooks."""
-    head = getattr(model, "lm_head", None)
-    return (hasattr(model, "transformer") and isinstance(head, torch.nn.Linear) and head.bias is None
-            and head.out_features >= CHUNKED_MIN_VOCAB)
-
-
-def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast) -> torch.Tensor:
-    """Mean next-token cross-entropy over the scored targets (data.IGNORE ones are skipped; a
-    window with none scores 0, not NaN), the softmax in fp32; for big vocabularies the (B, T, vocab)
-    logits are never made (`chunked_head`), and the head's matmuls take autocast's dtype as they
-    would on the plain path."""
-    if chunked_head(model) and bool((y != data.IGNORE).any()):
-        with autocast:
-            hidden = model.transformer(input_ids=x, use_cache=False).last_hidden_state  # (B, T, D)
-            kind = x.device.type
-            dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
-        return chunked_lm_loss(hidden, model.lm_head.weight, y, ignore_index=data.IGNORE, matmul_dtype=dtype)
-    with autocast:
-        logits = model(input_ids=x, use_cache=False).logits  # (B, T, vocab)
-    total = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=data.IGNORE,
-                            reduction="sum")
-    return total / (y != data.IGNORE).sum().clamp(min=1)
 
 
 def heldout_exact_match(loaded: models.LoadedModel, examples: list[corpus.Example],
@@ -474,47 +446,36 @@ def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) ->
 def _prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None, accelerator: Accelerator) -> Run:
     started = time.time()
     device = accelerator.device
-    # "fast" is decided by a measurement on the built model; until then, plan memory for fp32
-    precision = devices.precision(device, "fp32" if cfg.precision == "fast" else cfg.precision)
     folder = cfg.run_dir
     _check_run_folder(cfg, folder)
-    # a resumed run's weights are all in last/ (a LoRA run's adapters need their base)
-    spec = models.resolve(str(folder / "last") if cfg.resume and not cfg.lora.enabled else cfg.model)
-    documents = data.read_source(_run_data(cfg, folder), cfg.seed)
-    model, tokenizer, lora_base = _starting_model(cfg, spec, folder, documents)
+    with accelerator.main_process_first():  # one process writes the token cache, the others read it
+        p = plan.make(cfg, device, accelerator.num_processes)
+    if p.fit_error:
+        raise ValueError(p.fit_error)
+    # "fast" is decided by a measurement on the built model; until then, the plan's fp32
+    precision, micro_batch, tokenizer = p.precision, p.micro_batch, p.tokenizer
+    model, lora_base = _starting_model(cfg, p, folder)
     torch.manual_seed(cfg.seed)
     if cfg.lora.enabled:
         if lora_base is None:  # a scratch base cannot be rebuilt from its name alone: the run keeps it
-            lora_base = _save_scratch_base(model, tokenizer, spec, folder, accelerator)
+            lora_base = _save_scratch_base(model, tokenizer, p.spec, folder, accelerator)
         model = lora.wrap(model, cfg.lora, _frozen_dtype(precision))
         if cfg.resume:
             lora.load_adapter_weights(model, folder / "last")
-    block_size = _block_size(cfg, model)
-    answers = answer_loss(cfg, documents)
-    with accelerator.main_process_first():  # one process writes the token cache, the others read it
-        tokens = data.prepare(documents, tokenizer, data.token_cache_dir(), cfg.seed, split_mode=cfg.split_mode,
-                              answers=answers)
     eval_text = readable_text(cfg.eval_data, tokenizer, cfg.model) if cfg.eval_data else ""
-    n_params = model.num_parameters()
-    info = {"params": n_params, "trainable_params": lora.trainable_parameters(model), "device": str(device),
-            "precision": precision.name,
+    info = {"params": model.num_parameters(), "trainable_params": lora.trainable_parameters(model),
+            "device": str(device), "precision": precision.name,
             "precision_choice": {"chosen": precision.name, "why": "; ".join(filter(None, (
                 f"precision {cfg.precision!r}" + (f": the {device.type} policy" if cfg.precision == "auto" else ""),
                 devices.precision_hint(device, cfg.precision) if cfg.precision == "bf16" else "")))},
-            "processes": accelerator.num_processes, "data_report": tokens.report(n_params)}
-    global_batch, micro_batch = _split_batch(cfg.settings, accelerator.num_processes)
-    checkpointing, fit_note = cfg.grad_checkpointing, None
-    if cfg.fit_memory:
-        micro_batch, checkpointing, fit_note = _fit_memory(
-            model, device, precision, global_batch // accelerator.num_processes, block_size, micro_batch,
-            checkpointing, cfg.lora)
-    kept = activations.default_mode(model.config.n_embd, checkpointing)
+            "processes": accelerator.num_processes, "data_report": p.data_report, "plan": p.summary()}
+    kept = activations.default_mode(model.config.n_embd, p.checkpointing)
     activations.apply(model, kept)
     info["activations"] = kept
     model.to(device).train()
     if cfg.precision == "fast":
         with accelerator.main_process_first():  # one process measures, the others read its answer
-            precision, choice = choose_precision(model, device, micro_batch, block_size,
+            precision, choice = choose_precision(model, device, micro_batch, p.block_size,
                                                  data.token_cache_dir().parent / PRECISION_CACHE, kept)
         info.update(precision=precision.name, precision_choice=choice)
         if cfg.lora.enabled and _frozen_dtype(precision):  # as wrap does when the precision is named
@@ -535,23 +496,10 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None, accelera
         tracker = tracking.make_tracker(cfg.report_to, folder, cfg.to_dict())
     return Run(cfg=cfg, folder=folder, accelerator=accelerator, precision=precision,
                scaler=torch.amp.GradScaler(device.type, enabled=precision.autocast == torch.float16),
-               model=wrapped, loaded=loaded, preset=spec.preset, optimizer=optimizer, tokens=tokens,
-               heldout=documents.heldout, dev=documents.dev, block_size=block_size, global_batch=global_batch, state=state, info=info,
-               fit_note=fit_note, metrics=metrics, on_event=on_event, started=started, eval_text=eval_text,
-               tracker=tracker, lora_base=lora_base if cfg.lora.enabled else None)
-
-
-def answer_loss(cfg: TrainConfig, documents: data.Documents) -> bool:
-    """Whether the loss scores only the answers (settings.loss_on; "auto": chat data does)."""
-    loss_on = cfg.settings.loss_on
-    if loss_on == "all":
-        return False
-    chat = data.is_chat(documents) and cfg.split_mode == "documents"
-    if loss_on == "answers" and not chat:
-        raise ValueError(f"loss_on 'answers' needs chat-formatted data split by documents (every document an "
-                         f"exchange, as {corpus.format_exchange('question', 'answer')!r}); {documents.source} is "
-                         f"not: use loss_on 'all' or 'auto'")
-    return chat
+               model=wrapped, loaded=loaded, preset=p.spec.preset, optimizer=optimizer, tokens=p.tokens,
+               heldout=p.documents.heldout, dev=p.documents.dev, block_size=p.block_size, global_batch=p.global_batch,
+               state=state, info=info, fit_note=p.fit_note, metrics=metrics, on_event=on_event, started=started,
+               eval_text=eval_text, tracker=tracker, lora_base=lora_base if cfg.lora.enabled else None)
 
 
 def _end_torn_line(path: Path) -> None:
@@ -564,23 +512,13 @@ def _end_torn_line(path: Path) -> None:
                 f.write(b"\n")
 
 
-KEPT_DATA = "data"  # a run's copy of its data file
-
-
-def _run_data(cfg: TrainConfig, folder: Path) -> str:
-    """The data a run reads: on resume, the copy the run kept (a file uploaded in the UI lives in
-    a temp folder that gets cleaned, and a resumed run must see the same text), else cfg.data."""
-    kept = folder / KEPT_DATA / Path(cfg.data).name
-    return str(kept) if cfg.resume and kept.is_file() else cfg.data
-
-
 def _keep_data(cfg: TrainConfig, folder: Path) -> None:
     """A new run from a data file keeps a copy of it, so that it can resume once the file is gone."""
     source = Path(cfg.data).expanduser()
     if cfg.resume or cfg.data == "builtin" or cfg.data.startswith("hub:") or not source.is_file():
         return
-    (folder / KEPT_DATA).mkdir(exist_ok=True)
-    with replacing(folder / KEPT_DATA / source.name) as tmp:
+    (folder / plan.KEPT_DATA).mkdir(exist_ok=True)
+    with replacing(folder / plan.KEPT_DATA / source.name) as tmp:
         shutil.copyfile(source, tmp)
 
 
@@ -595,26 +533,22 @@ def _check_run_folder(cfg: TrainConfig, folder: Path) -> None:
         run_name(folder.name)  # a run in the checkpoints folder may not take a preset's name
 
 
-def _starting_model(cfg: TrainConfig, spec: models.ModelSpec, folder: Path,
-                    documents: data.Documents) -> tuple[torch.nn.Module, Tokenizer, str | None]:
-    """(model, tokenizer, base identifier) on the CPU: the run's `last` to resume (a LoRA run's
-    base, its adapter goes on after wrapping), a new scratch model, or the one to fine-tune. The
-    identifier names the model for a LoRA run's meta; None for a scratch model."""
+def _starting_model(cfg: TrainConfig, p: plan.Plan, folder: Path) -> tuple[torch.nn.Module, str | None]:
+    """(model, base identifier) on the CPU: the run's `last` to resume (a LoRA run's base, its
+    adapter goes on after wrapping), a new scratch model sized to the plan's tokenizer, or the
+    one to fine-tune. The identifier names the model for a LoRA run's meta; None for a scratch model."""
     if cfg.resume:
-        tokenizer = models.load_tokenizer(folder / "last")
         if cfg.lora.enabled:
             base = json.loads((folder / "last" / models.MODEL_META).read_text())["base"]
-            return models.load(base, device="cpu", seed=cfg.seed).model, tokenizer, base
+            return models.load(base, device="cpu", seed=cfg.seed).model, base
         # transformers' model classes take about a second to import: only a resume needs them here
         from transformers import AutoModelForCausalLM
 
         with BUILD_LOCK:
-            return AutoModelForCausalLM.from_pretrained(str(folder / "last")), tokenizer, None
-    if spec.source == "preset" and spec.preset.kind == "scratch":
-        tokenizer = models.tokenizer_for(spec, documents.docs)
-        return models.build_scratch(spec.preset, tokenizer, cfg.seed), tokenizer, None
-    loaded = models.load(cfg.model, device="cpu", seed=cfg.seed)
-    return loaded.model, loaded.tokenizer, models.base_identifier(spec)
+            return AutoModelForCausalLM.from_pretrained(str(folder / "last")), None
+    if p.spec.source == "preset" and p.spec.preset.kind == "scratch":
+        return models.build_scratch(p.spec.preset, p.tokenizer, cfg.seed), None
+    return models.load(cfg.model, device="cpu", seed=cfg.seed).model, models.base_identifier(p.spec)
 
 
 def _save_scratch_base(model: torch.nn.Module, tokenizer: Tokenizer, spec: models.ModelSpec, folder: Path,
@@ -625,40 +559,6 @@ def _save_scratch_base(model: torch.nn.Module, tokenizer: Tokenizer, spec: model
         models.save_model(model, tokenizer, base, {"preset": spec.preset.to_dict(), "step": 0})
     accelerator.wait_for_everyone()
     return models.base_identifier(models.ModelSpec(str(base), "checkpoint", path=base))
-
-
-def _block_size(cfg: TrainConfig, model: torch.nn.Module) -> int:
-    config = model.config
-    context = context_length(config)
-    if cfg.block_size > context:
-        raise ValueError(f"block_size ({cfg.block_size}) exceeds the model's context ({context})")
-    return cfg.block_size or context
-
-
-def _split_batch(settings: TrainSettings, processes: int) -> tuple[int, int]:
-    """(global batch, micro-batch): each process takes an equal share of every global batch."""
-    global_batch = settings.batch_size * settings.grad_accum
-    if global_batch % processes:
-        raise ValueError(f"the effective batch ({global_batch}) must divide by the processes ({processes})")
-    return global_batch, min(settings.batch_size, global_batch // processes)
-
-
-def _fit_memory(model: torch.nn.Module, device: torch.device, precision: Precision, batch: int, block_size: int,
-                micro_batch: int, checkpointing: bool, lora_settings: LoraSettings) -> tuple[int, bool, str | None]:
-    """(micro-batch, checkpointing, note): smaller, then with checkpointing, when the estimate
-    exceeds the device; the note says what changed (None when nothing did)."""
-    budget = devices.memory(device).available_bytes
-    if not budget:
-        return micro_batch, checkpointing, None
-    plan = memory.fit(model.config, batch, block_size, int(budget * 0.9), precision.name, max_micro=micro_batch,
-                      device=device.type, lora=lora_settings)
-    if (plan.micro_batch, plan.checkpointing) == (micro_batch, checkpointing):
-        return micro_batch, checkpointing, None
-    checkpointing = plan.checkpointing or checkpointing
-    note = (f"memory fit: micro-batch {plan.micro_batch} x {plan.grad_accum} accumulation"
-            f"{', gradient checkpointing' if checkpointing else ''} to stay within "
-            f"{budget / 2**30:.1f} GB (estimated {plan.total_bytes / 2**30:.2f} GB)")
-    return plan.micro_batch, checkpointing, note
 
 
 def _load_checked_state(folder: Path, optimizer: torch.optim.Optimizer, restore_rng: bool) -> dict:
