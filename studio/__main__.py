@@ -187,7 +187,7 @@ def train_config(args: argparse.Namespace):
     from studio.config import given
     from studio.lora import LoraSettings
     from studio.presets import TrainSettings
-    from studio.training import TrainConfig
+    from studio.run_config import TrainConfig
 
     if args.config:
         return TrainConfig.from_json_file(args.config)

@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from studio import data, models
+from studio import corpus, data, models
+from studio.decoding import greedy_batch
 from studio.head import IGNORE, lm_loss
 from studio.models import LoadedModel
 
@@ -125,3 +126,17 @@ def compare(identifiers: Sequence[str], spec: str, split: str = "all", stride: i
     text = data.eval_text(spec, split, seed, split_mode)
     load = load or models.load
     return [score(load(name), text, stride) for name in dict.fromkeys(names)]
+
+
+def heldout_exact_match(loaded: models.LoadedModel, examples: list[corpus.Example],
+                        max_new_tokens: int | None = None) -> dict:
+    """Greedy answers to `examples`' questions, batched: exact match overall and per task, and the
+    first few answers. New tokens: the longest expected answer's plus 2 (room for the stop)."""
+    if max_new_tokens is None:
+        max_new_tokens = max((len(loaded.tokenizer.encode(" " + e.answer)) for e in examples), default=0) + 2
+    answers = greedy_batch(loaded, [corpus.format_exchange(e.question) for e in examples], max_new_tokens)
+    overall, per_task = corpus.per_task_match(answers, examples)
+    firsts = {e.task: i for i, e in reversed(list(enumerate(examples)))}  # one question of every task
+    shown = [{"question": examples[i].question, "expected": examples[i].answer, "answer": corpus.answer_of(answers[i])}
+             for i in sorted(firsts.values())[:8]]
+    return {"exact_match": overall, "per_task": per_task, "heldout": len(examples), "answers": shown}

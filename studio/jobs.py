@@ -24,7 +24,7 @@ from studio.device_check import DeviceCheck
 from studio.lora import LoraSettings
 from studio.names import hide_paths, inside, run_name, slug
 from studio.presets import TrainSettings
-from studio.training import TrainConfig
+from studio.run_config import TrainConfig
 
 JOB_FILE = "job.json"
 LOG_FILE = "train.log"

@@ -37,114 +37,30 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from studio import activations, checkpoints_dir, corpus, data, device_check, devices, lora, models, plan, runlock, runs, tracking
+from studio import activations, checkpoints_dir, corpus, data, device_check, devices, lora, models, plan, resume, runlock, runs, tracking
 from studio.arch import BUILD_LOCK
 from studio.atomic import recover, replacing
-from studio.config import check_keys
-from studio.decoding import generate, greedy_batch
-from studio.devices import PRECISIONS, Precision, pick_device
-from studio.evaluate import readable_text, score
-from studio.head import chunked_head, lm_loss
-from studio.lora import LoraSettings
-from studio.names import plain_name, run_name, slug
+from studio.decoding import generate
+from studio.devices import Precision, pick_device
+from studio.evaluate import heldout_exact_match, readable_text, score
+from studio.head import lm_loss
+from studio.probe import PRECISION_CACHE, choose_precision
+from studio.names import run_name
 from studio.presets import Preset, TrainSettings
+from studio.resume import TrainState, state_dir, write_state
+from studio.run_config import TrainConfig
 from studio.sampling import DecodingSettings
 from studio.tokenizer import Tokenizer
 
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str  # a scratch preset trains from scratch; a checkpoint or pretrained preset fine-tunes
-    data: str = "builtin"  # "builtin", a file path, or "hub:<name>"
-    name: str = ""  # the run's name, a plain name; "" = the folder's name, else "<model>-<data>"
-    # where the run lives; "" = <checkpoints>/<name>. Only the CLI and the benchmarks set it: they
-    # run as the user, while a name from the UI or the API must stay inside the checkpoints folder
-    folder: str = ""
-    settings: TrainSettings | None = None  # None = the model's preset defaults
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    grad_checkpointing: bool = False
-    fit_memory: bool = True  # shrink the micro-batch (keeping the effective batch) to fit the device
-    nan_patience: int = 3  # NaN steps in a row before restoring the last checkpoint
-    sample_tokens: int = 32
-    heldout_eval: bool = True  # built-in data: score the held-out questions at the end
-    block_size: int = 0  # training window in tokens; 0 = the model's context
-    split_mode: str = "documents"  # validation split: "documents" (10% of them) | "sequential" (the last 10%)
-    eval_data: str = ""  # a data spec whose whole text scores the final model ("" = none)
-    report_to: str = "none"  # also mirror step/eval rows to: tensorboard | wandb | trackio
-    lora: LoraSettings = LoraSettings()  # r > 0: train LoRA adapters on the frozen model
-
-    def __post_init__(self) -> None:
-        # a resumed full fine-tune goes on from its own last/, so the model it started from may
-        # have moved or gone since; anything else must resolve (a ValueError naming the choices)
-        base_optional = self.resume and self.settings is not None and not self.lora.enabled
-        spec = None if base_optional else models.resolve(self.model)
-        if not (self.data or "").strip():
-            raise ValueError("data must be 'builtin', a file path, or 'hub:<name>'")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.nan_patience < 1:
-            raise ValueError(f"nan_patience must be >= 1, got {self.nan_patience}")
-        if self.block_size < 0:
-            raise ValueError(f"block_size must be >= 0 (0 = the model's context), got {self.block_size}")
-        if not 1 <= self.sample_tokens <= 1024:
-            raise ValueError(f"sample_tokens must be in [1, 1024], got {self.sample_tokens}")
-        data.check_split_mode(self.split_mode)
-        tracking.check_report_to(self.report_to)
-        if self.settings is None:
-            object.__setattr__(self, "settings", spec.preset.train if spec.preset else TrainSettings())
-        if self.name:
-            plain_name(self.name, "run name")
-        elif self.folder:
-            object.__setattr__(self, "name", slug(Path(self.folder).name))
-        else:
-            stem = Path(self.data).stem if Path(self.data).suffix else self.data
-            object.__setattr__(self, "name", slug(f"{Path(self.model).name}-{stem}"))
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.folder).expanduser() if self.folder else runs.run_dir(self.name)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "settings": asdict(self.settings), "lora": self.lora.to_dict()}
-
-    @classmethod
-    def from_dict(cls, values: dict, strict: bool = True) -> "TrainConfig":
-        """The inverse of to_dict. Strict rejects unknown keys (a config file with a typo);
-        lenient takes the config out of a run.json, which also holds status and reports."""
-        names = {f.name for f in fields(cls)}
-        if "out" in values and not {"name", "folder"} & values.keys():  # written before the split
-            values = {**{k: v for k, v in values.items() if k != "out"}, **runs.name_or_folder(values["out"] or "")}
-        if strict:
-            check_keys(cls, values, "train config")
-        values = {k: v for k, v in values.items() if k in names}
-        if isinstance(values.get("settings"), dict):
-            values["settings"] = TrainSettings.from_dict(values["settings"], "train config settings")
-        if isinstance(values.get("lora"), dict):
-            values["lora"] = LoraSettings.from_dict(values["lora"], "train config lora")
-        return cls(**values)
-
-    @classmethod
-    def from_json_file(cls, path: str | Path) -> "TrainConfig":
-        try:
-            values = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"config: cannot read {path}: {e}") from None
-        return cls.from_dict(values)
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
@@ -155,65 +71,6 @@ def lr_at(step: int, s: TrainSettings) -> float:
     progress = min(1.0, (step - s.warmup_steps) / span)
     low = s.learning_rate * s.min_lr_ratio
     return low + 0.5 * (1 + math.cos(math.pi * progress)) * (s.learning_rate - low)
-
-
-PRECISION_CACHE = "precision.json"  # under the checkpoints folder's .cache/
-PROBE_STEPS = 3  # timed forward/backward steps per candidate, interleaved, after one warm-up each
-PROBE_STEP_VERSION = 2  # in the cache key: answers timed on an older step (2: bf16 head) are re-measured
-
-
-def _probe_key(model: torch.nn.Module, device: torch.device, batch: int, block_size: int, kept: str) -> str:
-    c = model.config
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    shape = f"L{c.n_layer}-D{c.n_embd}-H{c.n_head}-F{c.n_inner or 4 * c.n_embd}-V{c.vocab_size}"
-    return (f"{where}:{torch.get_num_threads()}t:{shape}-{kept}:{batch}x{block_size}:torch{torch.__version__}"
-            f":v{PROBE_STEP_VERSION}")
-
-
-def _step_ms(model: torch.nn.Module, x: torch.Tensor, precision: Precision) -> float:
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    lm_loss(model, x, x, precision.context()).backward()
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 1000
-
-
-def choose_precision(model: torch.nn.Module, device: torch.device, batch: int, block_size: int,
-                     cache: Path | None, kept: activations.Mode = "keep") -> tuple[Precision, dict]:
-    """"fast": the device's fast path or fp32, whichever trains this model faster here.
-
-    Times PROBE_STEPS forward/backward steps of each (interleaved, after a warm-up; no optimizer
-    step, the RNG restored), or reads the answer remembered in `cache` for this model shape,
-    batch, device and thread count. Returns the precision and {"chosen", "why", "ms_per_step"}.
-    """
-    fast, fp32 = devices.precision(device, "fast"), devices.precision(device, "fp32")
-    if fast.autocast is None:
-        return fp32, {"chosen": "fp32", "why": f"the fast path is fp32: {devices.bf16_speed(device).note()}"}
-    key = _probe_key(model, device, batch, block_size, kept)
-    known = json.loads(cache.read_text()) if cache and cache.is_file() else {}
-    if key in known:
-        choice = known[key]
-        return (fast if choice["chosen"] == fast.name else fp32), {**choice, "why": choice["why"] + " (remembered)"}
-    x = torch.randint(0, model.config.vocab_size, (batch, block_size), device=device)
-    times: dict[str, list[float]] = {fp32.name: [], fast.name: []}
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for i in range(PROBE_STEPS + 1):
-            for p in (fp32, fast) if i % 2 else (fast, fp32):
-                ms = _step_ms(model, x, p)
-                if i:
-                    times[p.name].append(ms)
-    model.zero_grad(set_to_none=True)
-    ms = {name: round(sorted(t)[len(t) // 2], 2) for name, t in times.items()}
-    chosen = fast if ms[fast.name] < ms[fp32.name] else fp32
-    other = fp32 if chosen is fast else fast
-    choice = {"chosen": chosen.name, "ms_per_step": ms,
-              "why": f"measured {chosen.name} {ms[chosen.name]:g} ms/step vs {other.name} {ms[other.name]:g} ms/step"}
-    if cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        runs.write_json(cache, {**known, key: choice})
-    return chosen, choice
 
 
 def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.device) -> torch.optim.AdamW:
@@ -237,72 +94,6 @@ def free_memory(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
-def heldout_exact_match(loaded: models.LoadedModel, examples: list[corpus.Example],
-                        max_new_tokens: int | None = None) -> dict:
-    """Greedy answers to `examples`' questions, batched: exact match overall and per task, and the
-    first few answers. New tokens: the longest expected answer's plus 2 (room for the stop)."""
-    if max_new_tokens is None:
-        max_new_tokens = max((len(loaded.tokenizer.encode(" " + e.answer)) for e in examples), default=0) + 2
-    answers = greedy_batch(loaded, [corpus.format_exchange(e.question) for e in examples], max_new_tokens)
-    overall, per_task = corpus.per_task_match(answers, examples)
-    firsts = {e.task: i for i, e in reversed(list(enumerate(examples)))}  # one question of every task
-    shown = [{"question": examples[i].question, "expected": examples[i].answer, "answer": corpus.answer_of(answers[i])}
-             for i in sorted(firsts.values())[:8]]
-    return {"exact_match": overall, "per_task": per_task, "heldout": len(examples), "answers": shown}
-
-
-# ---- resume state: safetensors for tensors, JSON for the rest (nothing pickled) ----
-# It lives in last/state/, so that the weights and the optimizer of a step are written and
-# swapped in as one folder: a process killed mid-save leaves the previous pair whole, never
-# the new weights beside the old optimizer (transformers' Trainer keeps them together too).
-
-def state_dir(run_folder: Path) -> Path:
-    """Where a run's resume state is: last/state/, or state/ beside last/ in runs saved before."""
-    inside = run_folder / "last" / "state"
-    return inside if inside.is_dir() or not (run_folder / "state").is_dir() else run_folder / "state"
-
-
-# seconds every resume-state write pauses halfway: only the kill -9 test sets it, to land kills
-# inside a checkpoint as well as between them
-SLOW_SAVE_ENV = "STUDIO_TEST_SLOW_SAVE"
-
-
-def write_state(folder: Path, optimizer: torch.optim.Optimizer, trainer: dict) -> None:
-    folder.mkdir()
-    sd = optimizer.state_dict()
-    tensors = {f"{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
-               for i, st in sd["state"].items() for k, v in st.items()}
-    save_file(tensors, str(folder / "optimizer.safetensors"))
-    if os.environ.get(SLOW_SAVE_ENV):
-        time.sleep(float(os.environ[SLOW_SAVE_ENV]))
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(rng, str(folder / "rng.safetensors"))
-    runs.write_json(folder / "trainer.json", {**trainer, "param_groups": sd["param_groups"]})
-
-
-def load_state(folder: Path, optimizer: torch.optim.Optimizer, restore_rng: bool = True) -> dict:
-    trainer = json.loads((folder / "trainer.json").read_text())
-    state: dict[int, dict] = {}
-    for key, value in load_file(str(folder / "optimizer.safetensors")).items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": trainer.pop("param_groups")})
-    if restore_rng:
-        rng = load_file(str(folder / "rng.safetensors"))
-        torch.set_rng_state(rng["torch"])
-        if torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda_rng_states(rng))
-    return trainer
-
-
-def cuda_rng_states(rng: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """The saved CUDA generator states ("cuda0", "cuda1", ...) in device order: by number, not by
-    string, which puts cuda10 before cuda2."""
-    return [rng[k] for k in sorted((k for k in rng if k.startswith("cuda")), key=lambda k: int(k[4:]))]
-
-
 def make_accelerator(device_name: str) -> Accelerator:
     """One process's Accelerator on the chosen device. Mixed precision is ours (autocast in
     lm_loss), so one process can run many configs."""
@@ -316,33 +107,6 @@ def make_accelerator(device_name: str) -> Accelerator:
 
 
 # ---- one run: what prepare builds ----
-
-@dataclass
-class TrainState:
-    """What the loop moves on; saved as state/trainer.json, so a resumed run goes on from it."""
-
-    micro_batch: int  # examples per forward pass; out of memory halves it
-    step: int = 0  # optimizer steps done
-    lr_scale: float = 1.0  # halved by every non-finite step
-    best_val_loss: float = math.inf
-    bad_evals: int = 0  # evals in a row without improvement (early stopping)
-
-    @property
-    def best_or_none(self) -> float | None:
-        return None if math.isinf(self.best_val_loss) else self.best_val_loss
-
-    def to_json(self) -> dict:
-        return {"step": self.step, "lr_scale": self.lr_scale, "best_val_loss": self.best_or_none,
-                "bad_evals": self.bad_evals, "micro_batch": self.micro_batch}
-
-    @classmethod
-    def from_json(cls, trainer: dict, micro_batch: int) -> TrainState:
-        """The saved state; the micro-batch is the smaller of the saved one and what fits now."""
-        best = trainer["best_val_loss"]
-        return cls(micro_batch=min(micro_batch, trainer["micro_batch"]), step=trainer["step"],
-                   lr_scale=trainer["lr_scale"], best_val_loss=math.inf if best is None else best,
-                   bad_evals=trainer["bad_evals"])
-
 
 @dataclass(frozen=True)
 class Run:
@@ -486,7 +250,7 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None, accelera
                                 tokenizer, device)
     state = TrainState(micro_batch)
     if cfg.resume:
-        state = TrainState.from_json(_load_checked_state(folder, optimizer, restore_rng=True), micro_batch)
+        state = TrainState.from_json(resume.load_checked(folder, optimizer, restore_rng=True), micro_batch)
     metrics = tracker = None
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
@@ -559,15 +323,6 @@ def _save_scratch_base(model: torch.nn.Module, tokenizer: Tokenizer, spec: model
         models.save_model(model, tokenizer, base, {"preset": spec.preset.to_dict(), "step": 0})
     accelerator.wait_for_everyone()
     return models.base_identifier(models.ModelSpec(str(base), "checkpoint", path=base))
-
-
-def _load_checked_state(folder: Path, optimizer: torch.optim.Optimizer, restore_rng: bool) -> dict:
-    """Optimizer (and RNG) from the resume state, checked against last/; returns the trainer JSON."""
-    trainer = load_state(state_dir(folder), optimizer, restore_rng)
-    saved_step = json.loads((folder / "last" / models.MODEL_META).read_text()).get("step")
-    if saved_step != trainer["step"]:
-        raise ValueError(f"{folder}: last/ is at step {saved_step} but state/ at step {trainer['step']}")
-    return trainer
 
 
 # ---- the loop ----
@@ -722,7 +477,7 @@ def restore_last(run: Run) -> None:
     """Weights and optimizer of the last checkpoint; the step count, lowered LR and RNG go on,
     so the batches that broke the run are not replayed."""
     run.accelerator.wait_for_everyone()
-    restored = _load_checked_state(run.folder, run.optimizer, restore_rng=False)["step"]
+    restored = resume.load_checked(run.folder, run.optimizer, restore_rng=False)["step"]
     if run.cfg.lora.enabled:
         lora.load_adapter_weights(run.loaded.model, run.folder / "last")
     else:

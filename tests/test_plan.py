@@ -1,23 +1,12 @@
 """One plan: Check fit (`jobs.plan`) and the run (`training.prepare`) take their decisions from
 `studio.plan.make`, so what Check fit shows is what the run writes into run.json."""
-import json
-
 import pytest
 
 from studio import devices, jobs, memory, plan, runs
-from studio.data import builtin_examples
 from studio.devices import DeviceMemory
 from studio.lora import LoraSettings
 from studio.presets import design_preset, save_preset
 from studio.training import train
-
-
-@pytest.fixture(scope="module")
-def chat_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
-    train_ex, _ = builtin_examples(120, 5)
-    path.write_text("".join(json.dumps({"user": e.question, "assistant": e.answer}) + "\n" for e in train_ex))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
