@@ -11,6 +11,7 @@ import torch
 
 from conftest import ROOT
 from studio import checkpoints_dir, devices, models, probe, resume, runs, training
+from studio import run as run_module
 from studio.corpus import builtin_examples
 from studio.presets import TrainSettings
 from studio.training import TrainConfig, lr_at, train
@@ -223,10 +224,10 @@ def test_a_cuda_n_choice_becomes_the_training_device(monkeypatch):
     chosen, built = [], []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
-    monkeypatch.setattr(training, "Accelerator", lambda **kw: built.append(kw) or "accelerator")
-    assert training.make_accelerator("cuda:1") == "accelerator"
+    monkeypatch.setattr(run_module, "Accelerator", lambda **kw: built.append(kw) or "accelerator")
+    assert run_module.make_accelerator("cuda:1") == "accelerator"
     assert chosen == [torch.device("cuda:1")] and built == [{"cpu": False, "mixed_precision": "no"}]
-    training.make_accelerator("cpu")
+    run_module.make_accelerator("cpu")
     assert len(chosen) == 1 and built[-1]["cpu"] is True
 
 
