@@ -8,7 +8,7 @@
     python -m studio lesson [--seed S] [--max-steps N] [--json]   (the 5-minute lesson and its report)
     python -m studio train --model M ... --lora-r 8 [--lora-alpha 16 --lora-dropout 0 --lora-targets c_attn,c_proj]
     python -m studio merge RUN [--json]   (a LoRA run's adapter merged into its base: RUN/merged)
-    python -m studio bench train|memory|chat|compare|train-tab|peer|lora|lesson [--json]
+    python -m studio bench train|memory|chat|compare|train-tab|peer|lora|lesson [--json]   (studio.bench.cli)
     python -m studio compare --model M --prompt P --setting "temperature=0.7,top_k=50" --setting ... [--json]
     python -m studio eval --model M [--model M2 ...] --data FILE|builtin|hub:NAME [--stride S] [--split all|val] [--json]
     python -m studio preset new NAME --n-layer L --n-embd E --n-head H [--n-inner F ...] [--json]
@@ -29,22 +29,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def add_decoding_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, help="tokens to generate (default: the preset's)")
-    p.add_argument("--temperature", type=float, help="0 = greedy")
-    p.add_argument("--top-k", type=int, help="0 = off")
-    p.add_argument("--top-p", type=float, help="1 = off")
-    p.add_argument("--repetition-penalty", type=float, help="1 = off")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    """One flag per decoding setting (`DecodingSettings`' fields), unset = the model's default."""
+    from studio.config import add_flags
+    from studio.sampling import DecodingSettings
+
+    add_flags(p, DecodingSettings)
 
 
 def decoding_from_args(args: argparse.Namespace, base):
     """The model's default settings with the flags the user gave laid over them."""
-    changes = {k: v for k, v in {
-        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
-        "top_p": args.top_p, "repetition_penalty": args.repetition_penalty, "seed": args.seed,
-        "stop": tuple(args.stop) if args.stop else None}.items() if v is not None}
-    return base.with_(**changes)
+    from studio.config import given
+    from studio.sampling import DecodingSettings
+
+    return base.with_(**given(args, DecodingSettings))
 
 
 def preset_listing(preset) -> dict:
@@ -68,14 +65,18 @@ def cmd_presets(args: argparse.Namespace) -> dict:
     return {"presets": [preset_listing(p) for p in presets.values()]}
 
 
-PRESET_FLAGS = ("n_layer", "n_embd", "n_head", "n_inner", "block_size", "tokenizer", "vocab_size", "dropout")
+def add_presets(sub) -> None:
+    p = sub.add_parser("presets", help="list the model presets with sizes and memory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_presets)
 
 
 def cmd_preset_new(args: argparse.Namespace) -> dict:
+    from studio.config import given
     from studio.memory import design
-    from studio.presets import design_preset, save_preset
+    from studio.presets import Preset, design_preset, save_preset
 
-    preset = design_preset(args.name, **{k: getattr(args, k) for k in PRESET_FLAGS if getattr(args, k) is not None})
+    preset = design_preset(args.name, **given(args, Preset, "design"))
     path = save_preset(preset)
     if not args.json:
         d = design(preset)
@@ -83,6 +84,18 @@ def cmd_preset_new(args: argparse.Namespace) -> dict:
               f"training {d['train_fp32_gb']:.3f} GB (fp32 weights, grads, AdamW); "
               f"~{d['rule_of_thumb_tokens']:,} tokens for 20 per parameter")
     return preset_listing(preset)
+
+
+def add_preset_new(sub) -> None:
+    from studio.config import add_flags
+    from studio.presets import Preset
+
+    preset = sub.add_parser("preset", help="design a model preset").add_subparsers(dest="preset", required=True)
+    p = preset.add_parser("new", help="save a scratch preset (checkpoints/_presets/NAME.json)")
+    p.add_argument("name")
+    add_flags(p, Preset, "design", required="required")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_preset_new)
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
@@ -97,6 +110,19 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     return {"results": [r.to_dict() for r in results]}
 
 
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="score models on the same text: loss, perplexity, bits per byte")
+    p.add_argument("--model", action="append", required=True, help="preset, run or model folder (repeatable)")
+    p.add_argument("--data", default="builtin", help="builtin | a .txt/.jsonl/.json/.csv/.parquet file | hub:<name>")
+    p.add_argument("--split", default="all", help="all (the whole text) | val (the split a run with --seed holds out)")
+    p.add_argument("--split-mode", default="documents", help="documents | sequential (how that run split the data)")
+    p.add_argument("--seed", type=int, default=0, help="the training run's seed (for --split val)")
+    p.add_argument("--stride", type=int, default=0, help="tokens between windows (default: half the context)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_eval)
+
+
 def cmd_generate(args: argparse.Namespace) -> dict:
     from studio import decoding, models
 
@@ -109,6 +135,16 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     if not args.json:
         print(args.prompt + column.text)
     return {"text": column.text, "new_tokens": len(column.tokens), "seconds": round(seconds, 4)}
+
+
+def add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate text from a prompt")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--prompt", default="")
+    p.add_argument("--device", default="auto")
+    add_decoding_flags(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_generate)
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
@@ -135,31 +171,23 @@ def cmd_chat(args: argparse.Namespace) -> None:
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": reply.text}]
 
 
-def cmd_bench_chat(args: argparse.Namespace) -> dict:
-    from studio import models
-    from studio.bench import chat as chat_bench
-
-    result = chat_bench.run(models.load(args.model, device=args.device), n_tokens=args.tokens,
-                            repeats=args.repeats, threads=args.threads)
-    if not args.json:
-        print(f"{result['model']} on {result['device']} ({result['threads']} threads): "
-              f"prompt {result['prompt_tokens']} tokens, "
-              f"time to first token {result['time_to_first_token_s'] * 1000:.1f} ms, "
-              f"{result['tokens_per_s']} tokens/s (median of {result['repeats']})")
-    return result
-
-
-TRAIN_FLAGS = {"max_steps": int, "batch_size": int, "grad_accum": int, "learning_rate": float,
-               "warmup_steps": int, "eval_interval": int, "eval_batches": int, "save_interval": int,
-               "log_interval": int, "early_stop_patience": int, "beta2": float}
+def add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="chat: one reply line on stdout per message line on stdin")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--system", default="", help="system prompt, the first line of every prompt")
+    p.add_argument("--device", default="auto")
+    add_decoding_flags(p)
+    p.set_defaults(fn=cmd_chat)
 
 
 def train_config(args: argparse.Namespace):
     from dataclasses import replace
 
     from studio import runs
+    from studio.config import given
     from studio.lora import LoraSettings
-    from studio.training import TrainConfig
+    from studio.presets import TrainSettings
+    from studio.run_config import TrainConfig
 
     if args.config:
         return TrainConfig.from_json_file(args.config)
@@ -172,12 +200,11 @@ def train_config(args: argparse.Namespace):
                       split_mode=args.split_mode, eval_data=args.eval_data, report_to=args.report_to,
                       lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                                         targets=args.lora_targets))
-    changes = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
-    return replace(cfg, settings=replace(cfg.settings, **changes))
+    return replace(cfg, settings=replace(cfg.settings, **given(args, TrainSettings)))
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
-    stop = stop_on_signals()
+    stop = args.stop or stop_on_signals()
     if not 0 <= args.nice <= 19:
         raise ValueError(f"nice must be in [0, 19], got {args.nice}")
     if args.nice:
@@ -204,6 +231,40 @@ def cmd_train(args: argparse.Namespace) -> dict:
               f"run in {summary['run_dir']}")
     return {k: summary[k] for k in ("run_dir", "steps", "train_loss", "val_loss", "val_ppl", "score",
                                     "heldout_exact_match", "heldout_per_task") if k in summary}
+
+
+def add_train(sub) -> None:
+    from studio.config import add_flags
+    from studio.presets import TrainSettings
+
+    p = sub.add_parser("train", help="train a preset from scratch or fine-tune a model")
+    p.add_argument("--preset", help="scratch preset to train (same as --model)")
+    p.add_argument("--config", help="a TrainConfig as JSON (what the app's Train tab runs); other flags are ignored")
+    p.add_argument("--model", help="preset, run in checkpoints/, or model folder (a checkpoint fine-tunes)")
+    p.add_argument("--data", default="builtin", help="builtin | a .txt/.jsonl/.json/.csv/.parquet file | hub:<name>")
+    p.add_argument("--out", help="run name or folder (default <model>-<data>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="auto | fast (the device's fast path) | fp32 | bf16 | fp16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--block-size", type=int, default=0, help="training window in tokens (default: the context)")
+    p.add_argument("--split-mode", default="documents", help="validation split: documents (10%% of them, shuffled) "
+                   "| sequential (the last 10%% of the text, as nanoGPT does)")
+    p.add_argument("--eval-data", default="", help="score the final model on this data's whole text "
+                   "(builtin | a file | hub:<name>): loss, perplexity, bits per byte in run.json")
+    p.add_argument("--report-to", default="none", help="also log to tensorboard (in the run folder) | wandb | trackio")
+    p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by N (0-19), so "
+                   "interactive work (chat) gets the cores first; the app's runs use 10")
+    p.add_argument("--lora-r", type=int, default=0, help="LoRA rank: train adapters on the frozen model "
+                   "(0 = full fine-tuning, the default)")
+    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale numerator (adapters scale by alpha/r)")
+    p.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input, in [0, 1)")
+    p.add_argument("--lora-targets", default="", help="comma-separated module names to adapt "
+                   "(default c_attn,c_proj,c_fc)")
+    add_flags(p, TrainSettings)  # unset: the preset's
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_train)
 
 
 def stop_on_signals():
@@ -256,7 +317,7 @@ def train_with_progress(cfg, stop, quiet_samples: bool) -> dict:
 
 
 def cmd_lesson(args: argparse.Namespace) -> dict:
-    stop = stop_on_signals()
+    stop = args.stop or stop_on_signals()
     from studio import lesson
 
     changes = {"max_steps": args.max_steps} if args.max_steps else {}
@@ -270,6 +331,16 @@ def cmd_lesson(args: argparse.Namespace) -> dict:
     return {k: rep[k] for k in ("seconds", "heldout_exact_match", "per_task", "before", "after", "steps", "run_dir")}
 
 
+def add_lesson(sub) -> None:
+    p = sub.add_parser("lesson", help="the 5-minute lesson: train the lesson preset on the built-in corpus, "
+                       "then report held-out exact match before and after")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, help="train this many steps instead of the preset's (a quick try)")
+    p.add_argument("--out", help="run name or folder (default lesson-<YYYYmmdd-HHMMSS>)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_lesson)
+
+
 def cmd_merge(args: argparse.Namespace) -> dict:
     from studio import models
 
@@ -279,71 +350,17 @@ def cmd_merge(args: argparse.Namespace) -> dict:
     return {"merged": str(path)}
 
 
-def progress_log(args: argparse.Namespace):
-    """Where a benchmark's progress lines go: the terminal, or nowhere under --json."""
-    return (lambda msg: None) if args.json else print
-
-
-def cmd_bench_lora(args: argparse.Namespace) -> dict:
-    from studio.bench import lora as lora_bench
-
-    result = lora_bench.run(args.steps, args.n_layer, args.precision, args.rounds, progress_log(args))
-    if not args.json:
-        print(f"peak ratio (LoRA / full) {result['peak_ratio']:.3f} (goal <= 0.45), "
-              f"speed ratio {result['speed_ratio']:.3f} (goal >= 1.3)")
-    return result
-
-
-def cmd_bench_train(args: argparse.Namespace) -> dict:
-    from studio.bench import memory as memory_bench, train as train_bench
-
-    result = train_bench.run(steps=args.steps) if args.bench == "train" else memory_bench.run()
-    if not args.json:
-        print(json.dumps(result, indent=1))
-    return result
-
-
-def cmd_bench_peer(args: argparse.Namespace) -> dict:
-    from studio.bench import peer
-
-    return peer.run(args.rounds, args.shared, progress_log(args), args.steps)
-
-
-def cmd_bench_lesson(args: argparse.Namespace) -> dict:
-    from studio.bench import lesson as lesson_bench
-
-    # every seed's line is printed as it ends (a JSON line under --json), the summary last
-    result = lesson_bench.run(lesson_bench.parse_seeds(args.seeds), print)
-    if not args.json:
-        worst = result["worst_task"]
-        print(f"worst seed {result['worst_overall']:.0%} overall (goal >= 80%), worst task {worst['task']} "
-              f"{worst['exact_match']:.0%} with seed {worst['seed']} (goal >= 50%), median {result['median_s']} s "
-              f"(goal <= 200 s)")
-    return result
-
-
-def cmd_bench_train_tab(args: argparse.Namespace) -> dict:
-    from studio.bench import train_tab
-
-    if args.lesson:
-        result = train_tab.run_lesson(args.rounds, args.steps, progress_log(args))
-        if not args.json:
-            print(f"the lesson: CLI {result['cli_s']:.1f} s, with the Train tab open {result['tab_s']:.1f} s: "
-                  f"ratio {result['ratio']:.3f} (goal <= 1.1)")
-        return result
-    result = train_tab.run(args.model, args.rounds, args.steps, progress_log(args))
-    if not args.json:
-        print(f"{args.model}: CLI {result['cli_tokens_per_s']:,.0f} tokens/s, with the Train tab open "
-              f"{result['tab_tokens_per_s']:,.0f} tokens/s: ratio {result['ratio']:.3f} (goal >= 0.95)")
-    return result
+def add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="merge a LoRA run's adapter into its base: RUN/merged, loadable without peft")
+    p.add_argument("run", help="a LoRA run (its best, else last), or one of its adapter folders")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_merge)
 
 
 def cmd_compare(args: argparse.Namespace) -> dict:
     from studio import decoding, models, sampling
 
-    base = models.default_decoding(args.model)
-    if args.max_new_tokens is not None:
-        base = base.with_(max_new_tokens=args.max_new_tokens)
+    base = decoding_from_args(args, models.default_decoding(args.model))
     settings = [sampling.parse_setting_string(text, base) for text in args.setting or [""]]
     loaded = models.load(args.model, device=args.device)
     columns = decoding.generate(loaded, args.prompt, settings, fast=not args.exact)
@@ -353,173 +370,33 @@ def cmd_compare(args: argparse.Namespace) -> dict:
     return decoding.comparison(columns)
 
 
-def cmd_bench_compare(args: argparse.Namespace) -> dict:
-    import torch
-
-    from studio.bench import compare as compare_bench
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    log = progress_log(args)
-    return compare_bench.run(args.models, args.new_tokens, args.repeats, args.device, not args.exact, log)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m studio", description="The studio, from the command line.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("presets", help="list the model presets with sizes and memory")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_presets)
-
-    p = sub.add_parser("generate", help="generate text from a prompt")
-    p.add_argument("--model", required=True, help="preset name, run in checkpoints/, or model folder")
-    p.add_argument("--prompt", default="")
-    p.add_argument("--device", default="auto")
-    add_decoding_flags(p)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_generate)
-
-    p = sub.add_parser("train", help="train a preset from scratch or fine-tune a model")
-    p.add_argument("--preset", help="scratch preset to train (same as --model)")
-    p.add_argument("--config", help="a TrainConfig as JSON (what the app's Train tab runs); other flags are ignored")
-    p.add_argument("--model", help="preset, run in checkpoints/, or model folder (a checkpoint fine-tunes)")
-    p.add_argument("--data", default="builtin", help="builtin | a .txt/.jsonl/.json/.csv/.parquet file | hub:<name>")
-    p.add_argument("--out", help="run name or folder (default <model>-<data>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", help="auto | fast (the device's fast path) | fp32 | bf16 | fp16")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--grad-checkpointing", action="store_true")
-    p.add_argument("--block-size", type=int, default=0, help="training window in tokens (default: the context)")
-    p.add_argument("--split-mode", default="documents", help="validation split: documents (10%% of them, shuffled) "
-                   "| sequential (the last 10%% of the text, as nanoGPT does)")
-    p.add_argument("--eval-data", default="", help="score the final model on this data's whole text "
-                   "(builtin | a file | hub:<name>): loss, perplexity, bits per byte in run.json")
-    p.add_argument("--report-to", default="none", help="also log to tensorboard (in the run folder) | wandb | trackio")
-    p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by N (0-19), so "
-                   "interactive work (chat) gets the cores first; the app's runs use 10")
-    p.add_argument("--lr", dest="learning_rate", type=float)
-    p.add_argument("--lora-r", type=int, default=0, help="LoRA rank: train adapters on the frozen model "
-                   "(0 = full fine-tuning, the default)")
-    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale numerator (adapters scale by alpha/r)")
-    p.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input, in [0, 1)")
-    p.add_argument("--lora-targets", default="", help="comma-separated module names to adapt "
-                   "(default c_attn,c_proj,c_fc)")
-    for name, kind in TRAIN_FLAGS.items():
-        if name != "learning_rate":
-            p.add_argument("--" + name.replace("_", "-"), type=kind)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_train)
-
-    p = sub.add_parser("lesson", help="the 5-minute lesson: train the lesson preset on the built-in corpus, "
-                       "then report held-out exact match before and after")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, help="train this many steps instead of the preset's (a quick try)")
-    p.add_argument("--out", help="run name or folder (default lesson-<YYYYmmdd-HHMMSS>)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_lesson)
-    p = sub.add_parser("merge", help="merge a LoRA run's adapter into its base: RUN/merged, loadable without peft")
-    p.add_argument("run", help="a LoRA run (its best, else last), or one of its adapter folders")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_merge)
-
-    p = sub.add_parser("chat", help="chat: one reply line on stdout per message line on stdin")
-    p.add_argument("--model", required=True, help="preset name, run in checkpoints/, or model folder")
-    p.add_argument("--system", default="", help="system prompt, the first line of every prompt")
-    p.add_argument("--device", default="auto")
-    add_decoding_flags(p)
-    p.set_defaults(fn=cmd_chat)
-
+def add_compare(sub) -> None:
     p = sub.add_parser("compare", help="generate side by side with several decoding settings, in one batch")
-    p.add_argument("--model", required=True, help="preset name, run in checkpoints/, or model folder")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--prompt", default="")
     p.add_argument("--setting", action="append", help='"temperature=0.7,top_k=50" over the model\'s defaults '
-                   "(repeatable: one column each)")
-    p.add_argument("--max-new-tokens", type=int)
+                   "and the decoding flags (repeatable: one column each)")
+    add_decoding_flags(p)  # every column's base
     p.add_argument("--device", default="auto")
     p.add_argument("--exact", action="store_true", help="fp32 output layer (default: bfloat16 where bf16 is fast here)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_compare)
 
-    p = sub.add_parser("eval", help="score models on the same text: loss, perplexity, bits per byte")
-    p.add_argument("--model", action="append", required=True, help="preset, run or model folder (repeatable)")
-    p.add_argument("--data", default="builtin", help="builtin | a .txt/.jsonl/.json/.csv/.parquet file | hub:<name>")
-    p.add_argument("--split", default="all", help="all (the whole text) | val (the split a run with --seed holds out)")
-    p.add_argument("--split-mode", default="documents", help="documents | sequential (how that run split the data)")
-    p.add_argument("--seed", type=int, default=0, help="the training run's seed (for --split val)")
-    p.add_argument("--stride", type=int, default=0, help="tokens between windows (default: half the context)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_eval)
 
-    preset = sub.add_parser("preset", help="design a model preset").add_subparsers(dest="preset", required=True)
-    p = preset.add_parser("new", help="save a scratch preset (checkpoints/_presets/NAME.json)")
-    p.add_argument("name")
-    p.add_argument("--n-layer", type=int, required=True)
-    p.add_argument("--n-embd", type=int, required=True)
-    p.add_argument("--n-head", type=int, required=True)
-    p.add_argument("--n-inner", type=int, help="feed-forward width (default 4 x n_embd)")
-    p.add_argument("--block-size", type=int, help="context length (default 128)")
-    p.add_argument("--tokenizer", help="gpt2 | char | bpe (default gpt2)")
-    p.add_argument("--vocab-size", type=int, help="char/bpe: target vocabulary (gpt2: 50257)")
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_preset_new)
+MODEL_HELP = "preset name, run in checkpoints/, or model folder"
+# the commands in `--help`'s order; the benchmarks' are `studio.bench.cli`'s
+COMMANDS = (add_presets, add_generate, add_train, add_lesson, add_merge, add_chat, add_compare, add_eval,
+            add_preset_new)
 
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
-    p = bench.add_parser("chat", help="chat time to first token and tokens/s")
-    p.add_argument("--model", default="v2")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--tokens", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_bench_chat)
-    for name, what in (("train", "the training loop's own cost and the fast path's speedup"),
-                       ("memory", "memory.estimate() against the measured peak")):
-        p = bench.add_parser(name, help=what)
-        p.add_argument("--steps", type=int, default=6, help="timed steps per measurement (train)")
-        p.add_argument("--json", action="store_true")
-        p.set_defaults(fn=cmd_bench_train)
-    p = bench.add_parser("peer", help="the studio against nanoGPT's laptop recipe, whole commands, same model")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of one run each, order alternating; medians")
-    p.add_argument("--shared", help="folder holding peers/nanogpt and data/tinyshakespeare.txt "
-                   "(default: the workspace's shared folder)")
-    p.add_argument("--steps", type=int, default=0, help="shorter runs for both, to check the harness "
-                   "(default 0: the recipe's 2000 steps)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_bench_peer)
-    p = bench.add_parser("lesson", help="the lesson once per seed (fresh processes): worst score, median time")
-    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default 0,1,2,3,4)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_bench_lesson)
-    p = bench.add_parser("train-tab", help="training tokens/s with the Train tab open in a browser vs the CLI")
-    p.add_argument("--model", default="v1")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of one CLI run and one tab run, order alternating")
-    p.add_argument("--steps", type=int, default=100, help="optimizer steps per run (--lesson: 0 = the preset's)")
-    p.add_argument("--lesson", action="store_true", help="time the lesson instead: `lesson` against its button "
-                   "with the tab open (run time, goal <= 1.1x)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_bench_train_tab)
-    p = bench.add_parser("lora", help="peak memory and tokens/s of LoRA r=8 against full fine-tuning (gpt2-medium)")
-    p.add_argument("--steps", type=int, default=2, help="timed steps per configuration (after one warm-up)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of the four configurations, order alternated; "
-                   "medians are reported")
-    p.add_argument("--n-layer", type=int, default=24, help="layers (24 = gpt2-medium; fewer for a quick run)")
-    p.add_argument("--precision", default="fast", help="fast (bf16 where this device has fast bf16, else fp32) | fp32 | bf16 "
-                   "(both configurations alike)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_bench_lora)
-    p = bench.add_parser("compare", help="batched side-by-side decoding vs sequential model.generate")
-    p.add_argument("--models", nargs="+", default=["v2", "gpt2"], help="preset architectures (random weights)")
-    p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--exact", action="store_true", help="time the fp32 output layer (default: bfloat16 where bf16 is fast here)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_bench_compare)
+
+def build_parser() -> argparse.ArgumentParser:
+    from studio.bench.cli import add_commands as add_bench
+
+    parser = argparse.ArgumentParser(prog="python -m studio", description="The studio, from the command line.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    add_bench(sub)
     return parser
 
 
@@ -529,17 +406,29 @@ def one_line(text: str) -> str:
 
 # commands that answer a person while something else may keep the cores busy: passive OpenMP
 # threads (set before torch loads); training and the training benchmarks keep OpenMP's default
-INTERACTIVE = {"generate", "chat", "compare", ("bench", "chat"), ("bench", "compare")}
+INTERACTIVE = {"generate", "chat", "compare"}
+
+
+# commands that train in this process: they start afresh with `studio.training_env` first, and
+# Ctrl-C (the app's Stop) ends their run cleanly from the moment they start
+TRAINING = {"train", "lesson"}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Errors are one line on stderr: a ValueError (bad input) exits 2, anything
     else exits 1 with its type named (`error: OSError: ...`), Ctrl-C exits 130 without a word."""
-    args = build_parser().parse_args(argv)
-    if args.command in INTERACTIVE or (args.command, getattr(args, "bench", None)) in INTERACTIVE:
+    from studio.bench import cli as bench_cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # both before the parser is built: its flags come from the settings' dataclasses, whose
+    # modules load torch, and OpenMP reads its wait policy as torch loads
+    if argv[:1] and (argv[0] in INTERACTIVE or argv[:1] == ["bench"] and argv[1:2] and argv[1] in bench_cli.INTERACTIVE):
         import studio
 
         studio.interactive_threads()
+    stop = stop_on_signals() if argv[:1] and argv[0] in TRAINING else None
+    args = build_parser().parse_args(argv)
+    args.stop = stop
     try:
         result = args.fn(args)
     except ValueError as e:
@@ -553,10 +442,6 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "json", False) and result is not None:
         print(json.dumps(result))
     return 0
-
-
-# commands that train in this process: they start afresh with `studio.training_env` first
-TRAINING = {"train", "lesson"}
 
 if __name__ == "__main__":
     if sys.argv[1:2] and sys.argv[1] in TRAINING:

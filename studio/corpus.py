@@ -173,11 +173,6 @@ def answer_of(completion: str) -> str:
     return completion.split("<|endoftext|>")[0].split("\n")[0].strip()
 
 
-def exact_match(answers: list[str], examples: list[Example]) -> float:
-    """Share of examples whose answer equals the expected one exactly (after trimming)."""
-    return per_task_match(answers, examples)[0]
-
-
 def per_task_match(answers: list[str], examples: list[Example]) -> tuple[float, dict[str, float]]:
     """(overall exact match, {task: exact match}) of the answers given to `examples`."""
     if len(answers) != len(examples):

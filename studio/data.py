@@ -201,15 +201,6 @@ def _source_key(spec: str, seed: int) -> str:
     return f"{spec}:{seed}"
 
 
-def tokenizer_fingerprint(tok) -> str:
-    parts = [json.dumps(tok._meta(), sort_keys=True), str(tok.vocab_size), str(tok.eos_id)]
-    if hasattr(tok, "tk"):  # a trained BPE: its merges
-        parts.append(tok.tk.to_str())
-    if hasattr(tok, "tok"):  # an HF tokenizer: its name and vocabulary size
-        parts.append(str(getattr(tok.tok, "name_or_path", "")))
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
 # ---- documents -> tokens ----
 
 @dataclass
@@ -369,7 +360,7 @@ def prepare(documents: Documents, tok, cache_dir: Path | None, seed: int = 0,
     answers = answers and split_mode == "documents"  # a sequential cut does not keep whole exchanges
     # the documents' own digest too: the built-in corpus changes with the studio's version
     content = hashlib.sha256("\0".join(documents.docs).encode("utf-8", "replace")).hexdigest()
-    key = hashlib.sha256(f"{_source_key(documents.source, seed)}|{content}|{tokenizer_fingerprint(tok)}|{seed}|"
+    key = hashlib.sha256(f"{_source_key(documents.source, seed)}|{content}|{tok.fingerprint()}|{seed}|"
                          f"{split_mode}{'|answers' if answers else ''}".encode()).hexdigest()[:20]
     parts = ("train", "val", "train_mask", "val_mask") if answers else ("train", "val")
     paths = [Path(cache_dir) / f"{key}.{part}.npy" for part in parts] if cache_dir else None
@@ -423,7 +414,7 @@ def batch(tokens: np.ndarray, n: int, block: int, seed: int, step: int, mask: np
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-IGNORE = -100  # the target F.cross_entropy skips by default
+IGNORE = -100  # the target F.cross_entropy skips by default (studio.head.IGNORE)
 
 
 def turn_starts(mask: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ import torch
 
 from studio import devices
 from studio.arch import context_length
+from studio.config import coerce, settings_of
 from studio.models import LoadedModel
 from studio.sampling import DecodingSettings, RowParams, process, sample
 
@@ -278,7 +279,7 @@ def generate(loaded: LoadedModel, prompt: str, settings: Sequence[DecodingSettin
 
 # ---- comparing settings ----
 
-SWEEPABLE = ("temperature", "top_k", "top_p", "repetition_penalty")
+SWEEPABLE = tuple(f.name for f in settings_of(DecodingSettings, "sweep"))  # the numeric rules' settings
 MAX_SWEEP = 16  # values of one sweep: each is a row of one batch (256 ran as one)
 
 
@@ -292,12 +293,12 @@ def sweep(loaded: LoadedModel, prompt: str, base: DecodingSettings, name: str,
         raise ValueError(f"sweep setting must be one of {list(SWEEPABLE)}, got {name!r}")
     if not 1 <= len(values) <= MAX_SWEEP:
         raise ValueError(f"sweep values must hold 1 to {MAX_SWEEP} values, got {len(values)}")
-    cast = int if name == "top_k" else float
-    settings = [base.with_(**{name: cast(v)}) for v in values]
+    settings = [base.with_(**{name: coerce(DecodingSettings, name, v)}) for v in values]
     columns = generate(loaded, prompt, settings, fast=fast)
     import pandas as pd
 
-    return pd.DataFrame([{name: cast(v), **c.metrics, "text": c.text} for v, c in zip(values, columns)])
+    return pd.DataFrame([{name: getattr(s, name), **c.metrics, "text": c.text}
+                         for s, c in zip(settings, columns)])
 
 
 def comparison(columns: Sequence[Column], tokens: bool = False) -> dict:

@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from studio import data, models
+from studio import corpus, data, models
+from studio.decoding import greedy_batch
+from studio.head import IGNORE, lm_loss
 from studio.models import LoadedModel
 
 
@@ -98,14 +99,13 @@ def score(loaded: LoadedModel, text: str, stride: int = 0, batch_size: int = 8) 
         group = spans[i:i + batch_size]
         width = max(end - begin for begin, end, _ in group)
         x = torch.full((len(group), width), loaded.tokenizer.eos_id, dtype=torch.long)
-        y = torch.full((len(group), width), -100, dtype=torch.long)
+        y = torch.full((len(group), width), IGNORE, dtype=torch.long)
         for row, (begin, end, scored) in enumerate(group):
             x[row, :end - begin] = ids[begin:end]
             # position t predicts token t+1: the window's last `scored` tokens are the targets
             y[row, end - begin - scored - 1:end - begin - 1] = ids[end - scored:end]
-        logits = model(input_ids=x.to(loaded.device), use_cache=False).logits.float()  # (B, T, vocab)
-        total += float(F.cross_entropy(logits.view(-1, logits.size(-1)), y.to(loaded.device).view(-1),
-                                       ignore_index=-100, reduction="sum"))
+        # training's loss (the chunked head for big vocabularies: no (B, T, vocab) logits), times its count
+        total += float(lm_loss(model, x.to(loaded.device), y.to(loaded.device))) * int((y != IGNORE).sum())
     model.train(was_training)
     n_tokens, n_bytes = len(ids) - 1, len(text.encode("utf-8"))
     loss = total / n_tokens
@@ -126,3 +126,17 @@ def compare(identifiers: Sequence[str], spec: str, split: str = "all", stride: i
     text = data.eval_text(spec, split, seed, split_mode)
     load = load or models.load
     return [score(load(name), text, stride) for name in dict.fromkeys(names)]
+
+
+def heldout_exact_match(loaded: models.LoadedModel, examples: list[corpus.Example],
+                        max_new_tokens: int | None = None) -> dict:
+    """Greedy answers to `examples`' questions, batched: exact match overall and per task, and the
+    first few answers. New tokens: the longest expected answer's plus 2 (room for the stop)."""
+    if max_new_tokens is None:
+        max_new_tokens = max((len(loaded.tokenizer.encode(" " + e.answer)) for e in examples), default=0) + 2
+    answers = greedy_batch(loaded, [corpus.format_exchange(e.question) for e in examples], max_new_tokens)
+    overall, per_task = corpus.per_task_match(answers, examples)
+    firsts = {e.task: i for i, e in reversed(list(enumerate(examples)))}  # one question of every task
+    shown = [{"question": examples[i].question, "expected": examples[i].answer, "answer": corpus.answer_of(answers[i])}
+             for i in sorted(firsts.values())[:8]]
+    return {"exact_match": overall, "per_task": per_task, "heldout": len(examples), "answers": shown}

@@ -16,16 +16,23 @@ N x V passes through memory) are gone. The three matmuls take their inputs in `m
 matmul: bf16 ran them 2.3-4x faster than fp32 on an AVX512-BF16 CPU); the log-sum-exp, the
 softmax and d(weight)'s sum stay fp32 whatever it is.
 
+`lm_loss(model, x, y)` is the one loss of the studio, training's and evaluation's: it takes the
+chunked path for a GPT-2 with a big vocabulary (`chunked_head`) and the plain one otherwise.
+
 Use in a GPT-2 loop (the head is tied to wte and has no bias):
     h = model.transformer(input_ids=x, use_cache=False).last_hidden_state   # (B, T, D), after ln_f
     loss = chunked_lm_loss(h, model.lm_head.weight, y)
-Under DDP this bypasses the wrapped module's forward (and its gradient hooks): `studio.training`
-keeps the plain path there.
+Under DDP this bypasses the wrapped module's forward (and its gradient hooks): `lm_loss` keeps
+the plain path there.
 """
 from __future__ import annotations
 
-import torch
+import contextlib
 
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100  # a target no loss scores (F.cross_entropy's default; `studio.data.IGNORE` is it)
 CHUNKED_MIN_VOCAB = 4096  # below it the (N, vocab) logits are small and the plain path is as fast
 DEFAULT_CHUNK_BYTES = 25 * 2**20  # one chunk's fp32 logits: ~130 rows at GPT-2's vocabulary;
 # 64-128 rows beat 256 and 1024 on a whole v1 step (x1.2-1.35 vs x0.9-1.1) and in peak memory
@@ -126,3 +133,32 @@ def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
             return _ChunkedLMLoss.apply(h, weight, t, rows, ignore_index, matmul_dtype)
         return _chunked_loss_only(h, weight, t, rows, ignore_index, matmul_dtype)
+
+
+def chunked_head(model: torch.nn.Module) -> bool:
+    """Whether `lm_loss` computes the output layer and loss in chunks for `model`: a GPT-2 with a
+    bias-free head and a big vocabulary. A DDP wrapper (several processes) has no `transformer`:
+    it keeps the plain path, whose forward goes through the wrapper's gradient hooks."""
+    head = getattr(model, "lm_head", None)
+    return (hasattr(model, "transformer") and isinstance(head, torch.nn.Linear) and head.bias is None
+            and head.out_features >= CHUNKED_MIN_VOCAB)
+
+
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+            autocast: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy over the scored targets (IGNORE ones are skipped; a window
+    with none scores 0, not NaN), the softmax in fp32; for big vocabularies the (B, T, vocab)
+    logits are never made (`chunked_head`), and the head's matmuls take autocast's dtype as they
+    would on the plain path. x, y: (B, T); autocast: the precision's context (None: as it is)."""
+    autocast = autocast or contextlib.nullcontext()
+    if chunked_head(model) and bool((y != IGNORE).any()):
+        with autocast:
+            hidden = model.transformer(input_ids=x, use_cache=False).last_hidden_state  # (B, T, D)
+            kind = x.device.type
+            dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
+        return chunked_lm_loss(hidden, model.lm_head.weight, y, ignore_index=IGNORE, matmul_dtype=dtype)
+    with autocast:
+        logits = model(input_ids=x, use_cache=False).logits  # (B, T, vocab)
+    total = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE,
+                            reduction="sum")
+    return total / (y != IGNORE).sum().clamp(min=1)

@@ -16,17 +16,15 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 
-from studio import ROOT, checkpoints_dir, data, device_check, devices, lora, memory, models, runlock, runs, training, training_env
-from studio.arch import count_parameters
+from studio import ROOT, checkpoints_dir, device_check, devices, memory, models, runlock, runs, training_env
+from studio import plan as run_plan
 from studio.device_check import DeviceCheck
-from studio.devices import pick_device
 from studio.lora import LoraSettings
 from studio.names import hide_paths, inside, run_name, slug
 from studio.presets import TrainSettings
-from studio.training import TrainConfig
+from studio.run_config import TrainConfig
 
 JOB_FILE = "job.json"
 LOG_FILE = "train.log"
@@ -141,59 +139,64 @@ def make_config(identifier: str, data_spec: str, settings: dict, name: str = "",
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What a run will need, before it starts."""
+    """What a run will need, before it starts: its plan (`studio.plan`, the one the run itself
+    makes) with what only Check fit adds (the LoRA proposal, the measured step time, the device check)."""
 
     config: TrainConfig
-    params: int
-    device: str
-    available_bytes: int | None
-    estimate: memory.Estimate
-    fit: memory.MemoryFit | None  # the suggestion when the estimate does not fit (None: it fits, or nothing does)
+    plan: run_plan.Plan
     lora: memory.Estimate | None  # full fine-tuning that does not fit: PROPOSED_LORA's estimate, same batch
     lora_fit: memory.MemoryFit | None  # ... and its micro-batch when that does not fit either
-    data: dict  # tokens, tokens per parameter, the ~20 rule of thumb (data.TokenData.report)
     seconds_per_step: float | None  # measured on the latest run of this model and device, if any
     device_check: DeviceCheck | None  # an accelerator against the CPU (None on the CPU)
     precision_hint: str = ""  # what the chosen precision means on this device (devices.precision_hint)
 
     @property
+    def params(self) -> int:
+        return self.plan.params
+
+    @property
+    def device(self) -> str:
+        return str(self.plan.device)
+
+    @property
+    def available_bytes(self) -> int | None:
+        return self.plan.available_bytes
+
+    @property
+    def estimate(self) -> memory.Estimate:
+        return self.plan.estimate
+
+    @property
+    def fit(self) -> memory.MemoryFit | None:
+        """The micro-batch (and checkpointing) the run will take to fit (None: as asked, or nothing fits)."""
+        return self.plan.fit
+
+    @property
+    def data(self) -> dict:  # tokens, tokens per parameter, the ~20 rule of thumb (data.TokenData.report)
+        return self.plan.data_report
+
+    @property
     def fits(self) -> bool:
+        """Whether the estimate as asked is within the free memory (the run still keeps its headroom: `fit`)."""
         return self.available_bytes is None or self.estimate.total <= self.available_bytes
 
 
 def plan(cfg: TrainConfig, progress: models.LoadProgress | None = None) -> RunPlan:
-    """Memory, data and time of a run on the config's device, as training will see them."""
-    spec = models.resolve(cfg.model)
-    config = models.model_config(spec)
-    documents = data.read_source(cfg.data, cfg.seed)
-    tok = models.tokenizer_for(spec, documents.docs)
-    tokens = data.prepare(documents, tok, data.token_cache_dir(), cfg.seed, progress, cfg.split_mode)
+    """Memory, data and time of a run on the config's device: the run's own plan (`studio.plan`)."""
     device = devices.pick_device(cfg.device)
-    prec = devices.precision(device, cfg.precision)
-    block = cfg.block_size or config.max_position_embeddings
-    if cfg.lora.enabled:
-        lora.check_targets_of(cfg.lora, config)
-    batch = cfg.settings.batch_size
-    est = memory.estimate(config, batch, block, prec.name, cfg.grad_checkpointing, device.type, cfg.lora)
-    available = devices.memory(device).available_bytes
-    suggestion = lora_est = lora_fit = None
-    if available is not None and est.total > available:
+    p = run_plan.make(cfg, device, progress=progress)
+    lora_est = lora_fit = None
+    if p.fit_error or (p.available_bytes is not None and p.estimate.total > p.available_bytes):
         if not cfg.lora.enabled:
-            lora_est = memory.estimate(config, batch, block, prec.name, cfg.grad_checkpointing, device.type,
-                                       PROPOSED_LORA)
-        fit = partial(memory.fit, config, batch * cfg.settings.grad_accum, block, int(available * 0.9), prec.name,
-                      device=device.type)
-        try:
-            suggestion = fit(lora=cfg.lora)
-        except ValueError:
-            if lora_est is None:  # nothing fits and nothing else to propose
-                raise
-        if lora_est is not None and lora_est.total > available:
-            lora_fit = fit(lora=PROPOSED_LORA)  # a ValueError when even LoRA cannot fit
-    n_params = count_parameters(config)
-    return RunPlan(cfg, n_params, str(device), available, est, suggestion, lora_est, lora_fit,
-                   tokens.report(n_params), _measured_step_time(cfg.model, str(device)),
-                   device_check.checked(device, prec.name), devices.precision_hint(device, cfg.precision))
+            lora_est = memory.estimate(p.config, cfg.settings.batch_size, p.block_size, p.precision.name,
+                                       cfg.grad_checkpointing, device.type, PROPOSED_LORA)
+        if p.fit_error and lora_est is None:  # nothing fits and nothing else to propose
+            raise ValueError(p.fit_error)
+        if lora_est is not None and lora_est.total > p.available_bytes:
+            lora_fit = memory.fit(p.config, p.global_batch, p.block_size, run_plan.budget(p.available_bytes),
+                                  p.precision.name, device=device.type, lora=PROPOSED_LORA)  # ValueError: nothing fits
+    return RunPlan(cfg, p, lora_est, lora_fit, _measured_step_time(cfg.model, str(device)),
+                   device_check.checked(device, p.precision.name), devices.precision_hint(device, cfg.precision))
 
 
 def _measured_step_time(model: str, device: str) -> float | None:

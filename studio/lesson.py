@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from studio import runs
-from studio.training import TrainConfig
+from studio.run_config import TrainConfig
 
 PRESET = "lesson"
 DATA = "builtin"

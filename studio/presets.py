@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from studio import PRESETS_DIR, checkpoints_dir
 from studio.atomic import write_json
-from studio.config import check_keys
+from studio.config import check_keys, setting, settings_of
 from studio.names import USER_PRESETS, plain_name, preset_name
 from studio.sampling import DecodingSettings
 
 TOKENIZERS = ("gpt2", "char", "bpe")
 KINDS = ("pretrained", "scratch")
-ARCHITECTURE = ("name", "kind", "n_layer", "n_embd", "n_head", "n_inner", "block_size", "dropout", "tokenizer",
-                "vocab_size")
 DEFAULT_VOCAB = {"gpt2": 50257, "bpe": 8192, "char": 98}  # char: a size before the data is seen
 # Ceilings on a model's shape: a design (from the UI, the API or a saved file) beyond them is
 # refused before anything is built. 5,000 layers took 89 s to count on the meta device while
@@ -45,28 +43,30 @@ LOSS_ON = ("auto", "answers", "all")
 class TrainSettings:
     """The knobs of a training run that a preset gives defaults for."""
 
-    learning_rate: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
-    warmup_steps: int = 100
-    max_steps: int = 2000
-    batch_size: int = 16
-    grad_accum: int = 1
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    eval_interval: int = 100
-    eval_batches: int = 20
-    save_interval: int = 200
-    log_interval: int = 10
-    early_stop_patience: int = 0  # evals without improvement before stopping; 0 = off
-    early_stop_min_delta: float = 0.0
+    learning_rate: float = setting(1e-3, "peak learning rate", flag=("--lr", "--learning-rate"), ui=True)
+    min_lr_ratio: float = setting(0.1, "the cosine decays to this fraction of the peak")
+    warmup_steps: int = setting(100, "steps of linear warmup", ui=True)
+    max_steps: int = setting(2000, "optimizer steps", ui=True)
+    batch_size: int = setting(16, "examples per optimizer step (per accumulation)", ui=True)
+    grad_accum: int = setting(1, "micro-batches accumulated per optimizer step", ui=True)
+    weight_decay: float = setting(0.1, "AdamW weight decay (matrices only)")
+    grad_clip: float = setting(1.0, "gradient norm clip; 0 = off")
+    eval_interval: int = setting(100, "steps between evals", ui=True)
+    eval_batches: int = setting(20, "batches of validation windows per eval")
+    save_interval: int = setting(200, "steps between `last` checkpoints", ui=True)
+    log_interval: int = setting(10, "steps between step rows of metrics.jsonl")
+    early_stop_patience: int = setting(0, "evals without improvement before stopping; 0 = off", ui=True)
+    early_stop_min_delta: float = setting(0.0, "the least improvement of the val loss that counts")
     # which tokens the loss scores: "answers" = only the assistant turns of chat-formatted data
     # (the questions are inputs, not something to predict), "all" = every token, "auto" =
     # answers when every document is a chat exchange (built-in corpus, saved chats), else all
-    loss_on: str = "auto"
-    beta2: float = 0.95  # AdamW's second-moment decay; small batches (nanoGPT's char recipe) like 0.99
+    loss_on: str = setting("auto", "which tokens the loss scores: auto | answers | all")
+    # AdamW's second-moment decay; small batches (nanoGPT's char recipe) like 0.99
+    beta2: float = setting(0.95, "AdamW's second-moment decay")
     # built-in data: stop once every task's dev exact match (questions kept out of training, never
     # the held-out ones the run is scored on) reaches this at an eval; 0 = off
-    stop_at_exact_match: float = 0.0
+    stop_at_exact_match: float = setting(0.0, "built-in data: stop once every task's dev exact match reaches "
+                                         "this; 0 = off")
 
     def __post_init__(self) -> None:
         if not 0 < self.learning_rate <= 1:
@@ -106,14 +106,18 @@ class Preset:
     description: str = ""
     source: str = ""  # where the architecture and the default settings come from
     hf_id: str = ""  # pretrained only: the hub model id
-    n_layer: int = 4
-    n_embd: int = 128
-    n_head: int = 4
-    n_inner: int = 0  # feed-forward width (d_ff); 0 = 4 * n_embd
-    block_size: int = 128  # context length
-    dropout: float = 0.0
-    tokenizer: str = "gpt2"  # gpt2 | char | bpe
-    vocab_size: int = 50257  # gpt2: fixed; char/bpe: the target size (char: the size before data is seen)
+    n_layer: int = setting(4, "layers", design="required", label="layers", minimum=1)
+    n_embd: int = setting(128, "width (d_model)", design="required", label="width (d_model)", minimum=1)
+    n_head: int = setting(4, "attention heads", design="required", label="heads", minimum=1)
+    n_inner: int = setting(0, "feed-forward width (d_ff); 0 = 4 x n_embd", design=True,
+                           label="feed-forward width (0 = 4 x width)", minimum=0)
+    block_size: int = setting(128, "context length", design=True, label="context", minimum=1)
+    tokenizer: str = setting("gpt2", "gpt2 | char | bpe", design=True, label="tokenizer", choices=TOKENIZERS)
+    # gpt2: fixed; char/bpe: the target size (char: the size before data is seen)
+    vocab_size: int = setting(50257, "char/bpe: target vocabulary (gpt2: 50257)", design=True,
+                              label="vocabulary (gpt2: 50257; char/bpe: the target size)", minimum=1)
+    dropout: float = setting(0.0, "dropout, in [0, 1)", design=True, label="dropout", minimum=0,
+                            maximum=0.99)
     train: TrainSettings = field(default_factory=TrainSettings)
     decode: DecodingSettings = field(default_factory=DecodingSettings)
 
@@ -175,6 +179,10 @@ class Preset:
         return d
 
 
+# what a designed preset's file always holds: its architecture, written out in full
+ARCHITECTURE = ("name", "kind", *(f.name for f in settings_of(Preset, "design")))
+
+
 def load_preset_file(path: Path) -> Preset:
     try:
         values = json.loads(Path(path).read_text())
@@ -223,18 +231,22 @@ def get_preset(name: str, folder: Path | None = None) -> Preset:
     raise ValueError(f"preset {name!r} not found; presets: {sorted(load_presets(folder))}")
 
 
-def design_preset(name: str, n_layer: int, n_embd: int, n_head: int, n_inner: int = 0, block_size: int = 128,
-                  tokenizer: str = "gpt2", vocab_size: int | None = None, dropout: float = 0.0) -> Preset:
-    """A scratch preset from its architecture, validated as a preset file is; the training and
-    decoding settings are the defaults. `vocab_size` defaults to the tokenizer's usual size."""
+def design_preset(name: str, n_layer: int, n_embd: int, n_head: int, **more: Any) -> Preset:
+    """A scratch preset from its architecture (`more`: the other design fields, `Preset`'s
+    `design` settings), validated as a preset file is; the training and decoding settings are the
+    defaults. `vocab_size` (missing or None) is the tokenizer's usual size."""
     name = plain_name(name, "name")
-    vocab = DEFAULT_VOCAB.get(tokenizer, 50257) if vocab_size is None else vocab_size
-    return Preset(name=name, kind="scratch", n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_inner=n_inner,
-                  block_size=block_size, tokenizer=tokenizer, vocab_size=vocab, dropout=dropout,
-                  description=f"Designed: {n_layer} layers, d_model {n_embd}, {n_head} heads, "
-                              f"d_ff {n_inner or 4 * n_embd}, context {block_size}, {tokenizer} tokenizer.",
-                  source="Designed in the studio (Models tab or `preset new`); training and decoding "
-                         "settings are the studio's defaults.")
+    optional = [f.name for f in settings_of(Preset, "design") if f.metadata["design"] is True]
+    if set(more) - set(optional):
+        raise ValueError(f"design: unknown key(s) {sorted(set(more) - set(optional))}; valid keys: {optional}")
+    arch = {"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, **more}
+    if arch.get("vocab_size") is None:
+        arch["vocab_size"] = DEFAULT_VOCAB.get(arch.get("tokenizer", "gpt2"), 50257)
+    p = Preset(name=name, kind="scratch", **arch)
+    return replace(p, description=f"Designed: {p.n_layer} layers, d_model {p.n_embd}, {p.n_head} heads, "
+                                  f"d_ff {p.d_ff}, context {p.block_size}, {p.tokenizer} tokenizer.",
+                   source="Designed in the studio (Models tab or `preset new`); training and decoding "
+                          "settings are the studio's defaults.")
 
 
 def save_preset(preset: Preset) -> Path:

@@ -2,9 +2,9 @@
 
 Rules run in transformers' `generate` order, each a pure function of (input_ids, logits):
 
-    repetition penalty -> temperature -> top-k -> top-p -> sample (or argmax when temperature == 0)
+    repetition penalty -> temperature -> top-k -> top-p -> min-p -> sample (or argmax when temperature == 0)
 
-Identity values mean "off" and are skipped: temperature 1, top_k 0, top_p 1,
+Identity values mean "off" and are skipped: temperature 1, top_k 0, top_p 1, min_p 0,
 repetition_penalty 1. Every rule is batched over rows, each row with its own settings
 (`RowParams`), with no Python loop over the vocabulary; top-p sorts only the rows that use it,
 and only the top-k survivors when top-k ran first (or the least likely tokens when they hold the
@@ -18,18 +18,32 @@ from typing import Sequence
 
 import torch
 
-from studio.config import check_keys
+from studio.config import check_keys, setting
 
 
 @dataclass(frozen=True)
 class DecodingSettings:
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    repetition_penalty: float = 1.0  # 1 = off
-    max_new_tokens: int = 64
-    seed: int = 0
-    stop: tuple[str, ...] = ()
+    """One column's (or one reply's) decoding settings. Every field is declared once, here: the
+    CLI's flags, the Playground's and Chat's panels, the arena and the API's parameters are made
+    from these fields (`studio.config.setting`), in this order."""
+
+    temperature: float = setting(1.0, "0 = greedy", ui=(0, 2, 0.05), label="temperature (0 = greedy)",
+                                 sweep=True, words="temperature", sampled=True)
+    top_k: int = setting(0, "keep the k likeliest tokens; 0 = off", ui=(0, 500, 1), label="top-k (0 = off)",
+                         sweep=True, off=0, words="top-k", sampled=True)
+    top_p: float = setting(1.0, "keep the likeliest tokens holding p of the probability; 1 = off",
+                           ui=(0.01, 1, 0.01), label="top-p (1 = off)", sweep=True, off=1, words="top-p",
+                           sampled=True)
+    min_p: float = setting(0.0, "drop tokens less likely than min_p x the likeliest one's probability; 0 = off",
+                           ui=(0, 1, 0.01), label="min-p (0 = off)", sweep=True, off=0, words="min-p",
+                           sampled=True)
+    repetition_penalty: float = setting(1.0, "divide the logits of tokens already present; 1 = off",
+                                        ui=(0.5, 2, 0.05), label="repetition penalty (1 = off)", sweep=True,
+                                        off=1, words="repetition penalty")
+    max_new_tokens: int = setting(64, "tokens to generate (default: the model's)", ui=(1, 512, 1),
+                                  label="max new tokens")
+    seed: int = setting(0, "the column's own random seed", ui="number", minimum=0)
+    stop: tuple[str, ...] = setting((), "stop string")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -39,6 +53,8 @@ class DecodingSettings:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1] (0 = off), got {self.min_p}")
         if not 0 < self.repetition_penalty <= 10:
             raise ValueError(f"repetition_penalty must be in (0, 10] (1 = off), got {self.repetition_penalty}")
         if not 1 <= self.max_new_tokens <= 4096:
@@ -194,6 +210,16 @@ def _full_sort_at_ties(cut: torch.Tensor, logits: torch.Tensor, p: torch.Tensor,
     return cut.index_copy(0, rows, top_p(logits[rows], p[rows]))
 
 
+def min_p(logits: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """transformers' MinPLogitsWarper, one min_p per row: drop the tokens whose probability is below
+    min_p times the likeliest token's (never the likeliest itself); min_p == 0 keeps the row whole.
+    (B, V), (B,) -> (B, V)"""
+    probs = logits.softmax(dim=-1)
+    remove = probs < m[:, None].to(probs.dtype) * probs.amax(dim=-1, keepdim=True)
+    remove.scatter_(1, probs.argmax(dim=-1, keepdim=True), False)  # min_tokens_to_keep = 1
+    return logits.masked_fill(remove, float("-inf"))
+
+
 BOTTOM = 8192  # tokens `_top_p_from_bottom` looks at before it falls back to the full sort
 
 
@@ -220,6 +246,7 @@ class RowParams:
     top_k: torch.Tensor
     top_p: torch.Tensor
     penalty: torch.Tensor
+    min_p: torch.Tensor
 
     @classmethod
     def of(cls, settings: Sequence[DecodingSettings], device: torch.device | str = "cpu") -> "RowParams":
@@ -231,10 +258,11 @@ class RowParams:
         # MPS has no float64
         wide = torch.float32 if torch.device(device).type == "mps" else torch.float64
         return cls(col("temperature", torch.float32), col("top_k", torch.long),
-                   col("top_p", wide), col("repetition_penalty", torch.float32))
+                   col("top_p", wide), col("repetition_penalty", torch.float32), col("min_p", torch.float32))
 
     def select(self, rows: torch.Tensor) -> "RowParams":
-        return RowParams(self.temperature[rows], self.top_k[rows], self.top_p[rows], self.penalty[rows])
+        return RowParams(self.temperature[rows], self.top_k[rows], self.top_p[rows], self.penalty[rows],
+                         self.min_p[rows])
 
 
 def process(input_ids: torch.Tensor, logits: torch.Tensor, params: RowParams) -> torch.Tensor:
@@ -262,6 +290,9 @@ def process(input_ids: torch.Tensor, logits: torch.Tensor, params: RowParams) ->
     if bool(whole.any()):
         rows = whole.nonzero()[:, 0]
         logits = logits.index_copy(0, rows, _top_p_from_bottom(logits[rows], p[rows]))
+    m = torch.where(sampled, params.min_p, torch.zeros_like(params.min_p))
+    if bool((m > 0).any()):
+        logits = min_p(logits, m)
     return logits
 
 

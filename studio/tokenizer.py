@@ -1,4 +1,4 @@
-"""Tokenizers behind one interface: encode, decode, vocab_size, eos_id, save.
+"""Tokenizers behind one interface: encode, decode, vocab_size, eos_id, save, fingerprint.
 
 - `GPT2BPE`: GPT-2's byte-level BPE through tiktoken (50,257 ids, `<|endoftext|>` = 50256).
   The ranks ship with the package (`studio/assets/gpt2.tiktoken`, OpenAI's MIT licence beside
@@ -56,6 +56,17 @@ class Tokenizer(ABC):
 
     def _meta(self) -> dict:
         return {"kind": self.kind}
+
+    def fingerprint(self) -> str:
+        """A short hash that changes whenever the ids this tokenizer gives could: its saved
+        metadata, vocabulary size, end-of-text id and what defines it beyond them (a trained
+        BPE's merges, an HF tokenizer's name). The token cache is keyed by it."""
+        parts = [json.dumps(self._meta(), sort_keys=True), str(self.vocab_size), str(self.eos_id),
+                 *self._identity()]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+    def _identity(self) -> list[str]:
+        return []
 
 
 class GPT2BPE(Tokenizer):
@@ -215,6 +226,9 @@ class TrainedBPE(Tokenizer):
         super().save(folder)
         self.tk.save(str(Path(folder) / self.FILE))
 
+    def _identity(self) -> list[str]:
+        return [self.tk.to_str()]  # its merges
+
 
 class HFTokenizer(Tokenizer):
     """A local or hub Hugging Face tokenizer (its eos is its end-of-text)."""
@@ -242,6 +256,9 @@ class HFTokenizer(Tokenizer):
 
     def save(self, folder: Path) -> None:
         self.tok.save_pretrained(str(folder))  # a plain HF folder: no studio metadata needed
+
+    def _identity(self) -> list[str]:
+        return [str(getattr(self.tok, "name_or_path", ""))]
 
 
 def build_tokenizer(kind: str, texts: Iterable[str] | None = None, vocab_size: int = 8192) -> Tokenizer:

@@ -1,31 +1,26 @@
 """Training: one run of the loop, from a config to a run folder (see `studio.runs` for its layout).
 
 `train(cfg, stop, on_event)` runs in the calling thread and reads as nanoGPT's train.py does:
-`prepare(cfg)` builds everything a run needs into one `Run` (device, precision, model, tokenizer,
-token data, optimizer, accelerator, run folder, resume state), then one loop calls small named
-steps. AdamW with decoupled weight decay on matrices only, linear warmup then cosine to
-`min_lr_ratio` of the peak, gradient accumulation, clipping, autocast per the device policy, eval
-(val loss, perplexity) with sample generations, early stopping, `last`/`best` checkpoints plus
-resume state, and two faults handled in place:
+`prepare(cfg)` (`studio.run`, from the run's plan, `studio.plan`) builds everything a run needs
+into one `Run`, then one loop calls small named steps. AdamW with decoupled weight decay on
+matrices only, linear warmup then cosine to `min_lr_ratio` of the peak, gradient accumulation,
+clipping, autocast per the device policy, eval (val loss, perplexity) with sample generations,
+early stopping, `last`/`best` checkpoints plus resume state (`studio.resume`), and two faults
+handled in place:
 - a NaN/Inf loss or gradient skips the step and halves the learning rate; `nan_patience` in a
   row restore the last checkpoint;
 - out of memory halves the micro-batch and doubles the accumulation (same effective batch).
-With `lora.r > 0` the starting model is frozen (in bf16 under bf16 precision) and only peft's
-LoRA adapters train; `last`/`best` then hold the adapter in peft's format, and the end of the
-run writes `merged/`, the adapter merged into its base (see `studio.lora`, `models.merge_run`).
-Every step, eval, sample, checkpoint and event is appended to metrics.jsonl; nothing waits
-for a reader. Under `accelerate launch`/`torchrun` the same call runs DDP: each process takes
-its share of every global batch, and only the main process writes files.
+LoRA runs (`lora.r > 0`) train peft's adapters on the frozen model; `last`/`best` then hold the
+adapter in peft's format, and the end of the run writes `merged/`, the adapter merged into its
+base (see `studio.lora`, `models.merge_run`). Every step, eval, sample, checkpoint and event is
+appended to metrics.jsonl; nothing waits for a reader. Under `accelerate launch`/`torchrun` the
+same call runs DDP: each process takes its share of every global batch, and only the main process
+writes files.
 
-Precision: "auto" is the device policy (fp32 on CPU and MPS, bf16 on CUDA with bf16);
-"fast" is the faster of fp32 and the device's fast path (bf16 autocast where the device has fast
-bf16, `devices.bf16_speed`), as measured: a few interleaved steps of each at the start,
-remembered per model shape, batch, device and thread count in the checkpoints folder's cache
-(`choose_precision`). bf16 autocast adds a cast per matmul input, which costs more than it saves
-for narrow models on a CPU; a CPU without bf16 units is fp32 at once, never probed.
-
-Activations: models 512 wide and up redo their cheap element-wise work in the backward instead
-of keeping it, for the same gradients (`studio.activations`); run.json's "activations" says which.
+Where the rest lives: the config (`studio.run_config`), the plan (`studio.plan`), the "fast"
+precision's probe (`studio.probe`), the loss (`studio.head.lm_loss`), the scores
+(`studio.evaluate`). Activations: models 512 wide and up redo their cheap element-wise work in
+the backward (`studio.activations`); run.json's "activations" says which.
 """
 from __future__ import annotations
 
@@ -33,119 +28,24 @@ import contextlib
 import gc
 import json
 import math
-import os
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.utils import broadcast
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from studio import activations, checkpoints_dir, corpus, data, device_check, devices, lora, memory, models, runlock, runs, tracking
-from studio.arch import BUILD_LOCK, context_length
-from studio.atomic import recover, replacing
-from studio.config import check_keys
-from studio.decoding import generate, greedy_batch
-from studio.devices import PRECISIONS, Precision, pick_device
-from studio.evaluate import readable_text, score
-from studio.head import CHUNKED_MIN_VOCAB, chunked_lm_loss
-from studio.lora import LoraSettings
-from studio.names import plain_name, run_name, slug
-from studio.presets import Preset, TrainSettings
+from studio import corpus, data, device_check, devices, lora, models, resume
+from studio.decoding import generate
+from studio.evaluate import heldout_exact_match, score
+from studio.head import lm_loss
+from studio.presets import TrainSettings
+from studio.resume import state_dir, write_state
+from studio.run import Run, prepare
+from studio.run_config import TrainConfig
 from studio.sampling import DecodingSettings
-from studio.tokenizer import Tokenizer
-
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str  # a scratch preset trains from scratch; a checkpoint or pretrained preset fine-tunes
-    data: str = "builtin"  # "builtin", a file path, or "hub:<name>"
-    name: str = ""  # the run's name, a plain name; "" = the folder's name, else "<model>-<data>"
-    # where the run lives; "" = <checkpoints>/<name>. Only the CLI and the benchmarks set it: they
-    # run as the user, while a name from the UI or the API must stay inside the checkpoints folder
-    folder: str = ""
-    settings: TrainSettings | None = None  # None = the model's preset defaults
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    grad_checkpointing: bool = False
-    fit_memory: bool = True  # shrink the micro-batch (keeping the effective batch) to fit the device
-    nan_patience: int = 3  # NaN steps in a row before restoring the last checkpoint
-    sample_tokens: int = 32
-    heldout_eval: bool = True  # built-in data: score the held-out questions at the end
-    block_size: int = 0  # training window in tokens; 0 = the model's context
-    split_mode: str = "documents"  # validation split: "documents" (10% of them) | "sequential" (the last 10%)
-    eval_data: str = ""  # a data spec whose whole text scores the final model ("" = none)
-    report_to: str = "none"  # also mirror step/eval rows to: tensorboard | wandb | trackio
-    lora: LoraSettings = LoraSettings()  # r > 0: train LoRA adapters on the frozen model
-
-    def __post_init__(self) -> None:
-        # a resumed full fine-tune goes on from its own last/, so the model it started from may
-        # have moved or gone since; anything else must resolve (a ValueError naming the choices)
-        base_optional = self.resume and self.settings is not None and not self.lora.enabled
-        spec = None if base_optional else models.resolve(self.model)
-        if not (self.data or "").strip():
-            raise ValueError("data must be 'builtin', a file path, or 'hub:<name>'")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.nan_patience < 1:
-            raise ValueError(f"nan_patience must be >= 1, got {self.nan_patience}")
-        if self.block_size < 0:
-            raise ValueError(f"block_size must be >= 0 (0 = the model's context), got {self.block_size}")
-        if not 1 <= self.sample_tokens <= 1024:
-            raise ValueError(f"sample_tokens must be in [1, 1024], got {self.sample_tokens}")
-        data.check_split_mode(self.split_mode)
-        tracking.check_report_to(self.report_to)
-        if self.settings is None:
-            object.__setattr__(self, "settings", spec.preset.train if spec.preset else TrainSettings())
-        if self.name:
-            plain_name(self.name, "run name")
-        elif self.folder:
-            object.__setattr__(self, "name", slug(Path(self.folder).name))
-        else:
-            stem = Path(self.data).stem if Path(self.data).suffix else self.data
-            object.__setattr__(self, "name", slug(f"{Path(self.model).name}-{stem}"))
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.folder).expanduser() if self.folder else runs.run_dir(self.name)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "settings": asdict(self.settings), "lora": self.lora.to_dict()}
-
-    @classmethod
-    def from_dict(cls, values: dict, strict: bool = True) -> "TrainConfig":
-        """The inverse of to_dict. Strict rejects unknown keys (a config file with a typo);
-        lenient takes the config out of a run.json, which also holds status and reports."""
-        names = {f.name for f in fields(cls)}
-        if "out" in values and not {"name", "folder"} & values.keys():  # written before the split
-            values = {**{k: v for k, v in values.items() if k != "out"}, **runs.name_or_folder(values["out"] or "")}
-        if strict:
-            check_keys(cls, values, "train config")
-        values = {k: v for k, v in values.items() if k in names}
-        if isinstance(values.get("settings"), dict):
-            values["settings"] = TrainSettings.from_dict(values["settings"], "train config settings")
-        if isinstance(values.get("lora"), dict):
-            values["lora"] = LoraSettings.from_dict(values["lora"], "train config lora")
-        return cls(**values)
-
-    @classmethod
-    def from_json_file(cls, path: str | Path) -> "TrainConfig":
-        try:
-            values = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"config: cannot read {path}: {e}") from None
-        return cls.from_dict(values)
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
@@ -158,74 +58,6 @@ def lr_at(step: int, s: TrainSettings) -> float:
     return low + 0.5 * (1 + math.cos(math.pi * progress)) * (s.learning_rate - low)
 
 
-PRECISION_CACHE = "precision.json"  # under the checkpoints folder's .cache/
-PROBE_STEPS = 3  # timed forward/backward steps per candidate, interleaved, after one warm-up each
-PROBE_STEP_VERSION = 2  # in the cache key: answers timed on an older step (2: bf16 head) are re-measured
-
-
-def _probe_key(model: torch.nn.Module, device: torch.device, batch: int, block_size: int, kept: str) -> str:
-    c = model.config
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    shape = f"L{c.n_layer}-D{c.n_embd}-H{c.n_head}-F{c.n_inner or 4 * c.n_embd}-V{c.vocab_size}"
-    return (f"{where}:{torch.get_num_threads()}t:{shape}-{kept}:{batch}x{block_size}:torch{torch.__version__}"
-            f":v{PROBE_STEP_VERSION}")
-
-
-def _step_ms(model: torch.nn.Module, x: torch.Tensor, precision: Precision) -> float:
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    lm_loss(model, x, x, precision.context()).backward()
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 1000
-
-
-def choose_precision(model: torch.nn.Module, device: torch.device, batch: int, block_size: int,
-                     cache: Path | None, kept: activations.Mode = "keep") -> tuple[Precision, dict]:
-    """"fast": the device's fast path or fp32, whichever trains this model faster here.
-
-    Times PROBE_STEPS forward/backward steps of each (interleaved, after a warm-up; no optimizer
-    step, the RNG restored), or reads the answer remembered in `cache` for this model shape,
-    batch, device and thread count. Returns the precision and {"chosen", "why", "ms_per_step"}.
-    """
-    fast, fp32 = devices.precision(device, "fast"), devices.precision(device, "fp32")
-    if fast.autocast is None:
-        return fp32, {"chosen": "fp32", "why": f"the fast path is fp32: {devices.bf16_speed(device).note()}"}
-    key = _probe_key(model, device, batch, block_size, kept)
-    known = json.loads(cache.read_text()) if cache and cache.is_file() else {}
-    if key in known:
-        choice = known[key]
-        return (fast if choice["chosen"] == fast.name else fp32), {**choice, "why": choice["why"] + " (remembered)"}
-    x = torch.randint(0, model.config.vocab_size, (batch, block_size), device=device)
-    times: dict[str, list[float]] = {fp32.name: [], fast.name: []}
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for i in range(PROBE_STEPS + 1):
-            for p in (fp32, fast) if i % 2 else (fast, fp32):
-                ms = _step_ms(model, x, p)
-                if i:
-                    times[p.name].append(ms)
-    model.zero_grad(set_to_none=True)
-    ms = {name: round(sorted(t)[len(t) // 2], 2) for name, t in times.items()}
-    chosen = fast if ms[fast.name] < ms[fp32.name] else fp32
-    other = fp32 if chosen is fast else fast
-    choice = {"chosen": chosen.name, "ms_per_step": ms,
-              "why": f"measured {chosen.name} {ms[chosen.name]:g} ms/step vs {other.name} {ms[other.name]:g} ms/step"}
-    if cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        runs.write_json(cache, {**known, key: choice})
-    return chosen, choice
-
-
-def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not biases, LayerNorms), as GPT-2/nanoGPT do."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=s.learning_rate, betas=(0.9, s.beta2),
-                             fused=device.type in ("cpu", "cuda"))
-
-
 def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
@@ -236,439 +68,6 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
-
-
-def chunked_head(model: torch.nn.Module) -> bool:
-    """Whether `lm_loss` computes the output layer and loss in chunks (`studio.head`) for `model`:
-    a GPT-2 with a bias-free head and a big vocabulary. A DDP wrapper (several processes) has no
-    `transformer`: it keeps the plain path, whose forward goes through the wrapper's gradient hooks."""
-    head = getattr(model, "lm_head", None)
-    return (hasattr(model, "transformer") and isinstance(head, torch.nn.Linear) and head.bias is None
-            and head.out_features >= CHUNKED_MIN_VOCAB)
-
-
-def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast) -> torch.Tensor:
-    """Mean next-token cross-entropy over the scored targets (data.IGNORE ones are skipped; a
-    window with none scores 0, not NaN), the softmax in fp32; for big vocabularies the (B, T, vocab)
-    logits are never made (`chunked_head`), and the head's matmuls take autocast's dtype as they
-    would on the plain path."""
-    if chunked_head(model) and bool((y != data.IGNORE).any()):
-        with autocast:
-            hidden = model.transformer(input_ids=x, use_cache=False).last_hidden_state  # (B, T, D)
-            kind = x.device.type
-            dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
-        return chunked_lm_loss(hidden, model.lm_head.weight, y, ignore_index=data.IGNORE, matmul_dtype=dtype)
-    with autocast:
-        logits = model(input_ids=x, use_cache=False).logits  # (B, T, vocab)
-    total = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=data.IGNORE,
-                            reduction="sum")
-    return total / (y != data.IGNORE).sum().clamp(min=1)
-
-
-def heldout_exact_match(loaded: models.LoadedModel, examples: list[corpus.Example],
-                        max_new_tokens: int | None = None) -> dict:
-    """Greedy answers to `examples`' questions, batched: exact match overall and per task, and the
-    first few answers. New tokens: the longest expected answer's plus 2 (room for the stop)."""
-    if max_new_tokens is None:
-        max_new_tokens = max((len(loaded.tokenizer.encode(" " + e.answer)) for e in examples), default=0) + 2
-    answers = greedy_batch(loaded, [corpus.format_exchange(e.question) for e in examples], max_new_tokens)
-    overall, per_task = corpus.per_task_match(answers, examples)
-    firsts = {e.task: i for i, e in reversed(list(enumerate(examples)))}  # one question of every task
-    shown = [{"question": examples[i].question, "expected": examples[i].answer, "answer": corpus.answer_of(answers[i])}
-             for i in sorted(firsts.values())[:8]]
-    return {"exact_match": overall, "per_task": per_task, "heldout": len(examples), "answers": shown}
-
-
-# ---- resume state: safetensors for tensors, JSON for the rest (nothing pickled) ----
-# It lives in last/state/, so that the weights and the optimizer of a step are written and
-# swapped in as one folder: a process killed mid-save leaves the previous pair whole, never
-# the new weights beside the old optimizer (transformers' Trainer keeps them together too).
-
-def state_dir(run_folder: Path) -> Path:
-    """Where a run's resume state is: last/state/, or state/ beside last/ in runs saved before."""
-    inside = run_folder / "last" / "state"
-    return inside if inside.is_dir() or not (run_folder / "state").is_dir() else run_folder / "state"
-
-
-# seconds every resume-state write pauses halfway: only the kill -9 test sets it, to land kills
-# inside a checkpoint as well as between them
-SLOW_SAVE_ENV = "STUDIO_TEST_SLOW_SAVE"
-
-
-def write_state(folder: Path, optimizer: torch.optim.Optimizer, trainer: dict) -> None:
-    folder.mkdir()
-    sd = optimizer.state_dict()
-    tensors = {f"{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
-               for i, st in sd["state"].items() for k, v in st.items()}
-    save_file(tensors, str(folder / "optimizer.safetensors"))
-    if os.environ.get(SLOW_SAVE_ENV):
-        time.sleep(float(os.environ[SLOW_SAVE_ENV]))
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(rng, str(folder / "rng.safetensors"))
-    runs.write_json(folder / "trainer.json", {**trainer, "param_groups": sd["param_groups"]})
-
-
-def load_state(folder: Path, optimizer: torch.optim.Optimizer, restore_rng: bool = True) -> dict:
-    trainer = json.loads((folder / "trainer.json").read_text())
-    state: dict[int, dict] = {}
-    for key, value in load_file(str(folder / "optimizer.safetensors")).items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": trainer.pop("param_groups")})
-    if restore_rng:
-        rng = load_file(str(folder / "rng.safetensors"))
-        torch.set_rng_state(rng["torch"])
-        if torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda_rng_states(rng))
-    return trainer
-
-
-def cuda_rng_states(rng: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """The saved CUDA generator states ("cuda0", "cuda1", ...) in device order: by number, not by
-    string, which puts cuda10 before cuda2."""
-    return [rng[k] for k in sorted((k for k in rng if k.startswith("cuda")), key=lambda k: int(k[4:]))]
-
-
-def make_accelerator(device_name: str) -> Accelerator:
-    """One process's Accelerator on the chosen device. Mixed precision is ours (autocast in
-    lm_loss), so one process can run many configs."""
-    chosen = pick_device(device_name)
-    if chosen.type == "cuda" and chosen.index is not None:
-        # a single process's accelerate device is plain "cuda", the current device: make it cuda:N
-        # (a distributed launch sets each process's own device afterwards)
-        torch.cuda.set_device(chosen)
-    return Accelerator(cpu=chosen.type == "cpu", mixed_precision="no")
-
-
-
-# ---- one run: what prepare builds ----
-
-@dataclass
-class TrainState:
-    """What the loop moves on; saved as state/trainer.json, so a resumed run goes on from it."""
-
-    micro_batch: int  # examples per forward pass; out of memory halves it
-    step: int = 0  # optimizer steps done
-    lr_scale: float = 1.0  # halved by every non-finite step
-    best_val_loss: float = math.inf
-    bad_evals: int = 0  # evals in a row without improvement (early stopping)
-
-    @property
-    def best_or_none(self) -> float | None:
-        return None if math.isinf(self.best_val_loss) else self.best_val_loss
-
-    def to_json(self, data_seed: int) -> dict:
-        return {"step": self.step, "lr_scale": self.lr_scale, "best_val_loss": self.best_or_none,
-                "bad_evals": self.bad_evals, "micro_batch": self.micro_batch, "data_seed": data_seed,
-                "data_position": self.step}
-
-    @classmethod
-    def from_json(cls, trainer: dict, micro_batch: int) -> TrainState:
-        """The saved state; the micro-batch is the smaller of the saved one and what fits now."""
-        best = trainer["best_val_loss"]
-        return cls(micro_batch=min(micro_batch, trainer["micro_batch"]), step=trainer["step"],
-                   lr_scale=trainer["lr_scale"], best_val_loss=math.inf if best is None else best,
-                   bad_evals=trainer["bad_evals"])
-
-
-@dataclass(frozen=True)
-class Run:
-    """Everything one run needs, built by `prepare`; the loop changes only `state`."""
-
-    cfg: TrainConfig
-    folder: Path
-    accelerator: Accelerator
-    precision: Precision
-    scaler: torch.amp.GradScaler
-    model: torch.nn.Module  # as the accelerator runs it (wrapped in DDP across processes)
-    loaded: models.LoadedModel  # the bare model with its tokenizer: saved, restored, sampled from
-    preset: Preset | None  # what the model was built from, kept in every checkpoint's meta
-    optimizer: torch.optim.AdamW
-    tokens: data.TokenData
-    heldout: list[corpus.Example]  # built-in data: the questions of samples and of the exact-match score
-    dev: list[corpus.Example]  # built-in data: the questions every eval scores (and may stop on)
-    block_size: int
-    global_batch: int  # examples per optimizer step, over all processes
-    state: TrainState
-    info: dict  # params, device, precision, processes, data report: run.json holds them
-    fit_note: str | None  # how the memory fit changed the micro-batch, if it did
-    metrics: IO[str] | None  # metrics.jsonl, open on the main process only
-    on_event: Callable[[dict], None] | None
-    started: float  # time.time() when prepare began
-    eval_text: str  # the text the final model is scored on (cfg.eval_data), read and checked up front
-    tracker: tracking.Tracker | None  # mirrors step/eval rows (cfg.report_to), main process only
-    lora_base: str | None = None  # LoRA runs: the base model's identifier, kept in every checkpoint's meta
-    lock: runlock.RunLock | None = None  # the main process's hold on the run folder (`studio.runlock`)
-
-    @property
-    def settings(self) -> TrainSettings:
-        return self.cfg.settings
-
-    @property
-    def device(self) -> torch.device:
-        return self.accelerator.device
-
-    @property
-    def main(self) -> bool:
-        return self.accelerator.is_main_process
-
-    def elapsed_s(self) -> float:
-        return round(time.time() - self.started, 3)
-
-    def emit(self, row_type: str, **values) -> None:
-        """One row of metrics.jsonl, also handed to on_event (main process only)."""
-        if self.metrics is None:
-            return
-        row = {"type": row_type, "step": self.state.step, "time": round(time.time(), 3), **values}
-        self.metrics.write(json.dumps(row) + "\n")
-        self.metrics.flush()
-        if self.tracker:
-            self.tracker.log(row)
-        if self.on_event:
-            self.on_event(row)
-
-    def event(self, kind: str, message: str) -> None:
-        self.emit("event", kind=kind, message=message)
-
-    def set_status(self, status: str, **extra) -> None:
-        if self.main:
-            runs.write_json(self.folder / runs.RUN_FILE, {**self.cfg.to_dict(), **self.info, "status": status, **extra})
-
-    def __enter__(self) -> Run:
-        return self
-
-    def __exit__(self, error_type, error, traceback) -> None:
-        """A failure becomes the last metrics row and run.json's status; the file closes either way."""
-        if error is not None:
-            message = runs.failure_message(error)
-            self.emit("done", reason="failed", message=message)
-            self.set_status("failed", error=message)
-        if self.metrics is not None:
-            self.metrics.close()
-        if self.tracker:
-            self.tracker.close()
-        if self.lock is not None:
-            self.lock.release()
-
-
-def _frozen_dtype(precision: Precision) -> torch.dtype | None:
-    """A LoRA run's frozen weights: in bf16 under bf16 autocast (half the bytes, no cast each step)."""
-    return torch.bfloat16 if precision.autocast == torch.bfloat16 else None
-
-
-def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) -> Run:
-    """Build the run; every check that can fail runs before metrics.jsonl is opened. The main
-    process first takes the run folder's lock (a RunBusy naming the holder when another process
-    trains it), held until the Run closes."""
-    accelerator = make_accelerator(cfg.device)
-    lock = runlock.RunLock(cfg.run_dir) if accelerator.is_main_process else None
-    try:
-        return replace(_prepare(cfg, on_event, accelerator), lock=lock)
-    except BaseException:
-        if lock is not None:
-            lock.release(discard=True)
-        raise
-
-
-def _prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None, accelerator: Accelerator) -> Run:
-    started = time.time()
-    device = accelerator.device
-    # "fast" is decided by a measurement on the built model; until then, plan memory for fp32
-    precision = devices.precision(device, "fp32" if cfg.precision == "fast" else cfg.precision)
-    folder = cfg.run_dir
-    _check_run_folder(cfg, folder)
-    # a resumed run's weights are all in last/ (a LoRA run's adapters need their base)
-    spec = models.resolve(str(folder / "last") if cfg.resume and not cfg.lora.enabled else cfg.model)
-    documents = data.read_source(_run_data(cfg, folder), cfg.seed)
-    model, tokenizer, lora_base = _starting_model(cfg, spec, folder, documents)
-    torch.manual_seed(cfg.seed)
-    if cfg.lora.enabled:
-        if lora_base is None:  # a scratch base cannot be rebuilt from its name alone: the run keeps it
-            lora_base = _save_scratch_base(model, tokenizer, spec, folder, accelerator)
-        model = lora.wrap(model, cfg.lora, _frozen_dtype(precision))
-        if cfg.resume:
-            lora.load_adapter_weights(model, folder / "last")
-    block_size = _block_size(cfg, model)
-    answers = answer_loss(cfg, documents)
-    with accelerator.main_process_first():  # one process writes the token cache, the others read it
-        tokens = data.prepare(documents, tokenizer, data.token_cache_dir(), cfg.seed, split_mode=cfg.split_mode,
-                              answers=answers)
-    eval_text = readable_text(cfg.eval_data, tokenizer, cfg.model) if cfg.eval_data else ""
-    n_params = model.num_parameters()
-    info = {"params": n_params, "trainable_params": lora.trainable_parameters(model), "device": str(device),
-            "precision": precision.name,
-            "precision_choice": {"chosen": precision.name, "why": "; ".join(filter(None, (
-                f"precision {cfg.precision!r}" + (f": the {device.type} policy" if cfg.precision == "auto" else ""),
-                devices.precision_hint(device, cfg.precision) if cfg.precision == "bf16" else "")))},
-            "processes": accelerator.num_processes, "data_report": tokens.report(n_params)}
-    global_batch, micro_batch = _split_batch(cfg.settings, accelerator.num_processes)
-    checkpointing, fit_note = cfg.grad_checkpointing, None
-    if cfg.fit_memory:
-        micro_batch, checkpointing, fit_note = _fit_memory(
-            model, device, precision, global_batch // accelerator.num_processes, block_size, micro_batch,
-            checkpointing, cfg.lora)
-    kept = activations.default_mode(model.config.n_embd, checkpointing)
-    activations.apply(model, kept)
-    info["activations"] = kept
-    model.to(device).train()
-    if cfg.precision == "fast":
-        with accelerator.main_process_first():  # one process measures, the others read its answer
-            precision, choice = choose_precision(model, device, micro_batch, block_size,
-                                                 data.token_cache_dir().parent / PRECISION_CACHE, kept)
-        info.update(precision=precision.name, precision_choice=choice)
-        if cfg.lora.enabled and _frozen_dtype(precision):  # as wrap does when the precision is named
-            lora.cast_frozen(model, _frozen_dtype(precision))
-    optimizer = make_optimizer(model, cfg.settings, device)
-    wrapped = accelerator.prepare(model)
-    loaded = models.LoadedModel(models.ModelSpec(folder.name, "checkpoint"), accelerator.unwrap_model(wrapped),
-                                tokenizer, device)
-    state = TrainState(micro_batch)
-    if cfg.resume:
-        state = TrainState.from_json(_load_checked_state(folder, optimizer, restore_rng=True), micro_batch)
-    metrics = tracker = None
-    if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        _keep_data(cfg, folder)
-        _end_torn_line(folder / runs.METRICS_FILE)
-        metrics = open(folder / runs.METRICS_FILE, "a", encoding="utf-8")
-        tracker = tracking.make_tracker(cfg.report_to, folder, cfg.to_dict())
-    return Run(cfg=cfg, folder=folder, accelerator=accelerator, precision=precision,
-               scaler=torch.amp.GradScaler(device.type, enabled=precision.autocast == torch.float16),
-               model=wrapped, loaded=loaded, preset=spec.preset, optimizer=optimizer, tokens=tokens,
-               heldout=documents.heldout, dev=documents.dev, block_size=block_size, global_batch=global_batch, state=state, info=info,
-               fit_note=fit_note, metrics=metrics, on_event=on_event, started=started, eval_text=eval_text,
-               tracker=tracker, lora_base=lora_base if cfg.lora.enabled else None)
-
-
-def answer_loss(cfg: TrainConfig, documents: data.Documents) -> bool:
-    """Whether the loss scores only the answers (settings.loss_on; "auto": chat data does)."""
-    loss_on = cfg.settings.loss_on
-    if loss_on == "all":
-        return False
-    chat = data.is_chat(documents) and cfg.split_mode == "documents"
-    if loss_on == "answers" and not chat:
-        raise ValueError(f"loss_on 'answers' needs chat-formatted data split by documents (every document an "
-                         f"exchange, as {corpus.format_exchange('question', 'answer')!r}); {documents.source} is "
-                         f"not: use loss_on 'all' or 'auto'")
-    return chat
-
-
-def _end_torn_line(path: Path) -> None:
-    """A process killed mid-row leaves a line without its newline: end it, or the next row
-    (the resume's own) would be glued to it and lost to every reader."""
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb+") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-
-
-KEPT_DATA = "data"  # a run's copy of its data file
-
-
-def _run_data(cfg: TrainConfig, folder: Path) -> str:
-    """The data a run reads: on resume, the copy the run kept (a file uploaded in the UI lives in
-    a temp folder that gets cleaned, and a resumed run must see the same text), else cfg.data."""
-    kept = folder / KEPT_DATA / Path(cfg.data).name
-    return str(kept) if cfg.resume and kept.is_file() else cfg.data
-
-
-def _keep_data(cfg: TrainConfig, folder: Path) -> None:
-    """A new run from a data file keeps a copy of it, so that it can resume once the file is gone."""
-    source = Path(cfg.data).expanduser()
-    if cfg.resume or cfg.data == "builtin" or cfg.data.startswith("hub:") or not source.is_file():
-        return
-    (folder / KEPT_DATA).mkdir(exist_ok=True)
-    with replacing(folder / KEPT_DATA / source.name) as tmp:
-        shutil.copyfile(source, tmp)
-
-
-def _check_run_folder(cfg: TrainConfig, folder: Path) -> None:
-    if cfg.resume:
-        recover(folder / "last")  # a save killed between its renames left the last complete one aside
-        if not (state_dir(folder) / "trainer.json").is_file():
-            raise ValueError(f"cannot resume: {folder} holds no saved state (last/state/trainer.json)")
-    if not cfg.resume and (folder / runs.RUN_FILE).is_file():
-        raise ValueError(f"run {folder} already exists: resume it, or choose another output name")
-    if not cfg.resume and folder.resolve().parent == checkpoints_dir().resolve():
-        run_name(folder.name)  # a run in the checkpoints folder may not take a preset's name
-
-
-def _starting_model(cfg: TrainConfig, spec: models.ModelSpec, folder: Path,
-                    documents: data.Documents) -> tuple[torch.nn.Module, Tokenizer, str | None]:
-    """(model, tokenizer, base identifier) on the CPU: the run's `last` to resume (a LoRA run's
-    base, its adapter goes on after wrapping), a new scratch model, or the one to fine-tune. The
-    identifier names the model for a LoRA run's meta; None for a scratch model."""
-    if cfg.resume:
-        tokenizer = models.load_tokenizer(folder / "last")
-        if cfg.lora.enabled:
-            base = json.loads((folder / "last" / models.MODEL_META).read_text())["base"]
-            return models.load(base, device="cpu", seed=cfg.seed).model, tokenizer, base
-        # transformers' model classes take about a second to import: only a resume needs them here
-        from transformers import AutoModelForCausalLM
-
-        with BUILD_LOCK:
-            return AutoModelForCausalLM.from_pretrained(str(folder / "last")), tokenizer, None
-    if spec.source == "preset" and spec.preset.kind == "scratch":
-        tokenizer = models.tokenizer_for(spec, documents.docs)
-        return models.build_scratch(spec.preset, tokenizer, cfg.seed), tokenizer, None
-    loaded = models.load(cfg.model, device="cpu", seed=cfg.seed)
-    return loaded.model, loaded.tokenizer, models.base_identifier(spec)
-
-
-def _save_scratch_base(model: torch.nn.Module, tokenizer: Tokenizer, spec: models.ModelSpec, folder: Path,
-                       accelerator: Accelerator) -> str:
-    """`<run>/base`: a scratch model that LoRA trains on, so the run's adapters load with it later."""
-    base = folder / "base"
-    if accelerator.is_main_process:
-        models.save_model(model, tokenizer, base, {"preset": spec.preset.to_dict(), "step": 0})
-    accelerator.wait_for_everyone()
-    return models.base_identifier(models.ModelSpec(str(base), "checkpoint", path=base))
-
-
-def _block_size(cfg: TrainConfig, model: torch.nn.Module) -> int:
-    config = model.config
-    context = context_length(config)
-    if cfg.block_size > context:
-        raise ValueError(f"block_size ({cfg.block_size}) exceeds the model's context ({context})")
-    return cfg.block_size or context
-
-
-def _split_batch(settings: TrainSettings, processes: int) -> tuple[int, int]:
-    """(global batch, micro-batch): each process takes an equal share of every global batch."""
-    global_batch = settings.batch_size * settings.grad_accum
-    if global_batch % processes:
-        raise ValueError(f"the effective batch ({global_batch}) must divide by the processes ({processes})")
-    return global_batch, min(settings.batch_size, global_batch // processes)
-
-
-def _fit_memory(model: torch.nn.Module, device: torch.device, precision: Precision, batch: int, block_size: int,
-                micro_batch: int, checkpointing: bool, lora_settings: LoraSettings) -> tuple[int, bool, str | None]:
-    """(micro-batch, checkpointing, note): smaller, then with checkpointing, when the estimate
-    exceeds the device; the note says what changed (None when nothing did)."""
-    budget = devices.memory(device).available_bytes
-    if not budget:
-        return micro_batch, checkpointing, None
-    plan = memory.fit(model.config, batch, block_size, int(budget * 0.9), precision.name, max_micro=micro_batch,
-                      device=device.type, lora=lora_settings)
-    if (plan.micro_batch, plan.checkpointing) == (micro_batch, checkpointing):
-        return micro_batch, checkpointing, None
-    checkpointing = plan.checkpointing or checkpointing
-    note = (f"memory fit: micro-batch {plan.micro_batch} x {plan.grad_accum} accumulation"
-            f"{', gradient checkpointing' if checkpointing else ''} to stay within "
-            f"{budget / 2**30:.1f} GB (estimated {plan.total_bytes / 2**30:.2f} GB)")
-    return plan.micro_batch, checkpointing, note
-
-
-def _load_checked_state(folder: Path, optimizer: torch.optim.Optimizer, restore_rng: bool) -> dict:
-    """Optimizer (and RNG) from the resume state, checked against last/; returns the trainer JSON."""
-    trainer = load_state(state_dir(folder), optimizer, restore_rng)
-    saved_step = json.loads((folder / "last" / models.MODEL_META).read_text()).get("step")
-    if saved_step != trainer["step"]:
-        raise ValueError(f"{folder}: last/ is at step {saved_step} but state/ at step {trainer['step']}")
-    return trainer
 
 
 # ---- the loop ----
@@ -823,7 +222,7 @@ def restore_last(run: Run) -> None:
     """Weights and optimizer of the last checkpoint; the step count, lowered LR and RNG go on,
     so the batches that broke the run are not replayed."""
     run.accelerator.wait_for_everyone()
-    restored = _load_checked_state(run.folder, run.optimizer, restore_rng=False)["step"]
+    restored = resume.load_checked(run.folder, run.optimizer, restore_rng=False)["step"]
     if run.cfg.lora.enabled:
         lora.load_adapter_weights(run.loaded.model, run.folder / "last")
     else:
@@ -935,7 +334,7 @@ def save(run: Run, which: str) -> None:
                 "run": run.folder.name, "val_loss": run.state.best_or_none}
         if run.lora_base is not None:  # models.resolve loads the adapter onto this base
             meta.update(base=run.lora_base, lora=run.cfg.lora.to_dict())
-        trainer = run.state.to_json(run.cfg.seed)
+        trainer = run.state.to_json()
         resume_state = (lambda tmp: write_state(tmp / "state", run.optimizer, trainer)) if which == "last" else None
         models.save_model(run.loaded.model, run.loaded.tokenizer, path, meta, resume_state)
         if which == "last" and (run.folder / "state").is_dir():  # the layout before last/state/

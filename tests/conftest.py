@@ -113,3 +113,16 @@ def page(browser, app_url):
     pg.goto(app_url, wait_until="load")  # never "networkidle": gr.Timer polling keeps the network busy
     yield pg
     pg.close()
+
+
+@pytest.fixture(scope="module")
+def chat_file(tmp_path_factory):
+    """200 built-in exchanges as a user/assistant JSONL file (chat data: the loss scores the answers)."""
+    import json
+
+    from studio.data import builtin_examples
+
+    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
+    train_ex, _ = builtin_examples(200, 5)
+    path.write_text("".join(json.dumps({"user": e.question, "assistant": e.answer}) + "\n" for e in train_ex))
+    return str(path)

@@ -8,7 +8,8 @@ from studio import activations, lora
 from studio.lora import LoraSettings
 from studio.presets import TrainSettings
 from studio.devices import precision
-from studio.training import lm_loss, make_optimizer
+from studio.head import lm_loss
+from studio.run import make_optimizer
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,7 @@ from studio import chat, checkpoints_dir
 from studio.corpus import format_exchange
 from studio.data import read_file
 from studio.decoding import generate
+from studio.config import settings_of
 from studio.sampling import DecodingSettings
 from conftest import ROOT
 
@@ -237,7 +238,12 @@ def test_cli_bench_chat_json(tiny_checkpoint):
 
 # ---- the Chat tab over HTTP ----
 
-SETTINGS = ["", r"\n|Human:", "cpu", 0.0, 0, 1.0, 1.0, 6, 0]  # system, stop, device, temperature..seed
+def panel(s: DecodingSettings) -> list:
+    """A decoding panel's values, as the API takes them: the settings shown on forms, in field order."""
+    return [getattr(s, f.name) for f in settings_of(DecodingSettings, "ui")]
+
+
+SETTINGS = ["", r"\n|Human:", "cpu", *panel(DecodingSettings(temperature=0.0, max_new_tokens=6))]  # system, stop, device, panel
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +324,8 @@ def test_stop_ends_only_its_own_sessions_reply(app_url, long_checkpoint):
     from gradio_client import Client
 
     talker, other = Client(app_url, verbose=False), Client(app_url, verbose=False)
-    settings = ["", "", "cpu", 0.7, 50, 0.9, 1.0, 512, 0]  # no stop strings: 512 tokens unless stopped
+    settings = ["", "", "cpu", *panel(DecodingSettings(temperature=0.7, top_k=50, top_p=0.9, max_new_tokens=512))]
+    # no stop strings: 512 tokens unless stopped
     job = talker.submit(long_checkpoint, "Tell me a long story.", [], *settings, api_name="/chat")
 
     def tokens_so_far() -> int:

@@ -140,9 +140,11 @@ def test_interactive_commands_wait_passively_and_training_keeps_openmps_default(
     share the cores with a run); train leaves OpenMP's spinning default (a step is thousands of
     small kernels, each waiting on woken threads otherwise)."""
     from studio import __main__ as cli
+    from studio.bench import cli as bench_cli
 
-    monkeypatch.setattr(cli, "cmd_bench_chat", lambda args: None)
+    monkeypatch.setattr(bench_cli, "cmd_bench_chat", lambda args: None)
     monkeypatch.setattr(cli, "cmd_train", lambda args: None)
+    monkeypatch.setattr(cli, "stop_on_signals", lambda: None)  # this test process keeps its own handlers
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert cli.main(["train", "--preset", "v1"]) == 0 and "OMP_WAIT_POLICY" not in os.environ
     assert cli.main(["bench", "chat"]) == 0 and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from studio.corpus import (CHAT_DEMO, DEV_PER_TASK, HELDOUT_PER_TASK, TASK_NAMES, TASKS, Example, answer_of, balanced_subset,
-                           builtin_examples, builtin_texts, dev_examples, exact_match, format_exchange, per_task_match)
+                           builtin_examples, builtin_texts, dev_examples, format_exchange, per_task_match)
 
 
 def test_the_same_seed_gives_the_same_corpus():
@@ -71,11 +71,12 @@ def test_examples_are_exchanges_in_the_chat_template():
 def test_exact_match_scores_the_answer_before_the_first_newline():
     examples = [Example("What is 2 plus 3?", "5"), Example("Reverse the word cat.", "tac")]
     assert answer_of(" 5\nHuman: more<|endoftext|>") == "5" and answer_of(" tac<|endoftext|>\n") == "tac"
-    assert exact_match([" 5\nHuman: next", " tac"], examples) == 1.0
-    assert exact_match([" 5", " cat"], examples) == 0.5
-    assert exact_match([" 55", ""], examples) == 0.0
+    assert per_task_match([" 5\nHuman: next<|endoftext|>", " tac"], examples)[0] == 1.0
+    assert per_task_match([" 5", " cat"], examples)[0] == 0.5
+    assert per_task_match([" 55", ""], examples)[0] == 0.0
+    assert per_task_match([" 5", " 1 2"], examples[:1] + [Example("Count from 1 to 3.", "1 2 3")])[0] == 0.5  # a prefix is wrong
     with pytest.raises(ValueError, match="differ in length"):
-        exact_match([" 5"], examples)
+        per_task_match([" 5"], examples)
 
 
 def test_per_task_scores_and_the_balanced_subset():

@@ -8,17 +8,6 @@ from studio import corpus, data
 from studio.tokenizer import CharTokenizer
 
 
-def test_exact_match_scores_right_answers_one_and_wrong_ones_zero():
-    examples = [corpus.Example("What is 2 plus 3?", "5"), corpus.Example("Count from 1 to 3.", "1 2 3"),
-                corpus.Example("What is 4 plus 4?", "8")]
-    # completions as the model writes them: a leading space, then a newline or end-of-text ends the answer
-    assert corpus.exact_match([" 5\nHuman: more", " 1 2 3<|endoftext|>junk", " 8"], examples) == 1.0
-    assert corpus.exact_match([" 5", " 1 2", " 88"], examples) == 1 / 3  # a prefix or a longer number is wrong
-    assert corpus.exact_match(["", "", ""], examples) == 0.0
-    with pytest.raises(ValueError, match="differ in length"):
-        corpus.exact_match([" 5"], examples)
-
-
 def test_row_text_detects_the_schema():
     assert data.row_text({"user": "Hi?", "assistant": "Hello."}) == "Human: Hi?\nAssistant: Hello."
     dolly = {"instruction": "Sum it up.", "context": "A long text.", "response": "Short.", "category": "summarization"}

@@ -140,15 +140,15 @@ def test_bad_shapes():
 def test_training_loss_takes_the_chunked_head_for_big_vocabularies_only():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from studio import training
+    from studio import head, training
 
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=5000, n_positions=16, n_embd=16, n_layer=1, n_head=2,
                      resid_pdrop=0, embd_pdrop=0, attn_pdrop=0, activation_function="gelu_pytorch_tanh")
     model = GPT2LMHeadModel(cfg)
-    assert training.chunked_head(model)
-    assert not training.chunked_head(GPT2LMHeadModel(GPT2Config(vocab_size=98, n_embd=16, n_layer=1, n_head=2)))
-    assert not training.chunked_head(torch.nn.parallel.DistributedDataParallel.__new__(
+    assert head.chunked_head(model)
+    assert not head.chunked_head(GPT2LMHeadModel(GPT2Config(vocab_size=98, n_embd=16, n_layer=1, n_head=2)))
+    assert not head.chunked_head(torch.nn.parallel.DistributedDataParallel.__new__(
         torch.nn.parallel.DistributedDataParallel))  # a DDP wrapper: the plain path, through its hooks
     x, y = torch.randint(0, 5000, (2, 16)), torch.randint(0, 5000, (2, 16))
     fp32 = torch.autocast("cpu", enabled=False)

@@ -1,5 +1,4 @@
 """Jobs: the Train tab's engine side (configs, the fit check, progress) and the training process."""
-import json
 import time
 
 import pandas as pd
@@ -7,17 +6,8 @@ import pytest
 import torch
 
 from studio import checkpoints_dir, data, device_check, devices, jobs, memory, models, runs
-from studio.data import builtin_examples
 from studio.devices import DeviceMemory
 from studio.jobs import TrainingJob
-
-
-@pytest.fixture(scope="module")
-def chat_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
-    train_ex, _ = builtin_examples(200, 5)
-    path.write_text("".join(json.dumps({"user": e.question, "assistant": e.answer}) + "\n" for e in train_ex))
-    return str(path)
 
 
 def test_make_config_lays_the_tabs_values_over_the_models_defaults(tiny_char_checkpoint):

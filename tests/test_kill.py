@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from conftest import ROOT
 from studio import runs
 from studio.corpus import builtin_examples
-from studio.training import SLOW_SAVE_ENV, TrainConfig, state_dir
+from studio.resume import SLOW_SAVE_ENV, state_dir
+from studio.run_config import TrainConfig
 
 pytestmark = pytest.mark.slow
 

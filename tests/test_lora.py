@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from studio import checkpoints_dir, decoding, jobs, lora, memory, models, runs, training
+from studio import checkpoints_dir, decoding, jobs, lora, memory, models, probe, runs, training
 from studio.__main__ import build_parser, main, train_config
 from studio.corpus import builtin_examples
 from studio.devices import DeviceMemory
@@ -256,8 +256,8 @@ def test_fast_precision_freezes_the_base_in_the_dtype_it_chose(base_folder, smal
                                                                fp32_ms, bf16_ms, frozen):
     """"fast" is measured after the model is wrapped: choosing bf16 then halves the frozen weights as
     naming bf16 does; the adapters stay fp32."""
-    monkeypatch.setattr(training, "_step_ms", lambda m, x, p: fp32_ms if p.autocast is None else bf16_ms)
-    (checkpoints_dir() / ".cache" / training.PRECISION_CACHE).unlink(missing_ok=True)
+    monkeypatch.setattr(probe, "_step_ms", lambda m, x, p: fp32_ms if p.autocast is None else bf16_ms)
+    (checkpoints_dir() / ".cache" / probe.PRECISION_CACHE).unlink(missing_ok=True)
     with training.prepare(config(base_folder, small_data, f"lora-fast-{frozen}", precision="fast")) as run:
         params = list(run.loaded.model.parameters())
         assert {p.dtype for p in params if not p.requires_grad} == {frozen}

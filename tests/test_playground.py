@@ -6,6 +6,7 @@ import pytest
 from gradio_client import Client
 
 from studio import decoding
+from studio.config import settings_of
 from studio.sampling import DecodingSettings
 from studio.ui import playground
 
@@ -16,7 +17,8 @@ def client(app_url, tiny_char_checkpoint):
 
 
 def panel(s: DecodingSettings) -> list:
-    return [s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.max_new_tokens, s.seed]
+    """A decoding panel's values, as the API takes them: the settings shown on forms, in field order."""
+    return [getattr(s, f.name) for f in settings_of(DecodingSettings, "ui")]
 
 
 def test_compare_endpoint_streams_two_columns_and_exports(client, tiny_char_checkpoint):

@@ -2,8 +2,8 @@
 rule against transformers' processors."""
 import pytest
 import torch
-from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                          TopKLogitsWarper, TopPLogitsWarper)
+from transformers import (LogitsProcessorList, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
+                          TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
 from studio import sampling
 from studio.sampling import DecodingSettings, RowParams
@@ -23,6 +23,8 @@ def hf_processors(s: DecodingSettings) -> LogitsProcessorList:
             procs.append(TopKLogitsWarper(s.top_k))
         if s.top_p < 1:
             procs.append(TopPLogitsWarper(s.top_p))
+        if s.min_p > 0:
+            procs.append(MinPLogitsWarper(s.min_p))
     return procs
 
 
@@ -47,6 +49,10 @@ SETTINGS = [
     DecodingSettings(temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.3),  # "focused"
     DecodingSettings(temperature=1.1, top_p=0.95, repetition_penalty=1.1),  # "creative"
     DecodingSettings(temperature=0.5, top_k=10, top_p=0.5),
+    DecodingSettings(min_p=0.1),
+    DecodingSettings(min_p=1.0),  # only the likeliest token (and its ties) survive
+    DecodingSettings(temperature=0, min_p=0.5),  # greedy ignores it, as generate does
+    DecodingSettings(temperature=1.5, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.2),
 ]
 
 
@@ -113,6 +119,7 @@ def test_top_p_fast_path_equals_the_full_sort():
     (dict(top_p=0), "top_p must be in (0, 1]"),
     (dict(top_p=1.5), "top_p must be in (0, 1], got 1.5"),
     (dict(repetition_penalty=0), "repetition_penalty must be in (0, 10]"),
+    (dict(min_p=1.5), "min_p must be in [0, 1] (0 = off), got 1.5"),
     (dict(max_new_tokens=0), "max_new_tokens must be in [1, 4096]"),
     (dict(stop=("",)), "stop must be a list of non-empty strings"),
 ])
@@ -151,6 +158,15 @@ def test_top_p_from_the_bottom_equals_transformers_on_a_large_vocabulary(scale, 
     logits = torch.randn(2, 50257, generator=g) * scale
     ours = sampling._top_p_from_bottom(logits, torch.tensor([p, p]))
     assert_same_distribution(ours, TopPLogitsWarper(p)(None, logits.clone()))
+
+
+def test_min_p_keeps_the_tokens_transformers_keeps_in_its_place_in_the_order():
+    """min-p runs after top-p: top-p's cut renormalises the row, so min-p's threshold moves with it."""
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.5, -1.0]])
+    s = DecodingSettings(top_p=0.9, min_p=0.2)
+    ours = sampling.process(torch.zeros(1, 1, dtype=torch.long), logits, RowParams.of([s]))
+    assert_same_distribution(ours, hf_processors(s)(None, logits.clone()))
+    assert torch.isfinite(ours).tolist() == [[True, True, False, False, False]]  # exp(1 - 3) = 0.14 < 0.2
 
 
 def test_row_params_use_no_float64_on_mps(monkeypatch):

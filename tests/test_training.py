@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from studio import checkpoints_dir, devices, models, runs, training
+from studio import checkpoints_dir, devices, models, probe, resume, runs, training
+from studio import run as run_module
 from studio.corpus import builtin_examples
 from studio.presets import TrainSettings
 from studio.training import TrainConfig, lr_at, train
@@ -215,7 +216,7 @@ def test_an_fp16_overflow_backs_the_scale_off_and_skips_the_step(tiny_char_check
 
 def test_cuda_rng_states_restore_in_device_order():
     rng = {f"cuda{i}": torch.tensor([i]) for i in (0, 1, 2, 10, 11)} | {"torch": torch.tensor([-1])}
-    assert [int(s) for s in training.cuda_rng_states(rng)] == [0, 1, 2, 10, 11]
+    assert [int(s) for s in resume.cuda_rng_states(rng)] == [0, 1, 2, 10, 11]
 
 
 def test_a_cuda_n_choice_becomes_the_training_device(monkeypatch):
@@ -223,10 +224,10 @@ def test_a_cuda_n_choice_becomes_the_training_device(monkeypatch):
     chosen, built = [], []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
-    monkeypatch.setattr(training, "Accelerator", lambda **kw: built.append(kw) or "accelerator")
-    assert training.make_accelerator("cuda:1") == "accelerator"
+    monkeypatch.setattr(run_module, "Accelerator", lambda **kw: built.append(kw) or "accelerator")
+    assert run_module.make_accelerator("cuda:1") == "accelerator"
     assert chosen == [torch.device("cuda:1")] and built == [{"cpu": False, "mixed_precision": "no"}]
-    training.make_accelerator("cpu")
+    run_module.make_accelerator("cpu")
     assert len(chosen) == 1 and built[-1]["cpu"] is True
 
 
@@ -271,9 +272,9 @@ def test_fast_takes_the_measured_faster_precision_and_remembers_it(tiny_char_che
         timed.append(precision.name)
         return fp32_ms if precision.autocast is None else bf16_ms
 
-    monkeypatch.setattr(training, "_step_ms", fake_step)
+    monkeypatch.setattr(probe, "_step_ms", fake_step)
     bf16_units(monkeypatch, True)
-    cache = checkpoints_dir() / ".cache" / training.PRECISION_CACHE
+    cache = checkpoints_dir() / ".cache" / probe.PRECISION_CACHE
     cache.unlink(missing_ok=True)
     s = settings(max_steps=2)
     train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name=f"fast-{chosen}", settings=s, precision="fast"))
@@ -281,7 +282,7 @@ def test_fast_takes_the_measured_faster_precision_and_remembers_it(tiny_char_che
     assert run["precision"] == chosen and run["precision_choice"]["chosen"] == chosen
     assert run["precision_choice"]["why"] == (f"measured {chosen} 30 ms/step vs "
                                              f"{'bf16' if chosen == 'fp32' else 'fp32'} 60 ms/step")
-    assert sorted(set(timed)) == ["bf16", "fp32"] and len(timed) == 2 * (training.PROBE_STEPS + 1)
+    assert sorted(set(timed)) == ["bf16", "fp32"] and len(timed) == 2 * (probe.PROBE_STEPS + 1)
     timed.clear()  # the same shape, batch and device again: the remembered answer, nothing timed
     train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name=f"fast-{chosen}-2", settings=s, precision="fast"))
     again = runs.read_run(f"fast-{chosen}-2")["precision_choice"]
@@ -291,12 +292,12 @@ def test_fast_takes_the_measured_faster_precision_and_remembers_it(tiny_char_che
 def test_the_probe_leaves_the_run_as_it_would_be(tiny_char_checkpoint, small_data, monkeypatch):
     """Timing the candidates (real steps) draws no random numbers the run would see and leaves no
     gradients: when it picks fp32, the curve is fp32's to the last bit."""
-    real = training._step_ms
-    monkeypatch.setattr(training, "_step_ms", lambda m, x, p: real(m, x, p) + (0 if p.autocast is None else 1e6))
+    real = probe._step_ms
+    monkeypatch.setattr(probe, "_step_ms", lambda m, x, p: real(m, x, p) + (0 if p.autocast is None else 1e6))
     bf16_units(monkeypatch, True)
     s = settings(max_steps=3)
     train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="probe-fp32", settings=s, precision="fp32"))
-    (checkpoints_dir() / ".cache" / training.PRECISION_CACHE).unlink(missing_ok=True)
+    (checkpoints_dir() / ".cache" / probe.PRECISION_CACHE).unlink(missing_ok=True)
     train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="probe-fast", settings=s, precision="fast"))
     assert runs.read_run("probe-fast")["precision"] == "fp32"
     assert step_losses("probe-fast") == step_losses("probe-fp32")
@@ -308,7 +309,7 @@ def bf16_units(monkeypatch, units: bool) -> None:
 
 
 def test_fast_never_probes_bf16_without_bf16_units(tiny_char_checkpoint, small_data, monkeypatch):
-    monkeypatch.setattr(training, "_step_ms", lambda *a: pytest.fail("probed bf16 on a CPU without bf16 units"))
+    monkeypatch.setattr(probe, "_step_ms", lambda *a: pytest.fail("probed bf16 on a CPU without bf16 units"))
     bf16_units(monkeypatch, False)
     train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="fast-no-units", settings=settings(max_steps=2),
                       precision="fast"))

@@ -57,7 +57,8 @@ def probe(n_layer: int, batch: int, seq: int, precision: str, r: int, checkpoint
 
     from studio import activations, lora
     from studio.devices import precision as precision_of
-    from studio.training import lm_loss, make_optimizer
+    from studio.head import lm_loss
+    from studio.run import make_optimizer
 
     dev = _device()
     prec = precision_of(dev, precision)

@@ -27,7 +27,8 @@ from studio import activations
 from studio.arch import gpt2_config
 from studio.presets import get_preset
 from studio.devices import precision as precision_of
-from studio.training import lm_loss, make_optimizer
+from studio.head import lm_loss
+from studio.run import make_optimizer
 
 PATHS = ("studio", "plain-head", "before")
 

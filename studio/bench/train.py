@@ -44,7 +44,10 @@ from studio.arch import count_parameters, gpt2_config
 from studio.presets import Preset, TrainSettings, get_preset
 from studio.tokenizer import GPT2BPE
 from studio.devices import precision
-from studio.training import TrainConfig, lm_loss, lr_at, make_optimizer, train
+from studio.head import lm_loss
+from studio.run import make_optimizer
+from studio.run_config import TrainConfig
+from studio.training import lr_at, train
 
 WARMUP = 2
 TRAIN_ARCHS = {  # name -> (preset, micro-batch, sequence, peak learning rate)

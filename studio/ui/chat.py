@@ -12,7 +12,7 @@ import weakref
 import gradio as gr
 
 from studio import chat, devices, models
-from studio.ui.common import MODEL_QUEUE, DecodingControls, Pickers, on, user_errors
+from studio.ui.common import MODEL_QUEUE, DecodingControls, Pickers, on, user_errors, with_decoding
 from studio.workspace import DEFAULT_MODEL, Workspace
 
 STOP_HELP = "stop strings, | between them, \\n = newline; end-of-text always stops"
@@ -121,11 +121,11 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
             arena_clear = gr.Button("Clear")
 
     # handlers name every parameter: the names are what `gradio_client` users see in the API page
+    # (the decoding settings' names: `with_decoding`)
     @user_errors
-    def respond(model, message, history, system, stop, device, temperature, top_k, top_p,
-                repetition_penalty, max_new_tokens, seed, request: gr.Request = None):
-        settings = DecodingControls.settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed,
-                                             stop=chat.parse_stop_list(stop))  # fails before the model loads
+    @with_decoding
+    def respond(model, message, history, system, stop, device, decoding_settings, request: gr.Request = None):
+        settings = DecodingControls.settings(decoding_settings, stop=chat.parse_stop_list(stop))  # before the load
         if not (message or "").strip():
             raise ValueError("message is empty: type something to send")
         stopped = chat_stops.begin(request)
@@ -134,14 +134,14 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
             yield shown, "", info
 
     @user_errors
-    def regenerate(model, history, ratings_, system, stop, device, temperature, top_k, top_p,
-                   repetition_penalty, max_new_tokens, seed, request: gr.Request = None):
+    @with_decoding
+    def regenerate(model, history, ratings_, system, stop, device, decoding_settings, request: gr.Request = None):
         """Answer the last message again with the next seed (the seed box shows it)."""
         history, message = chat.take_back(plain(history))
         if not message:
             raise ValueError("nothing to regenerate yet: send a message first")
-        settings = DecodingControls.settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens,
-                                             int(seed or 0) + 1, stop=chat.parse_stop_list(stop))
+        settings = DecodingControls.settings(decoding_settings, stop=chat.parse_stop_list(stop))
+        settings = settings.with_(seed=settings.seed + 1)
         stopped = chat_stops.begin(request)
         loaded = ws.model(model, device=device)
         ratings_ = _prune(ratings_, len(history))
@@ -182,10 +182,10 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         return f"{n} exchange(s) of conversation {conv_id} saved in {chat.CHATS_DIR}/{path.name}", conv_id
 
     @user_errors
-    def arena(model_a, model_b, message, history_a, history_b, system, stop, device, temperature, top_k, top_p,
-              repetition_penalty, max_new_tokens, seed, decoding=ARENA_DECODING[0], request: gr.Request = None):
-        settings = DecodingControls.settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed,
-                                             stop=chat.parse_stop_list(stop))
+    @with_decoding
+    def arena(model_a, model_b, message, history_a, history_b, system, stop, device, decoding_settings,
+              decoding=ARENA_DECODING[0], request: gr.Request = None):
+        settings = DecodingControls.settings(decoding_settings, stop=chat.parse_stop_list(stop))
         if not (message or "").strip():
             raise ValueError("message is empty: type something to send")
         if decoding not in ARENA_DECODING:

@@ -5,12 +5,14 @@ import functools
 import inspect
 import threading
 from collections import OrderedDict
+from dataclasses import fields
 from typing import Callable
 
 import gradio as gr
 from gradio.context import LocalContext
 
 from studio import chat, models
+from studio.config import coerce, field_type, settings_of
 from studio.data import HUB, hub_source
 from studio.sampling import NAMED, DecodingSettings
 from studio.workspace import DEFAULT_MODEL, Workspace
@@ -142,22 +144,72 @@ def on(triggers, fn: Callable, inputs, outputs, *, status: gr.components.Compone
     return event
 
 
+def form_input(cls: type, name: str, value, **kw) -> gr.components.Component:
+    """The input for setting `name` of dataclass `cls`, made from its field (`studio.config.setting`):
+    a slider for a (low, high, step) range, a dropdown for choices, else a number box (whole
+    numbers for an int field); labelled and explained by the field."""
+    f = next(f for f in fields(cls) if f.name == name)
+    meta = f.metadata
+    label = meta.get("label") or name.replace("_", " ")
+    if isinstance(meta.get("ui"), tuple):
+        low, high, step = meta["ui"]
+        return gr.Slider(low, high, value=value, step=step, label=label, **kw)
+    if meta.get("choices"):
+        return gr.Dropdown(list(meta["choices"]), value=value, label=label, **kw)
+    bounds = {k: meta[k] for k in ("minimum", "maximum") if k in meta}
+    return gr.Number(value=value, label=label, precision=0 if field_type(cls, name) is int else None, **bounds, **kw)
+
+
+DECODING_PANEL = tuple(f.name for f in settings_of(DecodingSettings, "ui"))  # a panel's inputs, in order
+
+
 def decoding_summary(s: DecodingSettings) -> str:
     """The settings that are on, in words: "greedy, up to 16 new tokens"."""
-    parts = ["greedy"] if s.greedy else [f"temperature {s.temperature:g}"]
-    if not s.greedy and s.top_k:
-        parts.append(f"top-k {s.top_k}")
-    if not s.greedy and s.top_p < 1:
-        parts.append(f"top-p {s.top_p:g}")
-    if s.repetition_penalty != 1:
-        parts.append(f"repetition penalty {s.repetition_penalty:g}")
+    parts = ["greedy"] if s.greedy else []
+    for f in settings_of(DecodingSettings, "words"):
+        value, meta = getattr(s, f.name), f.metadata
+        if (s.greedy and meta.get("sampled")) or ("off" in meta and value == meta["off"]):
+            continue
+        parts.append(f"{meta['words']} {value:g}")
     return ", ".join(parts + [f"up to {s.max_new_tokens} new tokens"])
 
 
-class DecodingControls:
-    """One panel of decoding settings (used by the Playground's columns and by Chat).
+def with_decoding(fn: Callable) -> Callable:
+    """`fn(..., decoding_settings, ...)` as Gradio and the API page see it: one parameter per
+    setting of a decoding panel (`DECODING_PANEL`, named as the settings) in place of
+    `decoding_settings`, which `fn` receives as a dict of their values. Gradio passes inputs by
+    position and finds `gr.Request` by name: both go through the generated signature."""
+    sig = inspect.signature(fn)
+    params = []
+    for p in sig.parameters.values():
+        if p.name == "decoding_settings":
+            params += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in DECODING_PANEL]
+        else:
+            params.append(p)
+    public = sig.replace(parameters=params)
 
-    `inputs` is the list of components in the order `settings(*values)` takes them;
+    def split(args, kwargs) -> dict:
+        bound = dict(public.bind(*args, **kwargs).arguments)
+        values = {n: bound.pop(n) for n in DECODING_PANEL}
+        return {**bound, "decoding_settings": values}
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            yield from fn(**split(args, kwargs))
+    else:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            return fn(**split(args, kwargs))
+    wrapper.__signature__ = public
+    return wrapper
+
+
+class DecodingControls:
+    """One panel of decoding settings (used by the Playground's columns and by Chat), one input per
+    `DecodingSettings` field shown on forms (`DECODING_PANEL`), made from the field.
+
+    `inputs` is the list of components in the order `settings(values)` takes them;
     `named` fills the panel from a named starting point.
     """
 
@@ -165,30 +217,25 @@ class DecodingControls:
         v = value or NAMED["balanced"]
         with gr.Group():
             self.preset = gr.Dropdown(["custom", *NAMED], value="custom", label=f"{label}: starting point")
-            with gr.Row():
-                self.temperature = gr.Slider(0, 2, value=v.temperature, step=0.05, label="temperature (0 = greedy)")
-                self.top_k = gr.Slider(0, 500, value=v.top_k, step=1, label="top-k (0 = off)")
-            with gr.Row():
-                self.top_p = gr.Slider(0.01, 1, value=v.top_p, step=0.01, label="top-p (1 = off)")
-                self.repetition_penalty = gr.Slider(0.5, 2, value=v.repetition_penalty, step=0.05,
-                                                    label="repetition penalty (1 = off)")
-            with gr.Row():
-                self.max_new_tokens = gr.Slider(1, 512, value=v.max_new_tokens, step=1, label="max new tokens")
-                self.seed = gr.Number(value=v.seed, precision=0, minimum=0, label="seed")
-        self.inputs = [self.temperature, self.top_k, self.top_p, self.repetition_penalty,
-                       self.max_new_tokens, self.seed]
+            self.fields: dict[str, gr.components.Component] = {}
+            for i in range(0, len(DECODING_PANEL), 2):
+                with gr.Row():
+                    for name in DECODING_PANEL[i:i + 2]:
+                        self.fields[name] = form_input(DecodingSettings, name, getattr(v, name))
+        self.inputs = list(self.fields.values())
+        self.seed = self.fields["seed"]
         self.preset.change(self.named, self.preset, self.inputs, queue=False, api_visibility="private")
 
     @staticmethod
     def named(name: str):
         if name not in NAMED:
-            return [gr.update()] * 6
+            return [gr.update()] * len(DECODING_PANEL)
         return DecodingControls.values(NAMED[name])
 
     @staticmethod
     def values(s: DecodingSettings) -> list:
         """`s` as the panel's values, in `inputs` order."""
-        return [s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.max_new_tokens, s.seed]
+        return [getattr(s, name) for name in DECODING_PANEL]
 
     def follow(self, picker: gr.Dropdown, ws: Workspace, status: gr.components.Component, **kwargs) -> None:
         """Picking a model in `picker` fills the panel with that model's own decoding defaults
@@ -203,9 +250,11 @@ class DecodingControls:
            **kwargs)
 
     @staticmethod
-    def settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed,
-                 stop: tuple[str, ...] = ()) -> DecodingSettings:
-        """The panel's values as validated settings (ValueError names the bad field)."""
-        return DecodingSettings(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                                repetition_penalty=float(repetition_penalty),
-                                max_new_tokens=int(max_new_tokens), seed=int(seed or 0), stop=tuple(stop))
+    def settings(values, stop: tuple[str, ...] = ()) -> DecodingSettings:
+        """A panel's values (a dict by name, or a sequence in `inputs` order) as validated settings
+        (ValueError names the bad field); an empty number box is the setting's default."""
+        if not isinstance(values, dict):
+            values = dict(zip(DECODING_PANEL, values))
+        defaults = DecodingSettings()
+        return DecodingSettings(**{n: coerce(DecodingSettings, n, v if v is not None else getattr(defaults, n))
+                                   for n, v in values.items()}, stop=tuple(stop))

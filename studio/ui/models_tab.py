@@ -6,13 +6,15 @@ import gradio as gr
 import pandas as pd
 
 from studio import data, decoding, devices, evaluate, models
+from studio.config import coerce, field_type, settings_of
 from studio.memory import design, preset_table
-from studio.presets import DEFAULT_VOCAB, TOKENIZERS, Preset, design_preset, load_presets, save_preset
+from studio.presets import DEFAULT_VOCAB, Preset, design_preset, load_presets, save_preset
 from studio.ui import plots
-from studio.ui.common import DATA_KINDS, MODEL_QUEUE, Pickers, data_spec, on, user_errors
+from studio.ui.common import DATA_KINDS, MODEL_QUEUE, Pickers, data_spec, form_input, on, user_errors
 from studio.workspace import DEFAULT_MODEL, Workspace
 
-DESIGN_FIELDS = ("n_layer", "n_embd", "n_head", "n_inner", "block_size", "tokenizer", "vocab_size", "dropout")
+DESIGN_FIELDS = tuple(f.name for f in settings_of(Preset, "design"))  # the design form's inputs, in order
+DESIGN_DEFAULTS = Preset(name="design")  # the form starts at the dataclass' defaults
 EVAL_KINDS = [k for k in DATA_KINDS if k != "saved chat"]
 
 
@@ -39,14 +41,13 @@ def _describe_markdown(info: dict) -> str:
 
 
 def designed(name: str, *values) -> Preset:
-    """The form's preset (the name, then DESIGN_FIELDS in order), validated as a preset file is."""
-    arch = dict(zip(DESIGN_FIELDS, values))
-    for key in DESIGN_FIELDS:
-        if key not in ("tokenizer", "dropout"):
-            if arch[key] is None:
-                raise ValueError(f"{key} must be a whole number, got nothing")
-            arch[key] = int(arch[key])
-    arch["dropout"] = float(arch["dropout"] or 0)
+    """The form's preset (the name, then DESIGN_FIELDS in order), validated as a preset file is;
+    an empty box is the field's default, but a size must be given."""
+    arch = {}
+    for key, value in zip(DESIGN_FIELDS, values):
+        if value is None and field_type(Preset, key) is int:
+            raise ValueError(f"{key} must be a whole number, got nothing")
+        arch[key] = coerce(Preset, key, getattr(DESIGN_DEFAULTS, key) if value is None else value)
     return design_preset(name, **arch)
 
 
@@ -97,20 +98,9 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     with gr.Accordion("Design a model", open=False):
         with gr.Row():
             d_name = gr.Textbox(label="name", placeholder="my-model")
-            d_fields = {
-                "n_layer": gr.Number(value=4, precision=0, minimum=1, label="layers"),
-                "n_embd": gr.Number(value=256, precision=0, minimum=1, label="width (d_model)"),
-                "n_head": gr.Number(value=4, precision=0, minimum=1, label="heads"),
-                "n_inner": gr.Number(value=0, precision=0, minimum=0, label="feed-forward width (0 = 4 x width)"),
-            }
+            d_fields = {k: form_input(Preset, k, getattr(DESIGN_DEFAULTS, k)) for k in DESIGN_FIELDS[:4]}
         with gr.Row():
-            d_fields.update({
-                "block_size": gr.Number(value=128, precision=0, minimum=1, label="context"),
-                "tokenizer": gr.Dropdown(list(TOKENIZERS), value="gpt2", label="tokenizer"),
-                "vocab_size": gr.Number(value=DEFAULT_VOCAB["gpt2"], precision=0, minimum=1,
-                                        label="vocabulary (gpt2: 50257; char/bpe: the target size)"),
-                "dropout": gr.Number(value=0.0, minimum=0, maximum=0.99, label="dropout"),
-            })
+            d_fields.update({k: form_input(Preset, k, getattr(DESIGN_DEFAULTS, k)) for k in DESIGN_FIELDS[4:]})
         design_md = gr.Markdown()
         with gr.Row():
             save_btn = gr.Button("Save preset", variant="primary")

@@ -72,7 +72,7 @@ def _settings(count: float, values: tuple, width: int) -> list[DecodingSettings]
     """The first `count` panels' values (`width` each, in `DecodingControls.inputs` order) as settings."""
     if not isinstance(count, (int, float)) or not 1 <= count <= len(values) // width:
         raise ValueError(f"Columns must be in [1, {len(values) // width}], got {shown(count)}")
-    return [DecodingControls.settings(*values[i * width:(i + 1) * width]) for i in range(int(count))]
+    return [DecodingControls.settings(values[i * width:(i + 1) * width]) for i in range(int(count))]
 
 
 def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
@@ -125,7 +125,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
 
     @user_errors
     def sweep(model: str, text: str, name: str, sweep_values: str, *values):
-        base = DecodingControls.settings(*values)
+        base = DecodingControls.settings(values)
         try:
             points = [float(v) for v in sweep_values.replace(";", ",").split(",") if v.strip()]
         except ValueError:

@@ -16,17 +16,17 @@ import gradio as gr
 import pandas as pd
 
 from studio import chat, data, devices, jobs, lesson, models, runs, tracking
+from studio.config import coerce, settings_of
 from studio.corpus import HUMAN
 from studio.lora import DEFAULT_TARGETS, LoraSettings
 from studio.presets import TrainSettings
 from studio.ui import plots
-from studio.ui.common import DATA_KINDS, HUB_EXAMPLE, Pickers, data_spec, on, user_errors
+from studio.ui.common import DATA_KINDS, HUB_EXAMPLE, Pickers, data_spec, form_input, on, user_errors
 from studio.workspace import Workspace
 
 POLL_S = 1.5  # the progress line moves at least every 2 s, as promised in the tab's spec
 REDRAW_S = 6.0  # a running run's step charts redraw at most this often; evals and events at once
-SETTING_FIELDS = ("learning_rate", "warmup_steps", "max_steps", "batch_size", "grad_accum",
-                  "eval_interval", "save_interval", "early_stop_patience")
+SETTING_FIELDS = tuple(f.name for f in settings_of(TrainSettings, "ui"))  # the tab's settings, in order
 
 
 def _progress_html(p: jobs.RunProgress) -> str:
@@ -237,9 +237,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                                           info="comma-separated; empty = GPT-2's attention and MLP projections")
         with gr.Column(scale=3):
             with gr.Row():
-                fields = {name: gr.Number(value=getattr(defaults, name), label=name.replace("_", " "),
-                                          precision=None if name == "learning_rate" else 0)
-                          for name in SETTING_FIELDS}
+                fields = {name: form_input(TrainSettings, name, getattr(defaults, name)) for name in SETTING_FIELDS}
             plan_md = gr.Markdown()
             with gr.Row():
                 check_btn = gr.Button("Check fit")
@@ -277,8 +275,8 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     seen = gr.State(None)  # Drawn.to_state(): what this page last drew, to skip or thin out redraws
     timer = gr.Timer(POLL_S)
 
-    def settings_of(values: list) -> dict:  # the tab's settings: the first len(SETTING_FIELDS) values
-        return {name: (float(v) if name == "learning_rate" else int(v)) for name, v in zip(SETTING_FIELDS, values)}
+    def tab_settings(values: list) -> dict:  # the tab's settings: the first len(SETTING_FIELDS) values
+        return {name: coerce(TrainSettings, name, v) for name, v in zip(SETTING_FIELDS, values)}
 
     # the parameter names are what `gradio_client` users see, and what the errors name
     @user_errors
@@ -297,13 +295,13 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     @user_errors
     def check(model, data_kind, data_file, saved_chat, hub_dataset, device, precision, *values):
         cfg = jobs.make_config(ws.model_id(model), data_spec(data_kind, data_file, saved_chat, hub_dataset),
-                               settings_of(values), "", device, precision, **options_of(values))
+                               tab_settings(values), "", device, precision, **options_of(values))
         return plan_markdown(jobs.plan(cfg))
 
     @user_errors
     def start(model, data_kind, data_file, saved_chat, hub_dataset, run_name, device, precision, *values):
         cfg = jobs.make_config(ws.model_id(model), data_spec(data_kind, data_file, saved_chat, hub_dataset),
-                               settings_of(values), run_name, device, precision, **options_of(values))
+                               tab_settings(values), run_name, device, precision, **options_of(values))
         run_dir = jobs.start(ws.training, cfg)
         gr.Info(f"training started: {run_dir.name}")
         return run_dir.name, None
