@@ -199,7 +199,7 @@ def train_config(args: argparse.Namespace):
                       grad_checkpointing=args.grad_checkpointing, block_size=args.block_size,
                       split_mode=args.split_mode, eval_data=args.eval_data, report_to=args.report_to,
                       lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                                        targets=args.lora_targets))
+                                        targets=args.lora_targets), **given(args, TrainConfig))
     return replace(cfg, settings=replace(cfg.settings, **given(args, TrainSettings)))
 
 
@@ -236,6 +236,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
 def add_train(sub) -> None:
     from studio.config import add_flags
     from studio.presets import TrainSettings
+    from studio.run_config import TrainConfig
 
     p = sub.add_parser("train", help="train a preset from scratch or fine-tune a model")
     p.add_argument("--preset", help="scratch preset to train (same as --model)")
@@ -262,6 +263,7 @@ def add_train(sub) -> None:
     p.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input, in [0, 1)")
     p.add_argument("--lora-targets", default="", help="comma-separated module names to adapt "
                    "(default c_attn,c_proj,c_fc)")
+    add_flags(p, TrainConfig)  # the run's own settings (--compile); unset: the dataclass' default
     add_flags(p, TrainSettings)  # unset: the preset's
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_train)

@@ -3,7 +3,8 @@
 `make(cfg, device, processes)` resolves the model the run starts from, reads its data, picks the
 tokenizer, tokenizes (the same token cache the run reads: same tokenizer, seed, split and answer
 mask), checks the training window against the context, plans the precision (a "fast" run plans
-its memory for fp32 until it has measured), splits the batch over the processes and fits the
+its memory for fp32 until it has measured) and the compile (what this device and process count
+allow; "auto" is measured by the run), splits the batch over the processes and fits the
 micro-batch (and checkpointing) to the device's memory. Check fit (`jobs.plan`) shows the plan;
 the run (`training.prepare`) runs it and writes `summary()` into run.json, so the two cannot
 disagree. Nothing here loads weights.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from studio import corpus, data, devices, lora, memory, models
+from studio import compiling, corpus, data, devices, lora, memory, models
 from studio.arch import context_length, count_parameters, gpt2_config
 from studio.devices import Precision
 from studio.presets import TrainSettings
@@ -38,6 +39,8 @@ class Plan:
     block_size: int
     device: torch.device
     precision: Precision  # planned; "fast" plans for fp32 and is measured by the run
+    compile: str  # "on", "off" or "auto" (measured by the run: `studio.compiling`)
+    compile_why: str  # why a run asked to compile cannot here ("" = nothing in the way); compile is then off
     processes: int
     global_batch: int  # examples per optimizer step, over all processes
     micro_batch: int  # per forward pass, after the memory fit
@@ -63,8 +66,9 @@ class Plan:
     def summary(self) -> dict:
         """The decisions as run.json's "plan" holds them (and Check fit shows them)."""
         return {"params": self.params, "device": str(self.device), "block_size": self.block_size,
-                "precision": self.precision.name, "processes": self.processes, "global_batch": self.global_batch,
-                "micro_batch": self.micro_batch, "checkpointing": self.checkpointing, "answers_only": self.answers}
+                "precision": self.precision.name, "compile": self.compile, "processes": self.processes,
+                "global_batch": self.global_batch, "micro_batch": self.micro_batch, "checkpointing": self.checkpointing,
+                "answers_only": self.answers}
 
 
 def make(cfg, device: torch.device, processes: int = 1, progress: models.LoadProgress | None = None) -> Plan:
@@ -84,6 +88,9 @@ def make(cfg, device: torch.device, processes: int = 1, progress: models.LoadPro
     tokens = data.prepare(documents, tokenizer, data.token_cache_dir(), cfg.seed, progress,
                           split_mode=cfg.split_mode, answers=answers)
     precision = devices.precision(device, "fp32" if cfg.precision == "fast" else cfg.precision)
+    cant = compiling.capability(device, processes) if cfg.compile != "off" else ""
+    if cant and cfg.compile == "on":
+        raise ValueError(f"compile 'on' is not possible here: {cant}; use auto or off")
     global_batch, micro_batch = split_batch(cfg.settings, processes)
     available = devices.memory(device).available_bytes
     estimate = memory.estimate(config, cfg.settings.batch_size, block_size, precision.name, cfg.grad_checkpointing,
@@ -100,8 +107,8 @@ def make(cfg, device: torch.device, processes: int = 1, progress: models.LoadPro
                 fitted, micro_batch = found, found.micro_batch
                 checkpointing = found.checkpointing or checkpointing
     return Plan(cfg, spec, documents, tokenizer, tokens, answers, config, count_parameters(config), block_size,
-                device, precision, processes, global_batch, micro_batch, checkpointing, available, estimate, fitted,
-                error)
+                device, precision, "off" if cant else cfg.compile, cant, processes, global_batch, micro_batch,
+                checkpointing, available, estimate, fitted, error)
 
 
 def budget(available_bytes: int) -> int:

@@ -23,7 +23,7 @@ PROBE_STEPS = 3  # timed forward/backward steps per candidate, interleaved, afte
 PROBE_STEP_VERSION = 2  # in the cache key: answers timed on an older step (2: bf16 head) are re-measured
 
 
-def _probe_key(model: torch.nn.Module, device: torch.device, batch: int, block_size: int, kept: str) -> str:
+def probe_key(model: torch.nn.Module, device: torch.device, batch: int, block_size: int, kept: str) -> str:
     c = model.config
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     shape = f"L{c.n_layer}-D{c.n_embd}-H{c.n_head}-F{c.n_inner or 4 * c.n_embd}-V{c.vocab_size}"
@@ -31,7 +31,7 @@ def _probe_key(model: torch.nn.Module, device: torch.device, batch: int, block_s
             f":v{PROBE_STEP_VERSION}")
 
 
-def _step_ms(model: torch.nn.Module, x: torch.Tensor, precision: Precision) -> float:
+def step_ms(model: torch.nn.Module, x: torch.Tensor, precision: Precision) -> float:
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -52,7 +52,7 @@ def choose_precision(model: torch.nn.Module, device: torch.device, batch: int, b
     fast, fp32 = devices.precision(device, "fast"), devices.precision(device, "fp32")
     if fast.autocast is None:
         return fp32, {"chosen": "fp32", "why": f"the fast path is fp32: {devices.bf16_speed(device).note()}"}
-    key = _probe_key(model, device, batch, block_size, kept)
+    key = probe_key(model, device, batch, block_size, kept)
     known = json.loads(cache.read_text()) if cache and cache.is_file() else {}
     if key in known:
         choice = known[key]
@@ -62,7 +62,7 @@ def choose_precision(model: torch.nn.Module, device: torch.device, batch: int, b
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for i in range(PROBE_STEPS + 1):
             for p in (fp32, fast) if i % 2 else (fast, fp32):
-                ms = _step_ms(model, x, p)
+                ms = step_ms(model, x, p)
                 if i:
                     times[p.name].append(ms)
     model.zero_grad(set_to_none=True)

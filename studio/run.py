@@ -4,7 +4,8 @@ plan (`studio.plan`); the loop (`studio.training`) changes only its `state`.
 
 Every check that can fail runs before metrics.jsonl is opened. With `lora.r > 0` the starting
 model is frozen (in bf16 under bf16 precision) and wrapped in peft's adapters; a "fast" run
-measures its precision on the built model (`studio.probe`).
+measures its precision on the built model (`studio.probe`), and a `compile` run compiles its
+body when it pays (`studio.compiling`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from typing import IO, Callable
 import torch
 from accelerate import Accelerator
 
-from studio import activations, checkpoints_dir, corpus, data, devices, lora, models, plan, resume, runlock, runs, tracking
+from studio import (activations, checkpoints_dir, compiling, corpus, data, devices, lora, models, plan, resume, runlock,
+                    runs, tracking)
 from studio.arch import BUILD_LOCK
 from studio.atomic import recover, replacing
 from studio.devices import Precision, pick_device
@@ -196,6 +198,11 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None, accelera
     state = TrainState(micro_batch)
     if cfg.resume:
         state = TrainState.from_json(resume.load_checked(folder, optimizer, restore_rng=True), micro_batch)
+    # last: "auto" weighs the steps the run has left, and its measurement leaves the RNG as it found it
+    info["compile"] = ({"chosen": "off", "why": p.compile_why} if p.compile_why else
+                       compiling.choose(p.compile, model, device, state.micro_batch, p.block_size, precision,
+                                        cfg.settings.max_steps - state.step,
+                                        data.token_cache_dir().parent / compiling.COMPILE_CACHE, kept))
     metrics = tracker = None
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from studio import data, models, runs, tracking
-from studio.config import check_keys
+from studio.compiling import COMPILE_MODES, check_mode
+from studio.config import check_keys, setting
 from studio.devices import PRECISIONS
 from studio.lora import LoraSettings
 from studio.names import plain_name, slug
@@ -42,6 +43,13 @@ class TrainConfig:
     eval_data: str = ""  # a data spec whose whole text scores the final model ("" = none)
     report_to: str = "none"  # also mirror step/eval rows to: tensorboard | wandb | trackio
     lora: LoraSettings = LoraSettings()  # r > 0: train LoRA adapters on the frozen model
+    # off by default: at the studio's sizes on a 2-core CPU a compiled step was no faster while a
+    # compile took 30-60 s (README), and "auto" learns that only by compiling once per model shape,
+    # which a first run (the one-click lesson) would pay; "auto" is the measured choice, as "fast" is
+    # for precision (`studio.compiling`)
+    compile: str = setting("off", "torch.compile the model for the training steps: auto (when the measured "
+                           "time saved over the run's steps exceeds the compile time) | on | off",
+                           choices=COMPILE_MODES, ui=True)
 
     def __post_init__(self) -> None:
         # a resumed full fine-tune goes on from its own last/, so the model it started from may
@@ -61,6 +69,7 @@ class TrainConfig:
         if not 1 <= self.sample_tokens <= 1024:
             raise ValueError(f"sample_tokens must be in [1, 1024], got {self.sample_tokens}")
         data.check_split_mode(self.split_mode)
+        check_mode(self.compile)
         tracking.check_report_to(self.report_to)
         if self.settings is None:
             object.__setattr__(self, "settings", spec.preset.train if spec.preset else TrainSettings())

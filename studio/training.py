@@ -37,7 +37,7 @@ import torch
 from accelerate.utils import broadcast
 from safetensors.torch import load_file
 
-from studio import corpus, data, device_check, devices, lora, models, resume
+from studio import compiling, corpus, data, device_check, devices, lora, models, resume
 from studio.decoding import generate
 from studio.evaluate import heldout_exact_match, score
 from studio.head import lm_loss
@@ -89,6 +89,8 @@ def train(cfg: TrainConfig, stop: threading.Event | None = None,
             run.event("fit", run.fit_note)
         if run.cfg.precision == "bf16" and devices.precision_hint(run.device, "bf16"):
             run.event("precision", run.info["precision_choice"]["why"])
+        if run.cfg.compile != "off":
+            run.event("compile", f"compile {run.info['compile']['chosen']}: {run.info['compile']['why']}")
         check = device_check.checked(run.device, run.precision.name)
         if check is not None:  # the run's own record of whether its device can be trusted
             run.event("device_check", check.message)
@@ -236,9 +238,12 @@ def restore_last(run: Run) -> None:
 
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode, and eager: a compiled body is compiled for the training steps only (an eval-mode,
+    no-grad forward is another graph, and generation's growing lengths would recompile)."""
     model.eval()
     try:
-        yield
+        with compiling.eager():
+            yield
     finally:
         model.train()
 

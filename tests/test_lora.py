@@ -256,7 +256,7 @@ def test_fast_precision_freezes_the_base_in_the_dtype_it_chose(base_folder, smal
                                                                fp32_ms, bf16_ms, frozen):
     """"fast" is measured after the model is wrapped: choosing bf16 then halves the frozen weights as
     naming bf16 does; the adapters stay fp32."""
-    monkeypatch.setattr(probe, "_step_ms", lambda m, x, p: fp32_ms if p.autocast is None else bf16_ms)
+    monkeypatch.setattr(probe, "step_ms", lambda m, x, p: fp32_ms if p.autocast is None else bf16_ms)
     (checkpoints_dir() / ".cache" / probe.PRECISION_CACHE).unlink(missing_ok=True)
     with training.prepare(config(base_folder, small_data, f"lora-fast-{frozen}", precision="fast")) as run:
         params = list(run.loaded.model.parameters())

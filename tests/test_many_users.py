@@ -19,8 +19,8 @@ SESSIONS, ROUNDS = 4, 5
 STOP = "\\n|Human:"
 # the Train tab's settings in order: learning_rate, warmup_steps, max_steps, batch_size, grad_accum,
 # eval_interval, save_interval, early_stop_patience (a run long enough to outlast the sessions),
-# then its run options: validation split mode, report_to, eval file
-TRAIN = [1e-3, 2, 100_000, 4, 1, 25, 100_000, 0, "documents", "none", None, 0, 16.0, 0.0, ""]  # + LoRA off
+# then its run options: validation split mode, report_to, eval file, LoRA (off) and compile (off)
+TRAIN = [1e-3, 2, 100_000, 4, 1, 25, 100_000, 0, "documents", "none", None, 0, 16.0, 0.0, "", "off"]
 
 
 def text_of(content) -> str:

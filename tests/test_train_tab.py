@@ -14,8 +14,9 @@ pytestmark = pytest.mark.slow
 
 # model, data kind, file, saved chat, hub name, run name, device, precision, then the tab's settings in order:
 # learning_rate, warmup_steps, max_steps, batch_size, grad_accum, eval_interval, save_interval, patience,
-# then the run options: validation split mode, report_to, eval file, LoRA rank (0 = off), alpha, dropout, targets
-SETTINGS = [1e-3, 2, 2000, 4, 1, 10, 10, 0, "documents", "none", None, 0, 16.0, 0.0, ""]
+# then the run options: validation split mode, report_to, eval file, LoRA rank (0 = off), alpha, dropout, targets,
+# compile
+SETTINGS = [1e-3, 2, 2000, 4, 1, 10, 10, 0, "documents", "none", None, 0, 16.0, 0.0, "", "off"]
 
 
 def wait_for(fn, timeout=90, every=0.5):

@@ -272,7 +272,7 @@ def test_fast_takes_the_measured_faster_precision_and_remembers_it(tiny_char_che
         timed.append(precision.name)
         return fp32_ms if precision.autocast is None else bf16_ms
 
-    monkeypatch.setattr(probe, "_step_ms", fake_step)
+    monkeypatch.setattr(probe, "step_ms", fake_step)
     bf16_units(monkeypatch, True)
     cache = checkpoints_dir() / ".cache" / probe.PRECISION_CACHE
     cache.unlink(missing_ok=True)
@@ -292,8 +292,8 @@ def test_fast_takes_the_measured_faster_precision_and_remembers_it(tiny_char_che
 def test_the_probe_leaves_the_run_as_it_would_be(tiny_char_checkpoint, small_data, monkeypatch):
     """Timing the candidates (real steps) draws no random numbers the run would see and leaves no
     gradients: when it picks fp32, the curve is fp32's to the last bit."""
-    real = probe._step_ms
-    monkeypatch.setattr(probe, "_step_ms", lambda m, x, p: real(m, x, p) + (0 if p.autocast is None else 1e6))
+    real = probe.step_ms
+    monkeypatch.setattr(probe, "step_ms", lambda m, x, p: real(m, x, p) + (0 if p.autocast is None else 1e6))
     bf16_units(monkeypatch, True)
     s = settings(max_steps=3)
     train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="probe-fp32", settings=s, precision="fp32"))
@@ -309,7 +309,7 @@ def bf16_units(monkeypatch, units: bool) -> None:
 
 
 def test_fast_never_probes_bf16_without_bf16_units(tiny_char_checkpoint, small_data, monkeypatch):
-    monkeypatch.setattr(probe, "_step_ms", lambda *a: pytest.fail("probed bf16 on a CPU without bf16 units"))
+    monkeypatch.setattr(probe, "step_ms", lambda *a: pytest.fail("probed bf16 on a CPU without bf16 units"))
     bf16_units(monkeypatch, False)
     train(TrainConfig(model=tiny_char_checkpoint, data=small_data, name="fast-no-units", settings=settings(max_steps=2),
                       precision="fast"))

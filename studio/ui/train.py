@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import gradio as gr
@@ -20,6 +20,7 @@ from studio.config import coerce, settings_of
 from studio.corpus import HUMAN
 from studio.lora import DEFAULT_TARGETS, LoraSettings
 from studio.presets import TrainSettings
+from studio.run_config import TrainConfig
 from studio.ui import plots
 from studio.ui.common import DATA_KINDS, HUB_EXAMPLE, Pickers, data_spec, form_input, on, user_errors
 from studio.workspace import Workspace
@@ -27,6 +28,7 @@ from studio.workspace import Workspace
 POLL_S = 1.5  # the progress line moves at least every 2 s, as promised in the tab's spec
 REDRAW_S = 6.0  # a running run's step charts redraw at most this often; evals and events at once
 SETTING_FIELDS = tuple(f.name for f in settings_of(TrainSettings, "ui"))  # the tab's settings, in order
+COMPILE_DEFAULT = next(f.default for f in fields(TrainConfig) if f.name == "compile")
 
 
 def _progress_html(p: jobs.RunProgress) -> str:
@@ -100,6 +102,11 @@ def plan_markdown(p: jobs.RunPlan) -> str:
                  f"{rule} the ~20 rule of thumb ({d['rule_of_thumb_tokens']:,} tokens).")
     if p.precision_hint:
         lines.append(f"**Precision:** {p.precision_hint}.")
+    if p.plan.compile_why:
+        lines.append(f"**Compile:** off: {p.plan.compile_why}.")
+    elif p.plan.compile == "auto":
+        lines.append("**Compile:** auto: the run times a few steps and compiles when the time saved over its steps "
+                     "exceeds the compile time (measured once per model shape on this machine, then remembered).")
     if p.device_check is not None:
         lines.append(f"**Device check:** {p.device_check.message}" if p.device_check.ok
                      else f"**Device check failed.** {p.device_check.message}")
@@ -220,6 +227,8 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
             with gr.Row():
                 device = gr.Dropdown(list(devices.DEVICES), value="auto", label="Device")
                 precision = gr.Dropdown(list(devices.PRECISIONS), value="auto", label="Precision")
+                compile_mode = form_input(TrainConfig, "compile", COMPILE_DEFAULT,
+                                          info="auto: when the measured saving exceeds the compile time")
             with gr.Row():
                 split_mode = gr.Dropdown(list(data.SPLIT_MODES), value="documents", label="Validation split",
                                          info="10% of the documents, or the last 10% of the text (nanoGPT)")
@@ -285,12 +294,13 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         return [getattr(s, name) for name in SETTING_FIELDS]
 
     def options_of(values: list) -> dict:
-        """The run options after the settings: split mode, report_to, eval file, LoRA."""
-        mode, report, evaluated, rank, alpha, dropout, targets = values[len(SETTING_FIELDS):]
+        """The run options after the settings: split mode, report_to, eval file, LoRA, compile."""
+        mode, report, evaluated, rank, alpha, dropout, targets, compiled = values[len(SETTING_FIELDS):]
         path = (evaluated if isinstance(evaluated, str) else evaluated.name) if evaluated else ""
         lora = LoraSettings(r=int(rank or 0), alpha=float(alpha), dropout=float(dropout or 0.0),
                             targets=targets or "")
-        return {"split_mode": mode or "documents", "report_to": report or "none", "eval_data": path, "lora": lora}
+        return {"split_mode": mode or "documents", "report_to": report or "none", "eval_data": path, "lora": lora,
+                "compile": compiled or COMPILE_DEFAULT}
 
     @user_errors
     def check(model, data_kind, data_file, saved_chat, hub_dataset, device, precision, *values):
@@ -402,7 +412,7 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                 gr.Textbox(visible=kind == "hub dataset"))
 
     setting_inputs = list(fields.values())
-    option_inputs = [split_mode, report_to, eval_file, lora_r, lora_alpha, lora_dropout, lora_targets]
+    option_inputs = [split_mode, report_to, eval_file, lora_r, lora_alpha, lora_dropout, lora_targets, compile_mode]
     data_inputs = [data_kind, data_file, data_chat, data_hub]
     data_kind.change(toggle, data_kind, [data_file, data_chat, data_hub], queue=False, api_visibility="private")
     on(model.change, prefill, model, setting_inputs, status=status_line, queue=False, api_name="train_defaults")
