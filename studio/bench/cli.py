@@ -59,7 +59,7 @@ def add_train_and_memory(bench) -> None:
 def cmd_bench_peer(args: argparse.Namespace) -> dict:
     from studio.bench import peer
 
-    return peer.run(args.rounds, args.shared, progress_log(args), args.steps)
+    return peer.run(args.rounds, args.shared, progress_log(args), args.steps, args.same_recipe)
 
 
 def add_peer(bench) -> None:
@@ -69,6 +69,8 @@ def add_peer(bench) -> None:
                    "(default: the workspace's shared folder)")
     p.add_argument("--steps", type=int, default=0, help="shorter runs for both, to check the harness "
                    "(default 0: the recipe's 2000 steps)")
+    p.add_argument("--same-recipe", action="store_true", help="the studio with nanoGPT's own hyperparameters, "
+                   "compiled, from an empty then a warm inductor cache")
     p.set_defaults(fn=cmd_bench_peer)
 
 

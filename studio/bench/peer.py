@@ -17,6 +17,12 @@ nanoGPT's printed final val loss. (nanoGPT's figure is a mean over 20 x 12 rando
 characters, positions 0-63 alike; the score sees every character once with 32-63 characters of
 context, a little kinder per character.)
 
+`--same-recipe` (`run(same_recipe=True)`) trains the studio with nanoGPT's own hyperparameters
+instead (`SAME_RECIPE`: 2000 steps of 12 at lr 1e-3, its warmup, decay, betas and eval cadence),
+compiled (`--compile on`), twice per round: first with an empty inductor cache
+(TORCHINDUCTOR_CACHE_DIR in the scratch folder), then with the cache that run left; the studio's
+time is the whole command, its compile included, which run.json's "compile_s" gives apart.
+
 The peer's files and the data are looked up in the workspace's shared folder (`ROOT.parent /
 "shared"`, or `shared=`); the product never imports them. Timings mean little on a busy
 machine: the 1-minute load average before and after each command is in every row.
@@ -42,6 +48,13 @@ PRESET = "shakespeare-char"
 NANOGPT_ARGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
                 "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
                 "--lr_decay_iters=2000", "--dropout=0.0"]
+# nanoGPT's hyperparameters as the studio's flags: config/train_shakespeare_char.py (lr 1e-3 decaying to
+# min_lr 1e-4 over lr_decay_iters = max_iters, warmup 100, beta2 0.99, eval every 250) over train.py's
+# defaults (beta1 0.9, weight decay 0.1, clip 1.0), with the laptop recipe's batch 12, 2000 steps and
+# 20 eval batches; compiled
+SAME_RECIPE = ["--lr", "1e-3", "--min-lr-ratio", "0.1", "--warmup-steps", "100", "--max-steps", "2000",
+               "--batch-size", "12", "--grad-accum", "1", "--beta2", "0.99", "--weight-decay", "0.1",
+               "--grad-clip", "1.0", "--eval-interval", "250", "--eval-batches", "20", "--compile", "on"]
 PEER_FILES = ("train.py", "model.py", "configurator.py")
 VAL_LOSS = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
 
@@ -99,14 +112,15 @@ def run_nanogpt(folder: Path, env: dict[str, str], steps: int = 0) -> dict:
     return {**r, "steps": int(evals[-1][0]), "val_loss": float(evals[-1][2])}
 
 
-def run_studio(text: Path, out: Path, env: dict[str, str], steps: int = 0) -> dict:
+def run_studio(text: Path, out: Path, env: dict[str, str], steps: int = 0, recipe: list[str] | None = None) -> dict:
+    """The studio's whole command: the preset's recommended settings, or `recipe`'s flags."""
     shorter = ["--max-steps", str(steps), "--eval-interval", str(steps)] if steps else []
     r = _timed([sys.executable, "-m", "studio", "train", "--preset", PRESET, "--data", str(text),
-                "--split-mode", "sequential", "--out", str(out), "--json", *shorter], ROOT, env)
+                "--split-mode", "sequential", "--out", str(out), "--json", *(recipe or []), *shorter], ROOT, env)
     summary = json.loads(r.pop("stdout").strip().splitlines()[-1])
     run_info = json.loads((out / "run.json").read_text())
     return {**r, "steps": summary["steps"], "val_loss": summary["val_loss"],
-            "precision_choice": run_info.get("precision_choice")}
+            "precision_choice": run_info.get("precision_choice"), "compile": run_info.get("compile")}
 
 
 def score_same_text(run: Path, text: Path) -> float:
@@ -119,15 +133,18 @@ def score_same_text(run: Path, text: Path) -> float:
     return score(models.load(str(run / "last"), device="cpu"), val, batch_size=64).loss
 
 
-def run(rounds: int = 3, shared: Path | None = None, log: Callable[[str], None] = print, steps: int = 0) -> dict:
+def run(rounds: int = 3, shared: Path | None = None, log: Callable[[str], None] = print, steps: int = 0,
+        same_recipe: bool = False) -> dict:
     """Alternating whole-command runs of nanoGPT and the studio; medians over `rounds`. `log`
     gets one line per command (time, val loss, load average before -> after). `steps` (0 = the
-    recipe's 2000) shortens both runs alike, for a quick check of the harness."""
+    recipe's 2000) shortens both runs alike, for a quick check of the harness. `same_recipe`: the
+    studio trains with nanoGPT's hyperparameters, compiled, from an empty then a warm inductor cache."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     if steps < 0:
         raise ValueError(f"steps must be >= 0 (0 = the recipe's 2000), got {steps}")
     peer, text = locate(Path(shared) if shared else shared_dir())
+    studio_runs = ("studio", "studio_warm") if same_recipe else ("studio",)
     rows = []
     with tempfile.TemporaryDirectory(prefix="studio-bench-peer-") as tmp:
         scratch = Path(tmp)
@@ -136,29 +153,48 @@ def run(rounds: int = 3, shared: Path | None = None, log: Callable[[str], None] 
         # the studio's runs and caches stay in the scratch folder too; both commands get the same env
         env = {**os.environ, "STUDIO_CHECKPOINTS": str(scratch / "checkpoints"), "PYTHONPATH": str(ROOT)}
         for i in range(rounds):
-            order = ("nanogpt", "studio") if i % 2 == 0 else ("studio", "nanogpt")
+            order = ("nanogpt", *studio_runs) if i % 2 == 0 else (*studio_runs, "nanogpt")
             row: dict = {"round": i, "order": list(order)}
+            # a round's first studio run compiles from an empty inductor cache, its second from what that left
+            studio_env = {**env, "TORCHINDUCTOR_CACHE_DIR": str(scratch / f"inductor-{i}")} if same_recipe else env
             for who in order:
                 if who == "nanogpt":
                     row["nanogpt"] = run_nanogpt(nano, env, steps)
                 else:
-                    out = scratch / "runs" / f"studio-{i}"
-                    row["studio"] = run_studio(text, out, env, steps)
-                    row["studio"]["val_loss_same_text"] = score_same_text(out, text)
+                    out = scratch / "runs" / f"{who}-{i}"
+                    row[who] = run_studio(text, out, studio_env, steps, SAME_RECIPE if same_recipe else None)
+                    if who == "studio":
+                        row["studio"]["val_loss_same_text"] = score_same_text(out, text)
                 r = row[who]
                 log(f"round {i} {who}: {r['seconds']:.1f} s, val loss {r['val_loss']:.4f}"
                     + (f", on nanoGPT's val text {r['val_loss_same_text']:.4f}" if who == "studio" else "")
+                    + (f", compile {r['compile'].get('compile_s')} s" if same_recipe and who != "nanogpt" else "")
                     + f" (load {r['load_before']:.2f} -> {r['load_after']:.2f})")
-            row["ratio"] = row["studio"]["seconds"] / row["nanogpt"]["seconds"]
+            for who in studio_runs:
+                row[f"ratio{who[len('studio'):]}"] = row[who]["seconds"] / row["nanogpt"]["seconds"]
             rows.append(row)
     med = lambda xs: statistics.median(xs)  # noqa: E731
     result = {"nanogpt_s": med([r["nanogpt"]["seconds"] for r in rows]),
               "studio_s": med([r["studio"]["seconds"] for r in rows]),
-              "ratio": med([r["ratio"] for r in rows]),
-              "nanogpt_val_loss": med([r["nanogpt"]["val_loss"] for r in rows]),
-              "studio_val_loss_same_text": med([r["studio"]["val_loss_same_text"] for r in rows]),
-              "rounds": rounds, **({"steps": steps} if steps else {})}
-    log(f"nanoGPT {result['nanogpt_s']:.1f} s, the studio {result['studio_s']:.1f} s: ratio {result['ratio']:.3f} "
-        f"(goal <= 0.75); val loss nanoGPT {result['nanogpt_val_loss']:.4f}, the studio on the same text "
-        f"{result['studio_val_loss_same_text']:.4f} (goal <= nanoGPT + 0.02)")
+              "ratio": med([r["ratio"] for r in rows])}
+    if same_recipe:
+        result.update(compile_s=med([r["studio"]["compile"]["compile_s"] for r in rows]),
+                      studio_warm_s=med([r["studio_warm"]["seconds"] for r in rows]),
+                      ratio_warm=med([r["ratio_warm"] for r in rows]),
+                      compile_warm_s=med([r["studio_warm"]["compile"]["compile_s"] for r in rows]))
+    result.update(nanogpt_val_loss=med([r["nanogpt"]["val_loss"] for r in rows]),
+                  studio_val_loss_same_text=med([r["studio"]["val_loss_same_text"] for r in rows]),
+                  load=[[r[who]["load_before"] for who in r["order"]] for r in rows],
+                  rounds=rounds, **({"steps": steps} if steps else {}),
+                  **({"same_recipe": True} if same_recipe else {}))
+    if same_recipe:
+        log(f"nanoGPT {result['nanogpt_s']:.1f} s, the studio with its recipe, compiled, {result['studio_s']:.1f} s "
+            f"from an empty inductor cache (ratio {result['ratio']:.3f}, goal <= 0.85; compile "
+            f"{result['compile_s']:.1f} s) and {result['studio_warm_s']:.1f} s from a warm one (ratio "
+            f"{result['ratio_warm']:.3f}, goal <= 0.75); val loss nanoGPT {result['nanogpt_val_loss']:.4f}, "
+            f"the studio on the same text {result['studio_val_loss_same_text']:.4f}")
+    else:
+        log(f"nanoGPT {result['nanogpt_s']:.1f} s, the studio {result['studio_s']:.1f} s: ratio {result['ratio']:.3f} "
+            f"(goal <= 0.75); val loss nanoGPT {result['nanogpt_val_loss']:.4f}, the studio on the same text "
+            f"{result['studio_val_loss_same_text']:.4f} (goal <= nanoGPT + 0.02)")
     return result
