@@ -161,19 +161,57 @@ def test_bench_peer_says_what_is_missing(tmp_path, capsys):
     assert "missing" in err and "peers/nanogpt/train.py" in err and "tinyshakespeare.txt" in err
 
 
-def test_bench_peer_sets_nanogpt_up_outside_the_repository(tmp_path):
-    from studio.bench import peer
-
+def shared_folder():
     shared = ROOT.parent / "shared"
     if not (shared / "peers" / "nanogpt").is_dir():
         shared = ROOT.parent.parent / "shared"  # a worktree one level deeper than the workspace
-    nano, text = peer.locate(shared)
+    return shared
+
+
+def test_bench_peer_sets_nanogpt_up_outside_the_repository(tmp_path):
+    from studio.bench import peer
+
+    nano, text = peer.locate(shared_folder())
     (tmp_path / "n").mkdir()
     folder = peer.setup_nanogpt(nano, text, tmp_path / "n")
     data = folder / "data" / "shakespeare_char"
     assert (data / "train.bin").stat().st_size == 2 * int(len(text.read_text()) * 0.9)
     assert (folder / "config" / "train_shakespeare_char.py").is_file()
     assert not any(p.name == "train.bin" for p in ROOT.rglob("train.bin"))
+
+
+def test_the_same_recipe_is_nanogpts_own(tmp_path):
+    """`bench peer --same-recipe`'s studio flags against nanoGPT's values: train.py's defaults, then
+    its config file, then the laptop recipe's command line, as nanoGPT's configurator applies them."""
+    from studio.__main__ import build_parser, train_config
+    from studio.bench import peer
+
+    nano, _ = peer.locate(shared_folder())
+    values = {}
+    for source in (nano / "train.py", nano / "train_shakespeare_char.py"):
+        for node in ast.parse(source.read_text()).body:
+            target = node.targets[0] if isinstance(node, ast.Assign) else None
+            if isinstance(target, ast.Name) and isinstance(node.value, ast.Constant):
+                values[target.id] = node.value.value
+    for key, value in (a.split("=") for a in peer.NANOGPT_ARGS):
+        try:  # as nanoGPT's configurator.py: a Python literal, else the string itself ("cpu")
+            values[key.lstrip("-")] = ast.literal_eval(value)
+        except ValueError:
+            values[key.lstrip("-")] = value
+    args = build_parser().parse_args(["train", "--preset", peer.PRESET, *peer.SAME_RECIPE])
+    cfg = train_config(args)
+    s, preset = cfg.settings, models.resolve(peer.PRESET).preset
+    assert values["lr_decay_iters"] == values["max_iters"] and values["gradient_accumulation_steps"] == 1
+    assert (s.learning_rate, s.min_lr_ratio, s.warmup_steps, s.max_steps) == pytest.approx(
+        (values["learning_rate"], values["min_lr"] / values["learning_rate"], values["warmup_iters"],
+         values["max_iters"]))
+    assert (s.batch_size, s.grad_accum, s.beta2, s.weight_decay, s.grad_clip) == (
+        values["batch_size"], 1, values["beta2"], values["weight_decay"], values["grad_clip"])
+    assert values["beta1"] == 0.9  # the studio's AdamW beta1 (run.make_optimizer)
+    assert (s.eval_interval, s.eval_batches) == (values["eval_interval"], values["eval_iters"])
+    assert (preset.n_layer, preset.n_head, preset.n_embd, preset.block_size, preset.dropout) == (
+        values["n_layer"], values["n_head"], values["n_embd"], values["block_size"], values["dropout"])
+    assert cfg.compile == "on"
 
 
 def test_a_probe_reports_its_own_peak_not_its_parents(tmp_path):
