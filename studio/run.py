@@ -199,10 +199,10 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None, accelera
     if cfg.resume:
         state = TrainState.from_json(resume.load_checked(folder, optimizer, restore_rng=True), micro_batch)
     # last: "auto" weighs the steps the run has left, and its measurement leaves the RNG as it found it
-    info["compile"] = ({"chosen": "off", "why": p.compile_why} if p.compile_why else
-                       compiling.choose(p.compile, model, device, state.micro_batch, p.block_size, precision,
-                                        cfg.settings.max_steps - state.step,
-                                        data.token_cache_dir().parent / compiling.COMPILE_CACHE, kept))
+    info["compile_choice"] = ({"chosen": "off", "why": p.compile_why} if p.compile_why else
+                              compiling.choose(p.compile, model, device, state.micro_batch, p.block_size, precision,
+                                               cfg.settings.max_steps - state.step,
+                                               data.token_cache_dir().parent / compiling.COMPILE_CACHE, kept))
     metrics = tracker = None
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)

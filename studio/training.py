@@ -90,7 +90,7 @@ def train(cfg: TrainConfig, stop: threading.Event | None = None,
         if run.cfg.precision == "bf16" and devices.precision_hint(run.device, "bf16"):
             run.event("precision", run.info["precision_choice"]["why"])
         if run.cfg.compile != "off":
-            run.event("compile", f"compile {run.info['compile']['chosen']}: {run.info['compile']['why']}")
+            run.event("compile", f"compile {run.info['compile_choice']['chosen']}: {run.info['compile_choice']['why']}")
         check = device_check.checked(run.device, run.precision.name)
         if check is not None:  # the run's own record of whether its device can be trusted
             run.event("device_check", check.message)

@@ -147,8 +147,9 @@ def test_compiled_training_follows_the_eager_loss_curve_and_saves_hf_checkpoints
     base = dict(model=tiny_char_checkpoint, data=chat_file, device="cpu", block_size=32, fit_memory=False)
     train(TrainConfig(**base, name="eager", settings=tiny_settings(), compile="off"))
     train(TrainConfig(**base, name="compiled", settings=tiny_settings(), compile="on"))
-    assert runs.read_run("compiled")["compile"]["chosen"] == "on"
+    assert runs.read_run("compiled")["compile_choice"]["chosen"] == "on"
     assert runs.read_run("compiled")["plan"]["compile"] == "on"
+    assert TrainConfig.from_dict(runs.read_run("compiled"), strict=False).compile == "on"  # run.json's config
     eager, comp = step_losses("eager"), step_losses("compiled")
     assert sorted(comp) == sorted(eager) == list(range(1, 7))
     for step in eager:  # the same kernels fused differently: fp32 rounding apart, the same curve
@@ -171,5 +172,5 @@ def test_a_compiled_lora_run_trains_and_merges(tiny_char_checkpoint, chat_file):
     cfg = TrainConfig(model=tiny_char_checkpoint, data=chat_file, name="lora-compiled", device="cpu", block_size=32,
                       settings=tiny_settings(max_steps=3), lora=LoraSettings(r=4), compile="on", fit_memory=False)
     summary = train(cfg)
-    assert summary["steps"] == 3 and runs.read_run("lora-compiled")["compile"]["chosen"] == "on"
+    assert summary["steps"] == 3 and runs.read_run("lora-compiled")["compile_choice"]["chosen"] == "on"
     assert models.load(str(runs.run_dir("lora-compiled") / models.MERGED), device="cpu").model is not None

@@ -120,7 +120,7 @@ def run_studio(text: Path, out: Path, env: dict[str, str], steps: int = 0, recip
     summary = json.loads(r.pop("stdout").strip().splitlines()[-1])
     run_info = json.loads((out / "run.json").read_text())
     return {**r, "steps": summary["steps"], "val_loss": summary["val_loss"],
-            "precision_choice": run_info.get("precision_choice"), "compile": run_info.get("compile")}
+            "precision_choice": run_info.get("precision_choice"), "compile": run_info.get("compile_choice")}
 
 
 def score_same_text(run: Path, text: Path) -> float:
