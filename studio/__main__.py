@@ -11,6 +11,8 @@
     python -m studio bench train|memory|chat|compare|train-tab|peer|lora|lesson [--json]
     python -m studio compare --model M --prompt P --setting "temperature=0.7,top_k=50" --setting ... [--json]
     python -m studio eval --model M [--model M2 ...] --data FILE|builtin|hub:NAME [--stride S] [--split all|val] [--json]
+    python -m studio sweep --preset P ... --grid NAME=v1,v2 | --search NAME=lo:hi[:log] --trials N [--prune] [--json]
+    python -m studio sweep --join NAME [--storage URL]   (studio.cli_sweep: a grid or search over ordinary runs)
     python -m studio preset new NAME --n-layer L --n-embd E --n-head H [--n-inner F ...] [--json]
 
 Errors are one line on stderr and a non-zero exit, never a traceback. With --json the last
@@ -411,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--" + name.replace("_", "-"), type=kind)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_train)
+    from studio import cli_sweep
+
+    cli_sweep.add_parser(sub, p)  # `sweep`: train's flags for the settings that stay fixed
 
     p = sub.add_parser("lesson", help="the 5-minute lesson: train the lesson preset on the built-in corpus, "
                        "then report held-out exact match before and after")
@@ -520,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true", help="time the fp32 output layer (default: bfloat16 where bf16 is fast here)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench_compare)
+    cli_sweep.add_bench_parser(bench)
     return parser
 
 
@@ -556,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # commands that train in this process: they start afresh with `studio.training_env` first
-TRAINING = {"train", "lesson"}
+TRAINING = {"train", "lesson", "sweep"}
 
 if __name__ == "__main__":
     if sys.argv[1:2] and sys.argv[1] in TRAINING:
