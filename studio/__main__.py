@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
     from studio import cli_sweep
 
-    cli_sweep.add_parser(sub, p)  # `sweep`: train's flags for the settings that stay fixed
+    cli_sweep.add_parser(sub, p, train_config, stop_on_signals)  # `sweep`: train's flags for the settings that stay fixed
 
     p = sub.add_parser("lesson", help="the 5-minute lesson: train the lesson preset on the built-in corpus, "
                        "then report held-out exact match before and after")

@@ -19,7 +19,9 @@ from dataclasses import replace
 NOT_SWEEP = {"help", "config", "out", "resume", "json", "nice"}  # train's flags a sweep does not take
 
 
-def add_parser(sub, train_parser: argparse.ArgumentParser) -> None:
+def add_parser(sub, train_parser: argparse.ArgumentParser, train_config, stop_on_signals) -> None:
+    """The `sweep` subcommand; `train_config(args)` and `stop_on_signals()` are the CLI's own
+    (passed in: this module does not import the CLI back)."""
     p = sub.add_parser("sweep", help="train one run per setting (grid) or per sampled setting (search) "
                        "through Optuna; trials are ordinary runs named <sweep>-<n>")
     for action in train_parser._actions:
@@ -40,7 +42,8 @@ def add_parser(sub, train_parser: argparse.ArgumentParser) -> None:
     p.add_argument("--max-trials", type=int, default=0, help="this worker runs at most K trials (0 = until done)")
     p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by N (0-19)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_sweep, config=None, out=None, resume=False)
+    p.set_defaults(fn=cmd_sweep, config=None, out=None, resume=False, train_config=train_config,
+                   stop_on_signals=stop_on_signals)
 
 
 def add_bench_parser(bench) -> None:
@@ -56,23 +59,20 @@ def spec_from_args(args: argparse.Namespace):
     import time
 
     from studio import sweep
-    from studio.__main__ import train_config
     from studio.names import slug
 
     if args.grid and args.search:
         raise ValueError("sweep: use --grid or --search, not both")
     axes = tuple(sweep.Axis.parse(t, grid=True) for t in args.grid) + \
         tuple(sweep.Axis.parse(t, grid=False) for t in args.search)
-    cfg = train_config(args)
+    cfg = args.train_config(args)
     name = (args.name or "").strip() or slug(f"{cfg.model.split('/')[-1]}-sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     base = replace(cfg, name=name).to_dict()
     return sweep.SweepSpec(name, base, axes, args.trials, args.prune, args.storage)
 
 
 def cmd_sweep(args: argparse.Namespace) -> dict:
-    from studio.__main__ import stop_on_signals
-
-    stop = stop_on_signals()
+    stop = args.stop_on_signals()
     if not 0 <= args.nice <= 19:
         raise ValueError(f"nice must be in [0, 19], got {args.nice}")
     if args.nice:

@@ -463,20 +463,24 @@ def reap_stale(spec: SweepSpec, study) -> list[int]:
     return reaped
 
 
+def _retried(trials) -> set[int]:
+    """Numbers of the trials whose settings were enqueued again (their retry says `retry_of`)."""
+    return {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+
+
 def _retry(study, t) -> None:
-    """Enqueue a finished trial's settings again, once (`retried` marks the original)."""
-    if t.user_attrs.get("retried"):
+    """Enqueue a finished trial's settings again, once."""
+    if t.number in _retried(study.get_trials(deepcopy=False)):
         return
-    study._storage.set_trial_user_attr(t._trial_id, "retried", True)
     point = dict(t.params) or dict(t.user_attrs.get("point") or {})
     study.enqueue_trial(point, user_attrs={"point": point, "retry_of": t.number})
 
 
-def _counted(t) -> bool:
+def _counted(t, retried: set[int]) -> bool:
     """A trial that uses one of a search's N: not waiting, not retried, not an empty grid hand-out."""
     from optuna.trial import TrialState
 
-    return t.state != TrialState.WAITING and not t.user_attrs.get("retried") and not t.user_attrs.get("empty")
+    return t.state != TrialState.WAITING and t.number not in retried and not t.user_attrs.get("empty")
 
 
 def more_to_do(spec: SweepSpec, study) -> bool:
@@ -485,7 +489,8 @@ def more_to_do(spec: SweepSpec, study) -> bool:
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.WAITING for t in trials):
         return True
-    return not spec.is_grid and sum(_counted(t) for t in trials) < spec.trials
+    retried = _retried(trials)
+    return not spec.is_grid and sum(_counted(t, retried) for t in trials) < spec.trials
 
 
 def work(name: str, storage: str = "", stop: threading.Event | None = None,
