@@ -49,6 +49,7 @@ class TrainingJob:
         self._proc: subprocess.Popen | None = None
         self._run_dir: Path | None = None
         self._stop_sent = False
+        self._shown = None  # a sweep's job: which of its trials' run folders the status shows
         self._lock = threading.Lock()
 
     def running(self) -> bool:
@@ -66,17 +67,30 @@ class TrainingJob:
             run_dir.mkdir(parents=True, exist_ok=True)
             job = run_dir / JOB_FILE
             job.write_text(json.dumps(config, indent=1))
-            log = open(run_dir / LOG_FILE, "ab")
-            # the run keeps OpenMP's spinning threads (fast steps) at a lower priority, so this
-            # app's chat, with its passive threads, still gets the cores first
-            env = {**training_env(os.environ), "PYTHONUNBUFFERED": "1"}
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "studio", "train", "--config", str(job), "--json", "--nice", str(TRAIN_NICE)],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)  # Ctrl-C in the app's terminal must not hit the run
-            log.close()
-            self._run_dir, self._stop_sent = run_dir, False
-            return run_dir
+            return self._launch(["train", "--config", str(job), "--json"], run_dir)
+
+    def start_command(self, argv: list[str], folder: Path, shown=None) -> Path:
+        """Launch `python -m studio ARGV` (another training command: a sweep's worker) as the
+        app's one job, its log in `folder` (inside the checkpoints folder); `shown()` names the
+        run folder its status shows as it goes (None: `folder`)."""
+        with self._lock:
+            if self.running():
+                raise ValueError(f"a training run is already going ({self._run_dir.name}); stop it first")
+            inside(checkpoints_dir(), folder)
+            return self._launch(argv, folder, shown)
+
+    def _launch(self, argv: list[str], run_dir: Path, shown=None) -> Path:
+        log = open(run_dir / LOG_FILE, "ab")
+        # the run keeps OpenMP's spinning threads (fast steps) at a lower priority, so this
+        # app's chat, with its passive threads, still gets the cores first
+        env = {**training_env(os.environ), "PYTHONUNBUFFERED": "1"}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "studio", *argv, "--nice", str(TRAIN_NICE)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)  # Ctrl-C in the app's terminal must not hit the run
+        log.close()
+        self._run_dir, self._stop_sent, self._shown = run_dir, False, shown
+        return run_dir
 
     def stop(self) -> JobStatus:
         with self._lock:
@@ -90,11 +104,12 @@ class TrainingJob:
         if self._proc is None:
             return JobStatus(None, "idle")
         code = self._proc.poll()
+        shown = (self._shown() if self._shown else None) or self._run_dir
         if code is None:
-            return JobStatus(self._run_dir, "stopping" if self._stop_sent else "running")
+            return JobStatus(shown, "stopping" if self._stop_sent else "running")
         if code == 0:
-            return JobStatus(self._run_dir, "finished", 0)
-        return JobStatus(self._run_dir, "failed", code, self.log_tail())
+            return JobStatus(shown, "finished", 0)
+        return JobStatus(shown, "failed", code, self.log_tail())
 
     def log_tail(self, n: int = 3) -> str:
         path = self._run_dir / LOG_FILE if self._run_dir else None

@@ -632,3 +632,30 @@ def list_sweeps() -> list[str]:
     root = checkpoints_dir()
     found = [p for p in root.iterdir() if (p / SWEEP_FILE).is_file() and runs.is_run_name(p.name)] if root.is_dir() else []
     return [p.name for p in sorted(found, key=lambda p: (p / SWEEP_FILE).stat().st_mtime, reverse=True)]
+
+
+# ---- the app's sweep: one background job, as a run is ----
+
+def current_run(name: str) -> Path | None:
+    """The run folder of the sweep's trial that runs now (else its latest trial's), from sweep.json."""
+    import json
+
+    try:
+        trials = json.loads((sweep_dir(name) / SWEEP_FILE).read_text()).get("trials") or []
+    except (OSError, ValueError):
+        return None
+    started = [t for t in trials if t.get("status") not in ("waiting", None)]
+    for t in [t for t in started if t["status"] == "running"][-1:] or started[-1:]:
+        folder = checkpoints_dir() / t["name"]
+        if (folder / runs.RUN_FILE).is_file():
+            return folder
+    return None
+
+
+def start(job, spec: SweepSpec) -> Path:
+    """Create the sweep and run its trials one after another as the app's one background job
+    (`python -m studio sweep --join NAME`): Stop stops the sweep, a reload changes nothing."""
+    if job.running():
+        raise ValueError("a training run is already going; stop it first")
+    folder = create(spec)
+    return job.start_command(["sweep", "--join", spec.name, "--json"], folder, shown=lambda: current_run(spec.name))

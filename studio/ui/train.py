@@ -19,7 +19,7 @@ from studio import chat, data, devices, jobs, lesson, models, runs, tracking
 from studio.corpus import HUMAN
 from studio.lora import DEFAULT_TARGETS, LoraSettings
 from studio.presets import TrainSettings
-from studio.ui import plots
+from studio.ui import plots, sweep as sweep_ui
 from studio.ui.common import DATA_KINDS, HUB_EXAMPLE, Pickers, data_spec, on, user_errors
 from studio.workspace import Workspace
 
@@ -300,10 +300,13 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
                                settings_of(values), "", device, precision, **options_of(values))
         return plan_markdown(jobs.plan(cfg))
 
+    def config_of(model, data_kind, data_file, saved_chat, hub_dataset, run_name, device, precision, *values):
+        return jobs.make_config(ws.model_id(model), data_spec(data_kind, data_file, saved_chat, hub_dataset),
+                                settings_of(values), run_name, device, precision, **options_of(values))
+
     @user_errors
-    def start(model, data_kind, data_file, saved_chat, hub_dataset, run_name, device, precision, *values):
-        cfg = jobs.make_config(ws.model_id(model), data_spec(data_kind, data_file, saved_chat, hub_dataset),
-                               settings_of(values), run_name, device, precision, **options_of(values))
+    def start(*values):
+        cfg = config_of(*values)
         run_dir = jobs.start(ws.training, cfg)
         gr.Info(f"training started: {run_dir.name}")
         return run_dir.name, None
@@ -428,3 +431,5 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     on([compare.change, metric.change], draw_overlay, [compare, metric], overlay_plot, status=status_line,
        api_visibility="private")
     on(export_btn.click, export, [compare, watched], export_file, status=status_line, api_name="train_export")
+    sweep_ui.build(demo, ws, config_of, [model, *data_inputs, run_name, device, precision, *setting_inputs,
+                                         *option_inputs], watched)
