@@ -85,7 +85,9 @@ def test_the_tab_starts_a_two_trial_sweep_and_shows_rows_and_curves(page, preset
     page.get_by_role("tab", name="Train", exact=True).click()
     picker = page.get_by_label("Model to train", exact=True)
     picker.fill(preset)
-    picker.press("Enter")
+    page.get_by_role("option", name=preset, exact=True).click()
+    expect(picker).to_have_value(preset)
+    expect(page.get_by_label("max steps", exact=True)).to_have_value("2000")  # the model's defaults came in
     for label, value in (("max steps", "4"), ("eval interval", "2"), ("warmup steps", "1"), ("batch size", "4"),
                          ("save interval", "4")):
         field = page.get_by_label(label, exact=True)
@@ -100,10 +102,10 @@ def test_the_tab_starts_a_two_trial_sweep_and_shows_rows_and_curves(page, preset
     status = page.get_by_label("Sweep status", exact=True)
     expect(status).to_have_value(re.compile(r"tabsweep: 2/2 trials ended; best tabsweep-\d"), timeout=120000)
     for trial in ("tabsweep-0", "tabsweep-1"):
-        expect(page.get_by_text(trial, exact=True).first).to_be_visible()
+        expect(page.get_by_text(trial, exact=True).filter(visible=True).first).to_be_visible()  # its table row
     # both trials' curves: their names in the overlay's legend
     legend = page.locator(".legendtext")
-    expect(legend.filter(has_text="tabsweep-0")).to_have_count(1, timeout=20000)
+    expect(legend.filter(has_text="tabsweep-0")).to_have_count(1, timeout=20000)  # (the Runs overlay is empty)
     expect(legend.filter(has_text="tabsweep-1")).to_have_count(1)
     expect(legend.filter(has_text="(best)")).to_have_count(1)
     page.screenshot(path=str(ARTIFACTS / "sweep_section.png"), full_page=True)
