@@ -160,7 +160,7 @@ def test_hostile_values_on_every_string_parameter(which, request, tiny_char_chec
                     outcome = "refused by Gradio (choices)" if gradio_choices else \
                         "refused by Gradio (not an upload)" if gradio_file else "refused naming the field"
                 results.setdefault(f"{endpoint} {p['parameter_name']}", {}).setdefault(outcome, []).append(bad)
-                if endpoint == "/train_start" and outcome == "ok":
+                if endpoint in ("/train_start", "/sweep_start") and outcome == "ok":
                     wait_idle(client)
     # the app still serves
     assert "parameters" in client.predict("v2", api_name="/describe")

@@ -49,13 +49,17 @@ def finished(client, name):
     (["../x", "learning_rate", "1e-3, 2e-3"], "sweep name must be a plain name"),
     (["ok1", "../../etc", "1e-3, 2e-3"], "not in the list of choices|swept setting must be one of"),
     (["ok2", "learning_rate", "1e-3," * 200], "at most 400 characters"),
-    (["ok3", "learning_rate", ",".join(str(i / 1e4) for i in range(1, 30))], "at most 16 grid values"),
+    (["ok3", "learning_rate", ",".join(str(i / 1e4) for i in range(1, 30))], "values: learning_rate: at most 16 grid"),
+    (["ok5", "learning_rate", "1e-3, 1e-3x"], r"values: learning_rate: '1e-3x' is not a number"),
     (["ok4", "learning_rate", "1e-4:1e-2"], r"greater than maximum value 64|trials must be in \[1, 64\]"),
 ])
 def test_forged_sweep_inputs_are_refused(client, preset, args, message):
     trials = 1000 if args[0] == "ok4" else 2
     with pytest.raises(Exception, match=message):
         client.predict(*args, "none", "", trials, True, preset, *FIXED, api_name="/sweep_start")
+    with pytest.raises(Exception, match="second values: choose its setting first"):
+        client.predict("ok6", "learning_rate", "1e-3, 2e-3", "none", "64, 128", 2, True, preset, *FIXED,
+                       api_name="/sweep_start")
     assert not (sweep.checkpoints_dir() / args[0]).exists() or args[0] == "../x"
 
 

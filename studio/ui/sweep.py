@@ -31,20 +31,32 @@ COLUMNS = ["trial", "settings", "status", "val loss", "bits per byte", "held-out
 FIGURE_AFTER = 3  # finished trials before Optuna's figure is drawn
 
 
-def axes_of(pairs: list[tuple[object, object]], trials: object) -> tuple[tuple[sweep.Axis, ...], int]:
-    """The swept axes from (setting, values text) pairs (an empty setting is left out) and the
-    trial count a range needs. Everything here comes from the client: names are checked against
-    the sweepable settings, texts have a length ceiling, counts are whole numbers."""
+def axes_of(pairs: list[tuple[str, object, object]], trials: object) -> tuple[tuple[sweep.Axis, ...], int]:
+    """The swept axes from (field, setting, values text) triples and the trial count a range
+    needs; a setting "none" is left out (its values must then be empty). Everything here comes
+    from the client: names are checked against the sweepable settings, texts have a length
+    ceiling, counts are whole numbers; an error names the field.
+
+    >>> axes_of([("values", "learning_rate", "1e-3, 3e-3"), ("second values", "none", "")], 6)[0][0].values
+    (0.001, 0.003)
+    """
     axes = []
-    for setting, text in pairs:
+    for field, setting, text in pairs:
+        if not isinstance(text, str):
+            raise ValueError(f"{field} must be text, got {type(text).__name__}")
+        if len(text) > MAX_TEXT:
+            raise ValueError(f"{field} must be at most {MAX_TEXT} characters, got {len(text):,}")
         if setting in (None, "", "none"):
+            if text.strip():
+                raise ValueError(f"{field}: choose its setting first, or leave it empty")
             continue
         sweep.check_setting(setting)
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{setting}: give its values (1e-3, 3e-3) or a range (1e-4:1e-2:log)")
-        if len(text) > MAX_TEXT:
-            raise ValueError(f"{setting}: values must be at most {MAX_TEXT} characters, got {len(text)}")
-        axes.append(sweep.Axis.parse(f"{setting}={text.strip()}", grid=":" not in text))
+        if not text.strip():
+            raise ValueError(f"{field}: give the values of {setting} (1e-3, 3e-3) or a range (1e-4:1e-2:log)")
+        try:
+            axes.append(sweep.Axis.parse(f"{setting}={text.strip()}", grid=":" not in text))
+        except ValueError as e:
+            raise ValueError(f"{field}: {e}") from None
     try:
         n = int(trials or 0) if not isinstance(trials, bool) else -1
     except (TypeError, ValueError, OverflowError):
@@ -140,7 +152,8 @@ def build(demo: gr.Blocks, ws: Workspace, config_of: Callable, inputs: list, wat
                     "the median of the finished ones at the same step. The other settings are the ones above.")
         with gr.Row():
             setting1 = gr.Dropdown(list(SWEPT), value="learning_rate", label="Setting")
-            values1 = gr.Textbox(label="Values or range", placeholder="1e-3, 3e-3, 1e-2  or  1e-4:1e-2:log")
+            values1 = gr.Textbox("1e-3, 3e-3", label="Values or range",
+                                 placeholder="1e-3, 3e-3, 1e-2  or  1e-4:1e-2:log")
             setting2 = gr.Dropdown(["none", *SWEPT], value="none", label="Second setting")
             values2 = gr.Textbox(label="Its values or range", placeholder="e.g. 64, 128")
         with gr.Row():
@@ -162,17 +175,19 @@ def build(demo: gr.Blocks, ws: Workspace, config_of: Callable, inputs: list, wat
     timer = gr.Timer(POLL_S)
 
     @user_errors
-    def start(name, s1, v1, s2, v2, n_trials, do_prune, *values):
+    def start(sweep_name, setting, values, second_setting, second_values, trials, prune, *train_values):
         import time
 
         from studio.names import slug
 
-        axes, count = axes_of([(s1, v1), (s2, v2)], n_trials)
-        cfg = config_of(*values)
-        name = (name or "").strip() if isinstance(name, str) else name
-        name = plain_name(name, "sweep name") if name else \
-            slug(f"{cfg.model.split('/')[-1]}-sweep-{time.strftime('%Y%m%d-%H%M%S')}")
-        spec = sweep.SweepSpec(name, cfg.to_dict(), axes, count, do_prune is True)
+        name = (sweep_name or "").strip() if isinstance(sweep_name, str) else sweep_name
+        if name:
+            plain_name(name, "sweep name")
+        axes, count = axes_of([("values", setting, values), ("second values", second_setting, second_values)],
+                              trials)
+        cfg = config_of(*train_values)
+        name = name or slug(f"{cfg.model.split('/')[-1]}-sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+        spec = sweep.SweepSpec(name, cfg.to_dict(), axes, count, prune is True)
         folder = sweep.start(ws.training, spec)
         gr.Info(f"sweep started: {folder.name}, {spec.n_trials} trials")
         return gr.Dropdown(choices=sweep.list_sweeps(), value=folder.name), f"{folder.name}: started", ""
