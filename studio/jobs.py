@@ -170,6 +170,11 @@ class RunPlan:
     seconds_per_step: float | None  # measured on the latest run of this model and device, if any
     device_check: DeviceCheck | None  # an accelerator against the CPU (None on the CPU)
     precision_hint: str = ""  # what the chosen precision means on this device (devices.precision_hint)
+    # the data as training sees it: its schema, why rows were skipped, the first documents with the
+    # spans the loss scores (data.preview_examples)
+    schema: str = ""
+    skip_reasons: tuple[str, ...] = ()
+    examples: tuple[dict, ...] = ()
 
     @property
     def fits(self) -> bool:
@@ -208,7 +213,9 @@ def plan(cfg: TrainConfig, progress: models.LoadProgress | None = None) -> RunPl
     n_params = count_parameters(config)
     return RunPlan(cfg, n_params, str(device), available, est, suggestion, lora_est, lora_fit,
                    tokens.report(n_params), _measured_step_time(cfg.model, str(device)),
-                   device_check.checked(device, prec.name), devices.precision_hint(device, cfg.precision))
+                   device_check.checked(device, prec.name), devices.precision_hint(device, cfg.precision),
+                   documents.schema, tuple(documents.skip_reasons),
+                   tuple(data.preview_examples(documents, training.answer_loss(cfg, documents))))
 
 
 def _measured_step_time(model: str, device: str) -> float | None:

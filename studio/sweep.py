@@ -264,8 +264,11 @@ def _pruner(spec: SweepSpec):
 def _sampler(spec: SweepSpec):
     import optuna
 
-    # a grid's trials are all enqueued: the sampler is never asked for them
-    return optuna.samplers.TPESampler(seed=int(spec.base.get("seed") or 0), n_startup_trials=min(5, spec.trials or 5))
+    # a grid's trials are all enqueued: the sampler is never asked for them. Each worker draws its
+    # own random start (the run's seed and the process id): two workers seeded alike would
+    # propose the same settings at once
+    seed = (int(spec.base.get("seed") or 0) * 1_000_003 + os.getpid()) % 2**32
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, spec.trials or 5))
 
 
 def create(spec: SweepSpec) -> Path:

@@ -137,6 +137,19 @@ def test_a_search_runs_its_trial_count_with_tpe(preset, chat_data):
     assert all(1e-4 <= r["params"]["learning_rate"] <= 3e-2 for r in rows)
 
 
+def test_a_database_storage_works_too(preset, chat_data, tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    spec = make_spec("sql1", preset, chat_data, [sweep.Axis.parse("learning_rate=1e-3,1e-2", True)], storage=url)
+    sweep.create(spec)
+    assert not (checkpoints_dir() / "sql1" / sweep.JOURNAL_FILE).exists()
+    assert [r["status"] for r in sweep.work("sql1")["trials"]] == ["done", "done"]
+    assert sweep.status("sql1", storage=url)["best"] is not None
+    with pytest.raises(ValueError, match="the storage holds no study 'nope'"):
+        sweep.open_study("nope", storage=url)
+    with pytest.raises(ValueError, match="storage: cannot open 'bogus://x'"):
+        sweep.open_study("sql1", storage="bogus://x")
+
+
 def test_shape_settings_train_designed_presets(preset, chat_data):
     from studio.presets import load_presets
 

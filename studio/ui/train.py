@@ -98,6 +98,7 @@ def plan_markdown(p: jobs.RunPlan) -> str:
     lines.append(f"**Data:** {d['train_tokens']:,} training tokens from {d['docs']:,} documents{skipped}: "
                  f"{d['tokens_per_param']:.2f} tokens per parameter for {p.params / 1e6:.2f}M parameters, "
                  f"{rule} the ~20 rule of thumb ({d['rule_of_thumb_tokens']:,} tokens).")
+    lines += preview_lines(p)
     if p.precision_hint:
         lines.append(f"**Precision:** {p.precision_hint}.")
     if p.device_check is not None:
@@ -110,6 +111,25 @@ def plan_markdown(p: jobs.RunPlan) -> str:
     else:
         lines.append("**Time:** measured once the run starts (shown beside the progress bar).")
     return "\n\n".join(lines)
+
+
+def marked(example: dict) -> str:
+    """A document as training sees it, HTML-escaped, the spans the loss scores marked."""
+    text, out, at = example["text"], [], 0
+    for begin, end in example["scored"]:
+        out += [html.escape(text[at:begin]), f"<mark>{html.escape(text[begin:end])}</mark>"]
+        at = end
+    out.append(html.escape(text[at:]))
+    return "".join(out).replace("\n", "<br>")
+
+
+def preview_lines(p: jobs.RunPlan) -> list[str]:
+    """The data preview: schema, skipped rows and why, the first documents with the scored part marked."""
+    lines = [f"**Data preview:** {html.escape(p.schema or 'documents')}; highlighted: the part the loss scores."]
+    if p.skip_reasons:
+        lines.append("Skipped: " + "; ".join(html.escape(r) for r in p.skip_reasons))
+    lines += [f"<blockquote>{marked(e)}</blockquote>" for e in p.examples]
+    return lines
 
 
 LESSON_INTRO = (
