@@ -26,6 +26,7 @@ import math
 import os
 import socket
 import threading
+import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -230,7 +231,7 @@ def storage_for(url: str, folder: Path):
     (sqlite:///, postgresql://, mysql://...), with Optuna's heartbeat so a dead worker's trial
     is failed and retried."""
     import optuna
-    from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
 
     url = (url or "").strip()
@@ -239,8 +240,10 @@ def storage_for(url: str, folder: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     try:
-        return RDBStorage(url, heartbeat_interval=30, grace_period=120,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+        with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.8: it is what we need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, heartbeat_interval=30, grace_period=120,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     except (ImportError, optuna.exceptions.OptunaError, ValueError) as e:
         raise ValueError(f"storage: cannot open {shown(url)}: {e}") from None
     except Exception as e:  # noqa: BLE001  sqlalchemy's errors: a bad URL or an unreachable server
@@ -468,7 +471,9 @@ def reap_stale(spec: SweepSpec, study) -> list[int]:
 
 def _retried(trials) -> set[int]:
     """Numbers of the trials whose settings were enqueued again (their retry says `retry_of`)."""
-    return {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    ours = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    # a database storage's heartbeat retries a stale trial itself (Optuna's RetryHeartbeatStaleTrialCallback)
+    return ours | {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
 
 
 def _retry(study, t) -> None:
@@ -593,10 +598,13 @@ def trial_rows(spec: SweepSpec, study) -> list[dict]:
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("empty"):
             continue
-        status = t.user_attrs.get("status") or {TrialState.WAITING: "waiting", TrialState.RUNNING: "running",
-                                                TrialState.COMPLETE: "done", TrialState.PRUNED: "pruned"}.get(t.state, "failed")
-        if t.state == TrialState.WAITING:
-            status = "waiting"
+        said = t.user_attrs.get("status")
+        if t.state in (TrialState.WAITING, TrialState.RUNNING):  # a retry copies its original's attributes
+            status = "waiting" if t.state == TrialState.WAITING else "running"
+        elif said in ("done", "pruned", "failed", "stopped"):
+            status = said
+        else:  # finished without a word from its worker: a heartbeat found it stale
+            status = {TrialState.COMPLETE: "done", TrialState.PRUNED: "pruned"}.get(t.state, "failed")
         params = dict(t.params) or dict(t.user_attrs.get("point") or {})
         row = {"name": t.user_attrs.get("run") or trial_name(spec.name, t.number), "number": t.number,
                "params": params, "status": status, "val_loss": t.user_attrs.get("val_loss"),
