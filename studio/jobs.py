@@ -255,6 +255,8 @@ def run_progress(job: TrainingJob, run_dir: Path, df) -> RunProgress:
     status = job.status()
     live = status.run_dir == run_dir and status.state in ("running", "stopping", "failed")
     state = status.state if live else run.get("status", "starting")  # run.json: done | stopped | failed
+    if not run and status.run_dir == run_dir and not live:  # the job ended writing no run.json here
+        state = status.state  # (a sweep stopped before its first trial): the job's word is the truth
     step = int(df["step"].max()) if len(df) and "step" in df else 0
     max_steps = int(run.get("settings", {}).get("max_steps", 0)) or step
     error = hide_paths(run.get("error") or (status.message if live else "")) if state == "failed" else ""

@@ -79,7 +79,8 @@ def defaults(endpoint: str, params: list[dict], model: str, tested: dict) -> lis
             value = model
         elif kind.startswith("Literal[") and "'built-in corpus'" in kind:  # which data a call uses
             value = source
-        elif name in ("message", "text", "system", "hub_dataset", "hub", "run_name") or label == "LoRA target modules":
+        elif name in ("message", "text", "system", "hub_dataset", "hub", "run_name", "sweep_name", "second_values") \
+                or label == "LoRA target modules":
             value = {"message": "hi", "text": "Human: hi"}.get(name, "")
         elif name == "history":
             value = [{"role": role, "content": [{"type": "text", "text": text}]}

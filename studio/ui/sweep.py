@@ -175,7 +175,8 @@ def build(demo: gr.Blocks, ws: Workspace, config_of: Callable, inputs: list, wat
     timer = gr.Timer(POLL_S)
 
     @user_errors
-    def start(sweep_name, setting, values, second_setting, second_values, trials, prune, *train_values):
+    def start(sweep_name, setting, values, second_setting, second_values, trials, prune,
+              model, data_kind, data_file, saved_chat, hub_dataset, run_name, device, precision, *settings):
         import time
 
         from studio.names import slug
@@ -185,7 +186,7 @@ def build(demo: gr.Blocks, ws: Workspace, config_of: Callable, inputs: list, wat
             plain_name(name, "sweep name")
         axes, count = axes_of([("values", setting, values), ("second values", second_setting, second_values)],
                               trials)
-        cfg = config_of(*train_values)
+        cfg = config_of(model, data_kind, data_file, saved_chat, hub_dataset, run_name, device, precision, *settings)
         name = name or slug(f"{cfg.model.split('/')[-1]}-sweep-{time.strftime('%Y%m%d-%H%M%S')}")
         spec = sweep.SweepSpec(name, cfg.to_dict(), axes, count, prune is True)
         folder = sweep.start(ws.training, spec)

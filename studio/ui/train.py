@@ -324,9 +324,9 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         return jobs.make_config(ws.model_id(model), data_spec(data_kind, data_file, saved_chat, hub_dataset),
                                 settings_of(values), run_name, device, precision, **options_of(values))
 
-    @user_errors
-    def start(*values):
-        cfg = config_of(*values)
+    @user_errors  # named parameters: the API's names for them (and what the errors name)
+    def start(model, data_kind, data_file, saved_chat, hub_dataset, run_name, device, precision, *values):
+        cfg = config_of(model, data_kind, data_file, saved_chat, hub_dataset, run_name, device, precision, *values)
         run_dir = jobs.start(ws.training, cfg)
         gr.Info(f"training started: {run_dir.name}")
         return run_dir.name, None
