@@ -34,7 +34,9 @@ from typing import Callable
 from studio import checkpoints_dir, runs
 from studio.atomic import write_json
 from studio.names import inside, plain_name, run_name, shown, slug
-from studio.presets import TrainSettings
+from studio.config import field_type, settings_of
+from studio.presets import Preset, TrainSettings
+from studio.run_config import TrainConfig
 
 SWEEP_FILE, JOURNAL_FILE = "sweep.json", "study.journal"
 MAX_AXES = 3  # swept settings at once
@@ -42,19 +44,17 @@ MAX_VALUES = 16  # values of one grid axis
 MAX_TRIALS = 64  # trials of a sweep (a grid's size or a search's count)
 MAX_NAME = 90  # a sweep's name, leaving room for the trials' "-<n>"
 STALE_GRACE_S = 120  # a RUNNING trial without a live worker this long after it started is stale
-SHAPE_FIELDS = ("n_layer", "n_embd", "n_head", "n_inner", "dropout")  # scratch presets only
-TRAIN_FIELDS = tuple(f.name for f in fields(TrainSettings) if f.name != "loss_on")
+SHAPE_FIELDS = tuple(f.name for f in settings_of(Preset, "sweep"))  # scratch presets only
+TRAIN_FIELDS = tuple(f.name for f in fields(TrainSettings) if field_type(TrainSettings, f.name) in (int, float))
 CONFIG_FIELDS = ("seed", "block_size")  # TrainConfig fields worth sweeping
-STATUSES = ("waiting", "running", "done", "pruned", "stopped", "failed")
+# what the Sweep section offers: the settings marked `sweep`, the seed, a scratch preset's shape
+OFFERED = (*(f.name for f in settings_of(TrainSettings, "sweep")), "seed", *SHAPE_FIELDS)
 PRUNE_STARTUP_TRIALS = 2  # trials that run to the end before the median rule prunes any
 
 
 def _kind(name: str) -> type:
-    if name in SHAPE_FIELDS:
-        return float if name == "dropout" else int
-    if name in CONFIG_FIELDS:
-        return int
-    return type({f.name: f.default for f in fields(TrainSettings)}[name])
+    cls = Preset if name in SHAPE_FIELDS else TrainConfig if name in CONFIG_FIELDS else TrainSettings
+    return field_type(cls, name)
 
 
 def check_setting(name: object) -> str:
@@ -296,8 +296,6 @@ def create(spec: SweepSpec) -> Path:
     if folder.exists():
         raise ValueError(f"sweep name: {spec.name!r} exists already in the checkpoints folder; "
                          f"join it (--join) or choose another name")
-    from studio.run_config import TrainConfig
-
     TrainConfig.from_dict(spec.base)  # the fixed settings are checked before anything is written
     for point in (spec.grid() if spec.is_grid else []):
         check_point(spec, point)
@@ -370,8 +368,6 @@ def trial_config(spec: SweepSpec, params: dict, name: str):
     """The TrainConfig of one trial: the base with the trial's settings laid over it; shape
     settings train a designed preset (`shape_preset`, saved in the designed presets' folder)."""
     from studio import presets
-    from studio.run_config import TrainConfig
-
     base = dict(spec.base)
     derived = shape_preset(spec, params)
     if derived is not None:

@@ -11,9 +11,11 @@ import pytest
 from conftest import ROOT
 from studio import checkpoints_dir, runs, sweep
 from studio.bench import sweep as sweep_bench
-from studio.sweep import format_table
+from studio.config import field_type
 from studio.corpus import builtin_examples
-from studio.presets import Preset, save_preset
+from studio.presets import Preset, TrainSettings, save_preset
+from studio.run_config import TrainConfig
+from studio.sweep import format_table
 
 FIXED = dict(max_steps=6, eval_interval=2, eval_batches=1, batch_size=4, warmup_steps=1, log_interval=2,
              save_interval=6)
@@ -37,8 +39,6 @@ def preset():
 
 
 def make_spec(name, preset, data, axes, trials=0, prune=False, storage="", **fixed):
-    from studio.run_config import TrainConfig
-
     base = TrainConfig(model=preset, data=data, name="base").to_dict()
     base["settings"].update({**FIXED, **fixed})
     return sweep.SweepSpec(name, base, tuple(axes), trials, prune, storage)
@@ -68,6 +68,14 @@ def test_axes_parse_types_and_aliases():
     assert sweep.Axis.parse("n-embd=32,64", True).values == (32, 64)
     search = sweep.Axis.parse("learning_rate=1e-4:1e-2:log", False)
     assert (search.low, search.high, search.log, search.is_grid) == (1e-4, 1e-2, True, False)
+
+
+@pytest.mark.parametrize("name", sweep.OFFERED)
+def test_every_setting_the_sweep_section_offers_is_swept_as_its_fields_type(name):
+    """The Sweep section's settings are the fields marked `sweep` (and the seed): each parses as its field's type."""
+    owner = Preset if name in sweep.SHAPE_FIELDS else TrainConfig if name == "seed" else TrainSettings
+    values = sweep.Axis.parse(f"{name}=1,2", True).values
+    assert values == (1, 2) and all(type(v) is field_type(owner, name) for v in values)
 
 
 def test_spec_ceilings_and_combinations(preset, chat_data):

@@ -25,8 +25,6 @@ from studio.workspace import Workspace
 
 POLL_S = 3.0
 MAX_TEXT = 400  # characters of one values box
-SWEPT = ("learning_rate", "max_steps", "warmup_steps", "batch_size", "weight_decay", "beta2", "min_lr_ratio",
-         "n_layer", "n_embd", "n_head", "n_inner", "dropout", "seed")
 COLUMNS = ["trial", "settings", "status", "val loss", "bits per byte", "held-out score", "step", "time (s)"]
 FIGURE_AFTER = 3  # finished trials before Optuna's figure is drawn
 
@@ -151,10 +149,10 @@ def build(demo: gr.Blocks, ws: Workspace, config_of: Callable, inputs: list, wat
                     "lets Optuna's TPE sampler choose. Pruning stops a trial whose validation loss falls behind "
                     "the median of the finished ones at the same step. The other settings are the ones above.")
         with gr.Row():
-            setting1 = gr.Dropdown(list(SWEPT), value="learning_rate", label="Setting")
+            setting1 = gr.Dropdown(list(sweep.OFFERED), value="learning_rate", label="Setting")
             values1 = gr.Textbox("1e-3, 3e-3", label="Values or range",
                                  placeholder="1e-3, 3e-3, 1e-2  or  1e-4:1e-2:log")
-            setting2 = gr.Dropdown(["none", *SWEPT], value="none", label="Second setting")
+            setting2 = gr.Dropdown(["none", *sweep.OFFERED], value="none", label="Second setting")
             values2 = gr.Textbox(label="Its values or range", placeholder="e.g. 64, 128")
         with gr.Row():
             trials = gr.Number(value=6, precision=0, minimum=1, maximum=sweep.MAX_TRIALS,
