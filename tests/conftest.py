@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the test processes share a few busy cores, where spinning OpenMP threads are many times slower;
 # the product sets its policy per process (studio.interactive_threads / training_env)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def wait_for(fn, timeout=120, every=0.5):
+    """`fn()`'s first truthy value, polled every `every` s; an AssertionError after `timeout` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s")
 
 
 @pytest.fixture(autouse=True, scope="session")

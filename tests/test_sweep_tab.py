@@ -1,12 +1,11 @@
 """The Train tab's Sweep section over HTTP and in a browser: start a 2-trial sweep, see both rows and curves."""
 import re
-import time
 
 import pytest
 from gradio_client import Client
 from playwright.sync_api import expect
 
-from conftest import ARTIFACTS
+from conftest import ARTIFACTS, wait_for
 from studio import runs, sweep
 from studio.presets import Preset, save_preset
 
@@ -28,16 +27,6 @@ def preset():
 @pytest.fixture(scope="module")
 def client(app_url):
     return Client(app_url, verbose=False)
-
-
-def wait_for(fn, timeout=120, every=0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s")
 
 
 def finished(client, name):

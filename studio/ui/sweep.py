@@ -10,7 +10,6 @@ one setting, contour for two) once three trials have ended.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import gradio as gr
