@@ -128,6 +128,20 @@ def page(browser, app_url):
 
 
 @pytest.fixture(scope="module")
+def tiny_preset():
+    """A designed 1-layer, 32-wide character preset: a 6-step run takes a fraction of a second. The
+    module's designed presets (this one, a sweep's shape presets) are removed after it."""
+    from studio.presets import Preset, save_preset, user_presets_dir
+
+    made = set(user_presets_dir().glob("*.json"))
+    save_preset(Preset(name="tiny-designed", n_layer=1, n_embd=32, n_head=2, block_size=64, tokenizer="char",
+                       vocab_size=64))
+    yield "tiny-designed"
+    for path in set(user_presets_dir().glob("*.json")) - made:
+        path.unlink()
+
+
+@pytest.fixture(scope="module")
 def chat_file(tmp_path_factory):
     """200 built-in exchanges as a user/assistant JSONL file (chat data: the loss scores the answers)."""
     import json

@@ -7,7 +7,6 @@ from playwright.sync_api import expect
 
 from conftest import ARTIFACTS, wait_for
 from studio import runs, sweep
-from studio.presets import Preset, save_preset
 
 pytestmark = pytest.mark.slow
 
@@ -16,12 +15,6 @@ pytestmark = pytest.mark.slow
 # and run options (split mode, report_to, eval file, LoRA rank, alpha, dropout, targets)
 FIXED = ["built-in corpus", None, None, "", "", "cpu", "auto", 1e-3, 1, 4, 4, 1, 2, 4, 0,
          "documents", "none", None, 0, 16.0, 0.0, ""]
-
-
-@pytest.fixture(scope="module")
-def preset():
-    save_preset(Preset(name="swtab", n_layer=1, n_embd=32, n_head=2, block_size=64, tokenizer="char", vocab_size=64))
-    return "swtab"
 
 
 @pytest.fixture(scope="module")
@@ -42,21 +35,21 @@ def finished(client, name):
     (["ok5", "learning_rate", "1e-3, 1e-3x"], r"values: learning_rate: '1e-3x' is not a number"),
     (["ok4", "learning_rate", "1e-4:1e-2"], r"greater than maximum value 64|trials must be in \[1, 64\]"),
 ])
-def test_forged_sweep_inputs_are_refused(client, preset, args, message):
+def test_forged_sweep_inputs_are_refused(client, tiny_preset, args, message):
     trials = 1000 if args[0] == "ok4" else 2
     with pytest.raises(Exception, match=message):
-        client.predict(*args, "none", "", trials, True, preset, *FIXED, api_name="/sweep_start")
+        client.predict(*args, "none", "", trials, True, tiny_preset, *FIXED, api_name="/sweep_start")
     with pytest.raises(Exception, match="second values: choose its setting first"):
-        client.predict("ok6", "learning_rate", "1e-3, 2e-3", "none", "64, 128", 2, True, preset, *FIXED,
+        client.predict("ok6", "learning_rate", "1e-3, 2e-3", "none", "64, 128", 2, True, tiny_preset, *FIXED,
                        api_name="/sweep_start")
     assert not (sweep.checkpoints_dir() / args[0]).exists() or args[0] == "../x"
 
 
-def test_api_starts_a_sweep_watches_it_and_trials_are_runs(client, preset):
-    client.predict("apisweep", "learning_rate", "1e-3, 1e-2", "none", "", 2, False, preset, *FIXED,
+def test_api_starts_a_sweep_watches_it_and_trials_are_runs(client, tiny_preset):
+    client.predict("apisweep", "learning_rate", "1e-3, 1e-2", "none", "", 2, False, tiny_preset, *FIXED,
                    api_name="/sweep_start")
     with pytest.raises(Exception, match="already going"):  # one job at a time, a sweep counts
-        client.predict("apisweep2", "learning_rate", "1e-3, 1e-2", "none", "", 2, False, preset, *FIXED,
+        client.predict("apisweep2", "learning_rate", "1e-3, 1e-2", "none", "", 2, False, tiny_preset, *FIXED,
                        api_name="/sweep_start")
     state = wait_for(lambda: finished(client, "apisweep"))
     assert [t["status"] for t in state["trials"]] == ["done", "done"]
@@ -74,12 +67,12 @@ def test_api_starts_a_sweep_watches_it_and_trials_are_runs(client, preset):
 
 
 @pytest.mark.browser
-def test_the_tab_starts_a_two_trial_sweep_and_shows_rows_and_curves(page, preset):
+def test_the_tab_starts_a_two_trial_sweep_and_shows_rows_and_curves(page, tiny_preset):
     page.get_by_role("tab", name="Train", exact=True).click()
     picker = page.get_by_label("Model to train", exact=True)
-    picker.fill(preset)
-    page.get_by_role("option", name=preset, exact=True).click()
-    expect(picker).to_have_value(preset)
+    picker.fill(tiny_preset)
+    page.get_by_role("option", name=tiny_preset, exact=True).click()
+    expect(picker).to_have_value(tiny_preset)
     expect(page.get_by_label("max steps", exact=True)).to_have_value("2000")  # the model's defaults came in
     for label, value in (("max steps", "4"), ("eval interval", "2"), ("warmup steps", "1"), ("batch size", "4"),
                          ("save interval", "4")):
