@@ -44,10 +44,10 @@ class TrainSettings:
     """The knobs of a training run that a preset gives defaults for."""
 
     learning_rate: float = setting(1e-3, "peak learning rate", flag=("--lr", "--learning-rate"), ui=True,
-                                   sweep=True)
+                                   sweep=True, starts_slow="low")
     min_lr_ratio: float = setting(0.1, "the cosine decays to this fraction of the peak", sweep=True)
-    warmup_steps: int = setting(100, "steps of linear warmup", ui=True, sweep=True)
-    max_steps: int = setting(2000, "optimizer steps", ui=True, sweep=True)
+    warmup_steps: int = setting(100, "steps of linear warmup", ui=True, sweep=True, starts_slow="high")
+    max_steps: int = setting(2000, "optimizer steps", ui=True, sweep=True, starts_slow="high")
     batch_size: int = setting(16, "examples per optimizer step (per accumulation)", ui=True, sweep=True)
     grad_accum: int = setting(1, "micro-batches accumulated per optimizer step", ui=True)
     weight_decay: float = setting(0.1, "AdamW weight decay (matrices only)", sweep=True)
@@ -119,7 +119,7 @@ class Preset:
     vocab_size: int = setting(50257, "char/bpe: target vocabulary (gpt2: 50257)", design=True,
                               label="vocabulary (gpt2: 50257; char/bpe: the target size)", minimum=1)
     dropout: float = setting(0.0, "dropout, in [0, 1)", design=True, label="dropout", minimum=0,
-                            maximum=0.99, sweep=True)
+                            maximum=0.99, sweep=True, starts_slow="high")
     train: TrainSettings = field(default_factory=TrainSettings)
     decode: DecodingSettings = field(default_factory=DecodingSettings)
 

@@ -11,7 +11,10 @@ sweep is created and a worker takes a waiting point atomically (Optuna's own que
 runs twice; a search (`--search lr=1e-4:1e-2:log --trials N`) asks Optuna's TPE sampler until N
 trials have been counted. Each trial trains in the worker's process with `training.train`; with
 `prune` every eval's validation loss is reported to Optuna's median rule and a trial that falls
-behind is stopped at that step (status `pruned`, its run folder kept as a stopped run).
+behind the finished ones at that step is stopped there (status `pruned`, its run folder kept as a
+stopped run). Slow starters that end best (a low learning rate) are what the median rule gets
+wrong, so it waits for every trial's learning-rate warm-up (`prune_warmup`) and a grid runs the
+slow end of each setting first: a trial is measured against trials that started slower than it.
 
 More workers: any process that reaches the storage (a journal file on a shared disk, a
 PostgreSQL URL) joins with `join(name, storage)`; the definition travels in the study's user
@@ -49,12 +52,20 @@ TRAIN_FIELDS = tuple(f.name for f in fields(TrainSettings) if field_type(TrainSe
 CONFIG_FIELDS = ("seed", "block_size")  # TrainConfig fields worth sweeping
 # what the Sweep section offers: the settings marked `sweep`, the seed, a scratch preset's shape
 OFFERED = (*(f.name for f in settings_of(TrainSettings, "sweep")), "seed", *SHAPE_FIELDS)
-PRUNE_STARTUP_TRIALS = 2  # trials that run to the end before the median rule prunes any
+# pruning (Optuna's median rule): one trial runs to the end as the bar (a second would cost a whole
+# run more), and no trial is judged before its learning rate has peaked (`warmup_steps`) nor within
+# the first PRUNE_WARMUP of its steps (`prune_warmup`); a grid runs slow starters first (`SweepSpec.grid`)
+PRUNE_STARTUP_TRIALS = 1
+PRUNE_WARMUP = 0.1
+
+
+def _owner(name: str) -> type:
+    """The dataclass that declares swept setting `name`."""
+    return Preset if name in SHAPE_FIELDS else TrainConfig if name in CONFIG_FIELDS else TrainSettings
 
 
 def _kind(name: str) -> type:
-    cls = Preset if name in SHAPE_FIELDS else TrainConfig if name in CONFIG_FIELDS else TrainSettings
-    return field_type(cls, name)
+    return field_type(_owner(name), name)
 
 
 def check_setting(name: object) -> str:
@@ -197,11 +208,32 @@ class SweepSpec:
     def n_trials(self) -> int:
         return self.grid_size or self.trials
 
-    def grid(self) -> list[dict]:
-        """Every point of the grid, in the order given (the first axis slowest)."""
+    def grid(self, slow_first: bool = False) -> list[dict]:
+        """Every point of the grid, the first axis slowest; each axis' values in the order given, or
+        with `slow_first` the end of a setting's range whose runs start slower first (its field's
+        `starts_slow`: learning rates from low to high)."""
         import itertools
 
-        return [dict(zip([a.name for a in self.axes], point)) for point in itertools.product(*(a.values for a in self.axes))]
+        def ordered(axis: Axis) -> tuple:
+            side = next(f for f in fields(_owner(axis.name)) if f.name == axis.name).metadata.get("starts_slow")
+            return tuple(sorted(axis.values, reverse=side == "high")) if slow_first and side else axis.values
+
+        names = [a.name for a in self.axes]
+        return [dict(zip(names, point)) for point in itertools.product(*(ordered(a) for a in self.axes))]
+
+    def extremes(self, name: str) -> tuple:
+        """(lowest, highest) value setting `name` takes in any trial: its axis', else the base's.
+
+        >>> spec = SweepSpec("s", {"model": "lesson", "settings": {"max_steps": 500}},
+        ...                  (Axis.parse("max_steps=300,800", grid=True),))
+        >>> spec.extremes("max_steps"), spec.extremes("learning_rate") is None
+        ((300, 800), True)
+        """
+        axis = next((a for a in self.axes if a.name == name), None)
+        if axis is not None:
+            return (min(axis.values), max(axis.values)) if axis.is_grid else (axis.low, axis.high)
+        value = (self.base.get("settings") or {}).get(name)
+        return None if value is None else (value, value)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "base": self.base, "axes": [a.to_dict() for a in self.axes],
@@ -266,12 +298,25 @@ def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def prune_warmup(spec: SweepSpec) -> int:
+    """The steps before the median rule judges a trial (Optuna's `n_warmup_steps`): the longest
+    learning-rate warm-up of any trial (until its rate has peaked, a trial with a lower peak rate is
+    behind by construction, not by merit), and at least PRUNE_WARMUP of the shortest trial.
+
+    >>> prune_warmup(SweepSpec("s", {"model": "lesson", "settings": {"warmup_steps": 100, "max_steps": 800}},
+    ...                        (Axis.parse("learning_rate=1e-3,3e-3", grid=True),), prune=True))
+    100
+    """
+    warmup, steps = spec.extremes("warmup_steps"), spec.extremes("max_steps")
+    return max(int(warmup[1]) if warmup else 0, math.ceil(PRUNE_WARMUP * steps[0]) if steps else 0)
+
+
 def _pruner(spec: SweepSpec):
     import optuna
 
     if not spec.prune:
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=0)
+    return optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=prune_warmup(spec))
 
 
 def _sampler(spec: SweepSpec):
@@ -313,8 +358,10 @@ def create(spec: SweepSpec) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     study.set_user_attr("sweep", spec.to_dict())
-    points = spec.grid() if spec.is_grid else []
-    for point in middle_out(points) if spec.prune else points:
+    # Optuna's GridSampler would draw the points in a random order; enqueued, they run as `grid`
+    # orders them: with pruning, slow starters first, so the bar at every step is set by trials that
+    # started slower, and a trial is pruned only for falling behind those (never for a slow start)
+    for point in spec.grid(slow_first=spec.prune) if spec.is_grid else []:
         study.enqueue_trial(point, user_attrs={"point": point})
     write_json(folder / SWEEP_FILE, spec.to_dict())
     return folder
@@ -384,18 +431,6 @@ def check_point(spec: SweepSpec, params: dict) -> None:
     out of its range), before the sweep starts."""
     shape_preset(spec, params)
     TrainSettings(**{**(spec.base.get("settings") or {}), **{k: v for k, v in params.items() if k in TRAIN_FIELDS}})
-
-
-def middle_out(points: list[dict]) -> list[dict]:
-    """Grid points from the middle of the grid outwards: pruning compares every trial with the
-    first ones to finish, and the middle of a range someone chose is usually its best guess, so
-    the bar is high early and the far ends are pruned soon.
-
-    >>> [p["x"] for p in middle_out([{"x": v} for v in range(6)])]
-    [2, 3, 1, 4, 0, 5]
-    """
-    centre = (len(points) - 1) / 2
-    return [points[i] for i in sorted(range(len(points)), key=lambda i: (abs(i - centre), i))]
 
 
 # ---- the worker ----

@@ -12,7 +12,7 @@ from conftest import ROOT
 from studio import checkpoints_dir, runs, sweep
 from studio.bench import sweep as sweep_bench
 from studio.config import field_type
-from studio.presets import Preset, TrainSettings, save_preset
+from studio.presets import Preset, TrainSettings
 from studio.run_config import TrainConfig
 from studio.sweep import format_table
 
@@ -22,15 +22,8 @@ FLAGS = ["--max-steps", "6", "--eval-interval", "2", "--eval-batches", "1", "--b
          "--warmup-steps", "1", "--log-interval", "2", "--save-interval", "6"]
 
 
-@pytest.fixture(scope="module")
-def preset():
-    """A 1-layer, 32-wide character model: a trial of 6 steps takes a fraction of a second."""
-    save_preset(Preset(name="swtiny", n_layer=1, n_embd=32, n_head=2, block_size=64, tokenizer="char", vocab_size=64))
-    return "swtiny"
-
-
-def make_spec(name, preset, data, axes, trials=0, prune=False, storage="", **fixed):
-    base = TrainConfig(model=preset, data=data, name="base").to_dict()
+def make_spec(name, tiny_preset, data, axes, trials=0, prune=False, storage="", **fixed):
+    base = TrainConfig(model=tiny_preset, data=data, name="base").to_dict()
     base["settings"].update({**FIXED, **fixed})
     return sweep.SweepSpec(name, base, tuple(axes), trials, prune, storage)
 
@@ -69,25 +62,25 @@ def test_every_setting_the_sweep_section_offers_is_swept_as_its_fields_type(name
     assert values == (1, 2) and all(type(v) is field_type(owner, name) for v in values)
 
 
-def test_spec_ceilings_and_combinations(preset, chat_file):
+def test_spec_ceilings_and_combinations(tiny_preset, chat_file):
     lr = sweep.Axis.parse("learning_rate=1e-3,2e-3,3e-3,4e-3,5e-3,6e-3,7e-3,8e-3", True)
     steps = sweep.Axis.parse("max_steps=" + ",".join(str(i) for i in range(1, 10)), True)
     with pytest.raises(ValueError, match="the grid has 72 points, at most 64"):
-        make_spec("s", preset, chat_file, [lr, steps])
+        make_spec("s", tiny_preset, chat_file, [lr, steps])
     with pytest.raises(ValueError, match=r"trials must be in \[1, 64\]"):
-        make_spec("s", preset, chat_file, [sweep.Axis.parse("learning_rate=1e-4:1e-2", False)], trials=65)
+        make_spec("s", tiny_preset, chat_file, [sweep.Axis.parse("learning_rate=1e-4:1e-2", False)], trials=65)
     with pytest.raises(ValueError, match="--trials is for --search"):
-        make_spec("s", preset, chat_file, [lr], trials=3)
+        make_spec("s", tiny_preset, chat_file, [lr], trials=3)
     with pytest.raises(ValueError, match="not both"):
-        make_spec("s", preset, chat_file, [lr, sweep.Axis.parse("max_steps=2:8", False)], trials=2)
+        make_spec("s", tiny_preset, chat_file, [lr, sweep.Axis.parse("max_steps=2:8", False)], trials=2)
     with pytest.raises(ValueError, match="sweep name must be a plain name"):
-        make_spec("../x", preset, chat_file, [lr])
+        make_spec("../x", tiny_preset, chat_file, [lr])
     with pytest.raises(ValueError, match="need a scratch preset"):
         make_spec("s", "gpt2", chat_file, [sweep.Axis.parse("n_embd=32,64", True)])
 
 
-def test_a_grid_point_that_cannot_train_is_refused_before_anything_is_written(preset, chat_file):
-    spec = make_spec("badshape", preset, chat_file, [sweep.Axis.parse("n_embd=32,33", True)])
+def test_a_grid_point_that_cannot_train_is_refused_before_anything_is_written(tiny_preset, chat_file):
+    spec = make_spec("badshape", tiny_preset, chat_file, [sweep.Axis.parse("n_embd=32,33", True)])
     with pytest.raises(ValueError, match="divisible by n_head"):
         sweep.create(spec)
     assert not (checkpoints_dir() / "badshape").exists()
@@ -95,8 +88,8 @@ def test_a_grid_point_that_cannot_train_is_refused_before_anything_is_written(pr
 
 # ---- sweeps ----
 
-def test_a_grid_runs_every_point_once_as_ordinary_runs(preset, chat_file):
-    spec = make_spec("grid1", preset, chat_file, [sweep.Axis.parse("learning_rate=1e-3,1e-2", True)])
+def test_a_grid_runs_every_point_once_as_ordinary_runs(tiny_preset, chat_file):
+    spec = make_spec("grid1", tiny_preset, chat_file, [sweep.Axis.parse("learning_rate=1e-3,1e-2", True)])
     folder = sweep.create(spec)
     assert (folder / sweep.SWEEP_FILE).is_file() and (folder / sweep.JOURNAL_FILE).is_file()
     with pytest.raises(ValueError, match="exists already"):
@@ -117,28 +110,54 @@ def test_a_grid_runs_every_point_once_as_ordinary_runs(preset, chat_file):
     assert "grid1" in sweep.list_sweeps()
 
 
-def test_pruning_stops_hopeless_trials_at_an_eval(preset, chat_file):
-    spec = make_spec("pruned1", preset, chat_file,
-                     [sweep.Axis.parse("learning_rate=1e-5,1e-3,1e-2,2e-5", True)], prune=True, max_steps=8)
+def test_pruning_runs_slow_starters_first_and_stops_a_trial_that_falls_behind(tiny_preset, chat_file):
+    spec = make_spec("pruned1", tiny_preset, chat_file, [sweep.Axis.parse("learning_rate=1.0,1e-2,1e-3", True)],
+                     prune=True, max_steps=8)
     sweep.create(spec)
-    rows = {r["params"]["learning_rate"]: r for r in sweep.work("pruned1")["trials"]}
-    # the middle of the grid runs first (the bar), the far ends fall behind at their first eval
-    assert rows[1e-3]["status"] == rows[1e-2]["status"] == "done"
-    assert rows[1e-5]["status"] == "pruned" and rows[1e-5]["step"] == 2
-    assert runs.read_run(rows[1e-5]["name"])["status"] == "stopped"  # its run: an ordinary stopped run
+    rows = sweep.work("pruned1")["trials"]
+    # low learning rates first, whatever order they were given in: each trial is measured against
+    # trials that started slower than it
+    assert [r["params"]["learning_rate"] for r in rows] == [1e-3, 1e-2, 1.0]
+    assert [r["status"] for r in rows[:2]] == ["done", "done"]  # the first is the bar; 1e-2 beats it
+    assert rows[2]["status"] == "pruned" and rows[2]["step"] == 2  # lr 1.0 falls behind at its first eval
+    assert runs.read_run(rows[2]["name"])["status"] == "stopped"  # its run: an ordinary stopped run
 
 
-def test_a_search_runs_its_trial_count_with_tpe(preset, chat_file):
-    spec = make_spec("search1", preset, chat_file, [sweep.Axis.parse("learning_rate=1e-4:3e-2:log", False)], trials=3)
+def test_the_median_rule_waits_for_the_learning_rate_warm_up(tiny_preset, chat_file):
+    """No trial is judged before the longest learning-rate warm-up (or PRUNE_WARMUP of the shortest run)."""
+    spec = make_spec("warm1", tiny_preset, chat_file, [sweep.Axis.parse("learning_rate=1e-3,1e-2", True)],
+                     prune=True, max_steps=100, warmup_steps=4)
+    assert sweep.prune_warmup(spec) == 10  # a tenth of 100 steps: more than the 4-step warm-up
+    wide = make_spec("warm2", tiny_preset, chat_file, [sweep.Axis.parse("warmup_steps=4,30", True)],
+                     prune=True, max_steps=100)
+    assert sweep.prune_warmup(wide) == 30 and [p["warmup_steps"] for p in wide.grid(slow_first=True)] == [30, 4]
+    sweep.create(spec)
+    _, study = sweep.open_study("warm1")
+    bar = study.ask()
+    for step, value in ((5, 2.0), (10, 1.5), (20, 1.0)):
+        bar.report(value, step)
+    study.tell(bar, 1.0)
+    slow = study.ask()
+    slow.report(3.0, 5)  # far behind the bar, but within the warm-up
+    assert not slow.should_prune()
+    slow.report(1.4, 10)  # ahead of the bar once it is judged
+    assert not slow.should_prune()
+    behind = study.ask()
+    behind.report(1.6, 10)
+    assert behind.should_prune()
+
+
+def test_a_search_runs_its_trial_count_with_tpe(tiny_preset, chat_file):
+    spec = make_spec("search1", tiny_preset, chat_file, [sweep.Axis.parse("learning_rate=1e-4:3e-2:log", False)], trials=3)
     sweep.create(spec)
     rows = sweep.work("search1")["trials"]
     assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
     assert all(1e-4 <= r["params"]["learning_rate"] <= 3e-2 for r in rows)
 
 
-def test_a_database_storage_works_too(preset, chat_file, tmp_path):
+def test_a_database_storage_works_too(tiny_preset, chat_file, tmp_path):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    spec = make_spec("sql1", preset, chat_file, [sweep.Axis.parse("learning_rate=1e-3,1e-2", True)], storage=url)
+    spec = make_spec("sql1", tiny_preset, chat_file, [sweep.Axis.parse("learning_rate=1e-3,1e-2", True)], storage=url)
     sweep.create(spec)
     assert not (checkpoints_dir() / "sql1" / sweep.JOURNAL_FILE).exists()
     assert [r["status"] for r in sweep.work("sql1")["trials"]] == ["done", "done"]
@@ -149,10 +168,10 @@ def test_a_database_storage_works_too(preset, chat_file, tmp_path):
         sweep.open_study("sql1", storage="bogus://x")
 
 
-def test_shape_settings_train_designed_presets(preset, chat_file):
+def test_shape_settings_train_designed_presets(tiny_preset, chat_file):
     from studio.presets import load_presets
 
-    spec = make_spec("shape1", preset, chat_file, [sweep.Axis.parse("n_embd=16,32", True)])
+    spec = make_spec("shape1", tiny_preset, chat_file, [sweep.Axis.parse("n_embd=16,32", True)])
     sweep.create(spec)
     rows = sweep.work("shape1")["trials"]
     assert [r["status"] for r in rows] == ["done", "done"]
@@ -160,8 +179,8 @@ def test_shape_settings_train_designed_presets(preset, chat_file):
     assert runs.read_run(rows[0]["name"])["model"] == "shape1-nembd16"
 
 
-def test_a_dead_workers_trial_is_failed_and_retried(preset, chat_file):
-    spec = make_spec("reap1", preset, chat_file, [sweep.Axis.parse("learning_rate=1e-3,1e-2", True)])
+def test_a_dead_workers_trial_is_failed_and_retried(tiny_preset, chat_file):
+    spec = make_spec("reap1", tiny_preset, chat_file, [sweep.Axis.parse("learning_rate=1e-3,1e-2", True)])
     sweep.create(spec)
     _, study = sweep.open_study("reap1")
     taken = study.ask()  # a worker took the first point, then died (its pid is gone)
@@ -178,8 +197,8 @@ def test_a_dead_workers_trial_is_failed_and_retried(preset, chat_file):
     assert retry["status"] == "done"
 
 
-def test_stop_stops_the_sweep_and_the_next_worker_finishes_the_trial(preset, chat_file):
-    spec = make_spec("stop1", preset, chat_file, [sweep.Axis.parse("learning_rate=1e-3,1e-2", True)])
+def test_stop_stops_the_sweep_and_the_next_worker_finishes_the_trial(tiny_preset, chat_file):
+    spec = make_spec("stop1", tiny_preset, chat_file, [sweep.Axis.parse("learning_rate=1e-3,1e-2", True)])
     sweep.create(spec)
     stop = threading.Event()
     rows = sweep.work("stop1", stop=stop, on_event=lambda row: row["type"] == "eval" and stop.set())["trials"]
@@ -221,14 +240,14 @@ def run_cli(*args, timeout=180):
     ([], "error: sweep: give at least one --grid"),
     (["--search", "learning_rate=1e-4:1e-2"], r"error: trials must be in \[1, 64\]"),
 ])
-def test_cli_bad_input_is_one_line_and_exit_2(preset, chat_file, args, message):
-    r = run_cli("sweep", "--preset", preset, "--data", chat_file, "--name", "clibad", *FLAGS, *args)
+def test_cli_bad_input_is_one_line_and_exit_2(tiny_preset, chat_file, args, message):
+    r = run_cli("sweep", "--preset", tiny_preset, "--data", chat_file, "--name", "clibad", *FLAGS, *args)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert __import__("re").match(message, r.stderr)
 
 
-def test_cli_sweep_json_last_line(preset, chat_file):
-    r = run_cli("sweep", "--preset", preset, "--data", chat_file, "--name", "cli1", *FLAGS,
+def test_cli_sweep_json_last_line(tiny_preset, chat_file):
+    r = run_cli("sweep", "--preset", tiny_preset, "--data", chat_file, "--name", "cli1", *FLAGS,
                 "--grid", "learning_rate=1e-3,1e-2", "--prune", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -238,10 +257,10 @@ def test_cli_sweep_json_last_line(preset, chat_file):
 
 
 @pytest.mark.slow
-def test_two_workers_share_a_journal_and_run_each_point_once(preset, chat_file, tmp_path):
+def test_two_workers_share_a_journal_and_run_each_point_once(tiny_preset, chat_file, tmp_path):
     """Two worker processes on one journal-file study finish a 6-trial grid, each point once."""
     journal = tmp_path / "shared" / "two.journal"
-    spec = make_spec("two", preset, chat_file, [sweep.Axis.parse("learning_rate=1e-3,2e-3,3e-3", True),
+    spec = make_spec("two", tiny_preset, chat_file, [sweep.Axis.parse("learning_rate=1e-3,2e-3,3e-3", True),
                                                sweep.Axis.parse("beta2=0.9,0.99", True)],
                      storage=f"journal:{journal}", max_steps=20)
     sweep.create(spec)

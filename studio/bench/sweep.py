@@ -5,8 +5,12 @@
 Both sweeps run as a user runs them, `python -m studio sweep --preset lesson --data builtin
 --grid learning_rate=...` in a fresh process over a checkpoints folder of its own, one after the
 other (they never share the cores): first the full grid, then the same grid with `--prune`.
-Every trial has the same fixed length (`--max-steps`, eval every `EVAL_INTERVAL` steps), so the
-two sweeps differ only by what the median rule stops. The last line:
+Every trial has the same fixed length: `--max-steps` (MAX_STEPS: the lesson's learning-rate
+warm-up and cosine over 800 steps, about 2 minutes a trial on one CPU thread), an eval every
+EVAL_INTERVAL steps, and no early stop (the lesson preset's stop at 80% exact match is turned
+off), so the two sweeps differ only by what the median rule stops. Training is a pure function of
+the seed and the step, so a trial the pruned sweep runs to the end is the full grid's trial. The
+last line:
 `{"full_s", "pruned_s", "ratio", "best_full", "best_pruned", "same_best", "ratio_ok", "pruned", "trials"}`.
 Goals: ratio <= 0.5 and the same best learning rate.
 """
@@ -24,7 +28,7 @@ from typing import Callable
 from studio import ROOT
 
 VALUES = ("5e-4", "1e-3", "2e-3", "3e-3", "6e-3", "1.2e-2")
-MAX_STEPS, EVAL_INTERVAL = 1000, 100
+MAX_STEPS, EVAL_INTERVAL = 800, 25
 GOAL_RATIO = 0.5
 
 
@@ -33,7 +37,8 @@ def one_sweep(folder: Path, values: list[str], max_steps: int, prune: bool) -> t
     env = {**os.environ, "STUDIO_CHECKPOINTS": str(folder)}
     cmd = [sys.executable, "-m", "studio", "sweep", "--preset", "lesson", "--data", "builtin", "--name",
            "prune" if prune else "full", "--max-steps", str(max_steps), "--eval-interval", str(EVAL_INTERVAL),
-           "--save-interval", str(max_steps), "--grid", "learning_rate=" + ",".join(values), "--json"]
+           "--save-interval", str(max_steps), "--stop-at-exact-match", "0",
+           "--grid", "learning_rate=" + ",".join(values), "--json"]
     t0 = time.perf_counter()
     out = subprocess.run(cmd + (["--prune"] if prune else []), cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
