@@ -239,6 +239,7 @@ def run_cli(*args, timeout=180):
     (["--grid", "bogus=1,2"], "error: swept setting must be one of"),
     ([], "error: sweep: give at least one --grid"),
     (["--search", "learning_rate=1e-4:1e-2"], r"error: trials must be in \[1, 64\]"),
+    (["--join", "clibad"], "error: sweep --join runs the sweep's own settings"),  # not --preset, --max-steps...
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tiny_preset, chat_file, args, message):
     r = run_cli("sweep", "--preset", tiny_preset, "--data", chat_file, "--name", "clibad", *FLAGS, *args)
