@@ -146,7 +146,9 @@ def build(demo: gr.Blocks, ws: Workspace, config_of: Callable, inputs: list, wat
         gr.Markdown("Each trial is an ordinary run named `<sweep>-<n>` (in every picker, the arena, Resume). "
                     "Values `1e-3, 3e-3, 1e-2` run each one (a grid); a range `1e-4:1e-2:log` with a trial count "
                     "lets Optuna's TPE sampler choose. Pruning stops a trial whose validation loss falls behind "
-                    "the median of the finished ones at the same step. The other settings are the ones above.")
+                    "the median of the finished ones at the same step, never before the learning-rate warm-up "
+                    "is over; a grid runs slow starters first (low learning rates). The other settings are the "
+                    "ones above.")
         with gr.Row():
             setting1 = gr.Dropdown(list(sweep.OFFERED), value="learning_rate", label="Setting")
             values1 = gr.Textbox("1e-3, 3e-3", label="Values or range",
