@@ -8,9 +8,11 @@
     python -m studio lesson [--seed S] [--max-steps N] [--json]   (the 5-minute lesson and its report)
     python -m studio train --model M ... --lora-r 8 [--lora-alpha 16 --lora-dropout 0 --lora-targets c_attn,c_proj]
     python -m studio merge RUN [--json]   (a LoRA run's adapter merged into its base: RUN/merged)
-    python -m studio bench train|memory|chat|compare|train-tab|peer|lora|lesson [--json]   (studio.bench.cli)
+    python -m studio bench train|memory|chat|compare|train-tab|peer|lora|lesson|sweep [--json]   (studio.bench.cli)
     python -m studio compare --model M --prompt P --setting "temperature=0.7,top_k=50" --setting ... [--json]
     python -m studio eval --model M [--model M2 ...] --data FILE|builtin|hub:NAME [--stride S] [--split all|val] [--json]
+    python -m studio sweep --preset P ... --grid NAME=v1,v2 | --search NAME=lo:hi[:log] --trials N [--prune] [--json]
+    python -m studio sweep --join NAME [--storage URL] [--max-trials K] [--json]   (one more worker)
     python -m studio preset new NAME --n-layer L --n-embd E --n-head H [--n-inner F ...] [--json]
 
 Errors are one line on stderr and a non-zero exit, never a traceback. With --json the last
@@ -181,6 +183,16 @@ def add_chat(sub) -> None:
 
 
 def train_config(args: argparse.Namespace):
+    """The TrainConfig `train`'s flags describe (or its --config file)."""
+    from studio.run_config import TrainConfig
+
+    if args.config:
+        return TrainConfig.from_json_file(args.config)
+    return run_config(args, args.out or "", args.resume)
+
+
+def run_config(args: argparse.Namespace, out: str = "", resume: bool = False):
+    """The TrainConfig of `add_run_flags`' flags, in run (name or folder) `out`."""
     from dataclasses import replace
 
     from studio import runs
@@ -189,13 +201,11 @@ def train_config(args: argparse.Namespace):
     from studio.presets import TrainSettings
     from studio.run_config import TrainConfig
 
-    if args.config:
-        return TrainConfig.from_json_file(args.config)
     model = args.model or args.preset
     if not model:
         raise ValueError("give --preset (train from scratch), --model (fine-tune a checkpoint) or --config")
-    cfg = TrainConfig(model=model, data=args.data, **runs.name_or_folder(args.out or ""), device=args.device,
-                      precision=args.precision, seed=args.seed, resume=args.resume,
+    cfg = TrainConfig(model=model, data=args.data, **runs.name_or_folder(out), device=args.device,
+                      precision=args.precision, seed=args.seed, resume=resume,
                       grad_checkpointing=args.grad_checkpointing, block_size=args.block_size,
                       split_mode=args.split_mode, eval_data=args.eval_data, report_to=args.report_to,
                       lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
@@ -203,12 +213,17 @@ def train_config(args: argparse.Namespace):
     return replace(cfg, settings=replace(cfg.settings, **given(args, TrainSettings)))
 
 
+def lower_priority(nice: int) -> None:
+    """`--nice N`: this process yields the CPU to interactive work (the app's chat)."""
+    if not 0 <= nice <= 19:
+        raise ValueError(f"nice must be in [0, 19], got {nice}")
+    if nice:
+        os.nice(nice)
+
+
 def cmd_train(args: argparse.Namespace) -> dict:
     stop = args.stop or stop_on_signals()
-    if not 0 <= args.nice <= 19:
-        raise ValueError(f"nice must be in [0, 19], got {args.nice}")
-    if args.nice:
-        os.nice(args.nice)
+    lower_priority(args.nice)
     from pathlib import Path
 
     from studio import runs
@@ -233,18 +248,15 @@ def cmd_train(args: argparse.Namespace) -> dict:
                                     "heldout_exact_match", "heldout_per_task") if k in summary}
 
 
-def add_train(sub) -> None:
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that describe one run (`run_config`): `train`'s, and the settings a sweep keeps fixed."""
     from studio.config import add_flags
     from studio.presets import TrainSettings
     from studio.run_config import TrainConfig
 
-    p = sub.add_parser("train", help="train a preset from scratch or fine-tune a model")
     p.add_argument("--preset", help="scratch preset to train (same as --model)")
-    p.add_argument("--config", help="a TrainConfig as JSON (what the app's Train tab runs); other flags are ignored")
     p.add_argument("--model", help="preset, run in checkpoints/, or model folder (a checkpoint fine-tunes)")
     p.add_argument("--data", default="builtin", help="builtin | a .txt/.jsonl/.json/.csv/.parquet file | hub:<name>")
-    p.add_argument("--out", help="run name or folder (default <model>-<data>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="auto | fast (the device's fast path) | fp32 | bf16 | fp16")
     p.add_argument("--seed", type=int, default=0)
@@ -265,8 +277,74 @@ def add_train(sub) -> None:
                    "(default c_attn,c_proj,c_fc)")
     add_flags(p, TrainConfig)  # the run's own settings (--compile); unset: the dataclass' default
     add_flags(p, TrainSettings)  # unset: the preset's
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a preset from scratch or fine-tune a model")
+    p.add_argument("--config", help="a TrainConfig as JSON (what the app's Train tab runs); other flags are ignored")
+    p.add_argument("--out", help="run name or folder (default <model>-<data>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_run_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_train)
+
+
+def cmd_sweep(args: argparse.Namespace) -> dict:
+    stop = args.stop or stop_on_signals()
+    lower_priority(args.nice)
+    if args.max_trials < 0:
+        raise ValueError(f"max_trials must be >= 0 (0 = until the sweep is done), got {args.max_trials}")
+    from studio import sweep
+    from studio.config import given
+    from studio.presets import TrainSettings
+
+    if args.join:
+        if args.grid or args.search or args.trials or args.prune or args.model or args.preset \
+                or given(args, TrainSettings):
+            raise ValueError("sweep --join runs the sweep's own settings: drop --grid/--search/--trials/--prune "
+                             "and the run's flags (--model, --max-steps...)")
+        name = args.join
+    else:
+        axes = tuple(sweep.Axis.parse(t, grid=True) for t in args.grid) + \
+            tuple(sweep.Axis.parse(t, grid=False) for t in args.search)
+        spec = sweep.spec_of(run_config(args), axes, args.trials, args.prune, args.storage, args.name)
+        sweep.create(spec)
+        name = spec.name
+        print(f"sweep {name}: {spec.n_trials} trials, study in {spec.storage or sweep.sweep_dir(name)}", file=sys.stderr)
+    result = sweep.work(name, args.storage if args.join else "", stop, on_event=sweep_progress,
+                        max_trials=args.max_trials)
+    if not args.json:
+        print(sweep.format_table(result))
+    return {k: result[k] for k in ("sweep", "trials", "best")}
+
+
+def sweep_progress(row: dict) -> None:
+    """A trial's eval and end lines on stderr (stdout keeps the table, or the JSON line)."""
+    if row["type"] == "eval" and row["step"] > 0:
+        print(f"[{row['run']}] step {row['step']}: val loss {row['val_loss']:.4f}", file=sys.stderr, flush=True)
+    elif row["type"] == "done":
+        print(f"[{row['run']}] {row.get('reason')} at step {row['step']}", file=sys.stderr, flush=True)
+
+
+def add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="train one run per setting (grid) or per sampled setting (search) "
+                       "through Optuna; trials are ordinary runs named <sweep>-<n>")
+    add_run_flags(p)  # the settings every trial keeps
+    p.add_argument("--grid", action="append", default=[], help="NAME=v1,v2,... a swept setting and its values "
+                   "(repeatable: every combination runs)")
+    p.add_argument("--search", action="append", default=[], help="NAME=lo:hi[:log] a range Optuna's TPE "
+                   "sampler searches (repeatable; with --trials)")
+    p.add_argument("--trials", type=int, default=0, help="how many trials a --search runs")
+    p.add_argument("--prune", action="store_true", help="stop a trial whose validation loss at an eval, past the "
+                   "warm-up, is worse than the median of the earlier trials' at that step (Optuna's MedianPruner)")
+    p.add_argument("--name", default="", help="the sweep's name (default <model>-sweep-<time>)")
+    p.add_argument("--storage", default="", help="an Optuna storage: postgresql://..., sqlite:///..., or a journal "
+                   "file (PATH.journal or journal:PATH, e.g. on a shared disk); default: <sweep>/study.journal")
+    p.add_argument("--join", default="", help="add this process as a worker to sweep NAME (with --storage "
+                   "when the sweep lives in another machine's storage)")
+    p.add_argument("--max-trials", type=int, default=0, help="this worker runs at most K trials (0 = until done)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_sweep)
 
 
 def stop_on_signals():
@@ -387,7 +465,7 @@ def add_compare(sub) -> None:
 
 MODEL_HELP = "preset name, run in checkpoints/, or model folder"
 # the commands in `--help`'s order; the benchmarks' are `studio.bench.cli`'s
-COMMANDS = (add_presets, add_generate, add_train, add_lesson, add_merge, add_chat, add_compare, add_eval,
+COMMANDS = (add_presets, add_generate, add_train, add_sweep, add_lesson, add_merge, add_chat, add_compare, add_eval,
             add_preset_new)
 
 
@@ -413,7 +491,7 @@ INTERACTIVE = {"generate", "chat", "compare"}
 
 # commands that train in this process: they start afresh with `studio.training_env` first, and
 # Ctrl-C (the app's Stop) ends their run cleanly from the moment they start
-TRAINING = {"train", "lesson"}
+TRAINING = {"train", "lesson", "sweep"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,9 +24,12 @@ def setting(default: Any = MISSING, help: str = "", **shown: Any) -> Any:
       flag    the CLI's flag(s) when not `--name-with-dashes`, e.g. ("--lr", "--learning-rate")
       ui      how a form shows it: (low, high, step) a slider, "number" a number box, True the
               front end's default input; absent: not on the form
-      sweep   True: the Playground can sweep it over a list of values
+      sweep   True: offered where settings are swept: the Playground's decoding sweep, the Train
+              tab's Sweep section (a Preset's: a shape field a sweep of a scratch preset varies)
       off     the value that turns a rule off (the summary leaves it out); "words" names it there
       sampled True: a sampling rule (greedy decoding ignores it)
+      starts_slow  "low" or "high": the end of its range whose runs start slower and may still end
+              best (a low learning rate); a pruned sweep runs that end first
       design  True (optional) or "required": a field of `preset new` and the Models tab's design form
       choices the values a form offers in a dropdown; minimum, maximum: a number box's bounds
     """

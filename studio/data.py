@@ -40,6 +40,7 @@ HUB = {
     "tiny_shakespeare": ("karpathy/tiny_shakespeare", None, "train", False),
 }
 C4_DOCS = 20_000  # C4 is streamed: how many documents to take
+SKIP_REASONS = 5  # skipped rows whose reason a Documents keeps
 
 
 @dataclass
@@ -53,6 +54,8 @@ class Documents:
     heldout: list[Example] = field(default_factory=list)  # built-in only: questions for exact match
     dev: list[Example] = field(default_factory=list)  # built-in only: questions scored at every eval
     text: str = ""  # a .txt file's text as it is: what a sequential split cuts
+    schema: str = ""  # how rows became documents, in words (the first kept row's schema)
+    skip_reasons: list[str] = field(default_factory=list)  # why the first few skipped rows were
 
     def joined(self) -> str:
         """The source as one text: a .txt file as it is, other documents joined by a blank line."""
@@ -65,6 +68,16 @@ def row_text(row: dict) -> str | None:
     >>> row_text({"instruction": "Name a fruit.", "context": "", "response": "Apple"})
     'Human: Name a fruit.\\nAssistant: Apple'
     """
+    parts = row_parts(row)
+    return parts[1] if parts else None
+
+
+def row_parts(row: dict) -> tuple[str, str] | None:
+    """(schema in words, document) of one record, else None (`skip_reason` says why).
+
+    >>> row_parts({"question": "2+2?", "answer": "4"})[0]
+    'chat pairs (question / answer)'
+    """
     if not isinstance(row, dict):
         return None
     low = {str(k).lower(): v for k, v in row.items()}
@@ -73,17 +86,32 @@ def row_text(row: dict) -> str | None:
         if isinstance(low.get(q), str) and isinstance(low.get(a), str):
             # the Chat tab's saved exchanges: a system prompt leads, as it did in the chat
             system = low.get("system") if isinstance(low.get("system"), str) else ""
-            return (system.strip() + "\n" if system.strip() else "") + format_exchange(low[q].strip(), low[a].strip())
+            return (f"chat pairs ({q} / {a})",
+                    (system.strip() + "\n" if system.strip() else "") + format_exchange(low[q].strip(), low[a].strip()))
     if isinstance(low.get("instruction"), str) and isinstance(low.get("response", low.get("output")), str):
         question = low["instruction"].strip()
         context = low.get("context", low.get("input")) or ""
         if isinstance(context, str) and context.strip():
             question += "\n\n" + context.strip()
-        return format_exchange(question, low.get("response", low.get("output")).strip())
+        return "instructions (instruction / context / response)", format_exchange(
+            question, low.get("response", low.get("output")).strip())
     for key in ("text", "content", "chosen"):  # hh-rlhf's "chosen" is already a Human/Assistant text
         if isinstance(low.get(key), str) and low[key].strip():
-            return low[key].strip()
+            return f"a text field ({key!r})", low[key].strip()
     return None
+
+
+def skip_reason(row) -> str:
+    """Why a record became no document, in words.
+
+    >>> skip_reason({"q": "hi", "a": "hello"})
+    "no chat pair (user/assistant, prompt/response, question/answer), instruction/response or non-empty text field; its keys: 'q', 'a'"
+    """
+    if not isinstance(row, dict):
+        return "not a JSON object (a malformed line or value)"
+    keys = ", ".join(repr(str(k))[:40] for k in list(row)[:8])
+    return ("no chat pair (user/assistant, prompt/response, question/answer), instruction/response or non-empty "
+            f"text field; its keys: {keys or 'none'}")
 
 
 def rated_down(row) -> bool:
@@ -94,15 +122,18 @@ def rated_down(row) -> bool:
 
 def _rows_to_docs(rows: Iterable, source: str) -> Documents:
     out = Documents(source, [])
-    for row in rows:
+    for number, row in enumerate(rows, 1):
         if rated_down(row):
             out.rated_down += 1
             continue
-        text = row_text(row)
-        if text is None:
+        parts = row_parts(row)
+        if parts is None:
             out.skipped += 1
+            if len(out.skip_reasons) < SKIP_REASONS:
+                out.skip_reasons.append(f"row {number}: {skip_reason(row)}")
         else:
-            out.docs.append(text)
+            out.schema = out.schema or parts[0]
+            out.docs.append(parts[1])
     return out
 
 
@@ -124,7 +155,8 @@ def read_file(path: str | Path) -> Documents:
     suffix = path.suffix.lower()
     if suffix == ".txt":
         text = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
-        return Documents(str(path), [p.strip() for p in text.split("\n\n") if p.strip()], text=text)
+        return Documents(str(path), [p.strip() for p in text.split("\n\n") if p.strip()], text=text,
+                         schema="plain text: one document per paragraph (blank-line separated)")
     if suffix == ".jsonl":
         return _rows_to_docs(_jsonl_rows(path), str(path))
     if suffix == ".json":
@@ -177,7 +209,7 @@ def _wikitext_docs(name: str, lines: Iterable[str]) -> Documents:
         cur.append(line)
     if cur:
         docs.append("".join(cur).strip())
-    return Documents(f"hub:{name}", [d for d in docs if d])
+    return Documents(f"hub:{name}", [d for d in docs if d], schema="wikitext articles (regrouped at their titles)")
 
 
 def read_source(spec: str, seed: int = 0) -> Documents:
@@ -185,7 +217,8 @@ def read_source(spec: str, seed: int = 0) -> Documents:
     spec = (spec or "").strip()
     if spec == "builtin":
         train, heldout = builtin_examples(seed=seed)
-        return Documents("builtin", [e.text for e in train], heldout=heldout, dev=dev_examples(seed))
+        return Documents("builtin", [e.text for e in train], heldout=heldout, dev=dev_examples(seed),
+                         schema="the built-in corpus: chat exchanges")
     if spec.startswith("hub:"):
         return read_hub(spec[4:])
     if not spec:
@@ -288,6 +321,21 @@ def _encode_docs(docs: list[str], tok, progress: Callable[[float, str], None] | 
     if not chunks:
         return np.zeros(0, dtype=dtype), (np.zeros(0, dtype=np.uint8) if answers else None)
     return np.concatenate(chunks), (np.concatenate(masks) if answers else None)
+
+
+def preview_examples(documents: Documents, answers: bool, n: int = 3, chars: int = 400) -> list[dict]:
+    """The first `n` documents as training sees them (cut at `chars`), with the character spans
+    the loss scores: the answers when `answers`, else the whole text.
+
+    >>> preview_examples(Documents("x", [format_exchange("Hi?", "Hello.")]), answers=True)
+    [{'text': 'Human: Hi?\\nAssistant: Hello.', 'scored': [(21, 28)]}]
+    """
+    out = []
+    for doc in documents.docs[:n]:
+        text = doc[:chars]
+        spans = answer_spans(doc) if answers else [(0, len(doc))]
+        out.append({"text": text, "scored": [(b, min(e, len(text))) for b, e in spans if b < len(text)]})
+    return out
 
 
 def is_chat(documents: "Documents") -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from studio import ROOT, checkpoints_dir, device_check, devices, memory, models, runlock, runs, training_env
 from studio import plan as run_plan
+from studio.data import preview_examples
 from studio.device_check import DeviceCheck
 from studio.lora import LoraSettings
 from studio.names import hide_paths, inside, run_name, slug
@@ -47,6 +48,7 @@ class TrainingJob:
         self._proc: subprocess.Popen | None = None
         self._run_dir: Path | None = None
         self._stop_sent = False
+        self._shown = None  # a sweep's job: which of its trials' run folders the status shows
         self._lock = threading.Lock()
 
     def running(self) -> bool:
@@ -64,17 +66,30 @@ class TrainingJob:
             run_dir.mkdir(parents=True, exist_ok=True)
             job = run_dir / JOB_FILE
             job.write_text(json.dumps(config, indent=1))
-            log = open(run_dir / LOG_FILE, "ab")
-            # the run keeps OpenMP's spinning threads (fast steps) at a lower priority, so this
-            # app's chat, with its passive threads, still gets the cores first
-            env = {**training_env(os.environ), "PYTHONUNBUFFERED": "1"}
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "studio", "train", "--config", str(job), "--json", "--nice", str(TRAIN_NICE)],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)  # Ctrl-C in the app's terminal must not hit the run
-            log.close()
-            self._run_dir, self._stop_sent = run_dir, False
-            return run_dir
+            return self._launch(["train", "--config", str(job), "--json"], run_dir)
+
+    def start_command(self, argv: list[str], folder: Path, shown=None) -> Path:
+        """Launch `python -m studio ARGV` (another training command: a sweep's worker) as the
+        app's one job, its log in `folder` (inside the checkpoints folder); `shown()` names the
+        run folder its status shows as it goes (None: `folder`)."""
+        with self._lock:
+            if self.running():
+                raise ValueError(f"a training run is already going ({self._run_dir.name}); stop it first")
+            inside(checkpoints_dir(), folder)
+            return self._launch(argv, folder, shown)
+
+    def _launch(self, argv: list[str], run_dir: Path, shown=None) -> Path:
+        log = open(run_dir / LOG_FILE, "ab")
+        # the run keeps OpenMP's spinning threads (fast steps) at a lower priority, so this
+        # app's chat, with its passive threads, still gets the cores first
+        env = {**training_env(os.environ), "PYTHONUNBUFFERED": "1"}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "studio", *argv, "--nice", str(TRAIN_NICE)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)  # Ctrl-C in the app's terminal must not hit the run
+        log.close()
+        self._run_dir, self._stop_sent, self._shown = run_dir, False, shown
+        return run_dir
 
     def stop(self) -> JobStatus:
         with self._lock:
@@ -88,11 +103,12 @@ class TrainingJob:
         if self._proc is None:
             return JobStatus(None, "idle")
         code = self._proc.poll()
+        shown = (self._shown() if self._shown else None) or self._run_dir
         if code is None:
-            return JobStatus(self._run_dir, "stopping" if self._stop_sent else "running")
+            return JobStatus(shown, "stopping" if self._stop_sent else "running")
         if code == 0:
-            return JobStatus(self._run_dir, "finished", 0)
-        return JobStatus(self._run_dir, "failed", code, self.log_tail())
+            return JobStatus(shown, "finished", 0)
+        return JobStatus(shown, "failed", code, self.log_tail())
 
     def log_tail(self, n: int = 3) -> str:
         path = self._run_dir / LOG_FILE if self._run_dir else None
@@ -176,6 +192,18 @@ class RunPlan:
         return self.plan.data_report
 
     @property
+    def schema(self) -> str:  # what the data was read as (data.Documents.schema)
+        return self.plan.documents.schema
+
+    @property
+    def skip_reasons(self) -> tuple[str, ...]:  # the first skipped rows, and why
+        return tuple(self.plan.documents.skip_reasons)
+
+    @property
+    def examples(self) -> list[dict]:  # the first documents as the run sees them, the scored spans marked
+        return preview_examples(self.plan.documents, self.plan.answers)
+
+    @property
     def fits(self) -> bool:
         """Whether the estimate as asked is within the free memory (the run still keeps its headroom: `fit`)."""
         return self.available_bytes is None or self.estimate.total <= self.available_bytes
@@ -236,6 +264,8 @@ def run_progress(job: TrainingJob, run_dir: Path, df) -> RunProgress:
     status = job.status()
     live = status.run_dir == run_dir and status.state in ("running", "stopping", "failed")
     state = status.state if live else run.get("status", "starting")  # run.json: done | stopped | failed
+    if not run and status.run_dir == run_dir and not live:  # the job ended writing no run.json here
+        state = status.state  # (a sweep stopped before its first trial): the job's word is the truth
     step = int(df["step"].max()) if len(df) and "step" in df else 0
     max_steps = int(run.get("settings", {}).get("max_steps", 0)) or step
     error = hide_paths(run.get("error") or (status.message if live else "")) if state == "failed" else ""

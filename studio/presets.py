@@ -43,13 +43,14 @@ LOSS_ON = ("auto", "answers", "all")
 class TrainSettings:
     """The knobs of a training run that a preset gives defaults for."""
 
-    learning_rate: float = setting(1e-3, "peak learning rate", flag=("--lr", "--learning-rate"), ui=True)
-    min_lr_ratio: float = setting(0.1, "the cosine decays to this fraction of the peak")
-    warmup_steps: int = setting(100, "steps of linear warmup", ui=True)
-    max_steps: int = setting(2000, "optimizer steps", ui=True)
-    batch_size: int = setting(16, "examples per optimizer step (per accumulation)", ui=True)
+    learning_rate: float = setting(1e-3, "peak learning rate", flag=("--lr", "--learning-rate"), ui=True,
+                                   sweep=True, starts_slow="low")
+    min_lr_ratio: float = setting(0.1, "the cosine decays to this fraction of the peak", sweep=True)
+    warmup_steps: int = setting(100, "steps of linear warmup", ui=True, sweep=True, starts_slow="high")
+    max_steps: int = setting(2000, "optimizer steps", ui=True, sweep=True, starts_slow="high")
+    batch_size: int = setting(16, "examples per optimizer step (per accumulation)", ui=True, sweep=True)
     grad_accum: int = setting(1, "micro-batches accumulated per optimizer step", ui=True)
-    weight_decay: float = setting(0.1, "AdamW weight decay (matrices only)")
+    weight_decay: float = setting(0.1, "AdamW weight decay (matrices only)", sweep=True)
     grad_clip: float = setting(1.0, "gradient norm clip; 0 = off")
     eval_interval: int = setting(100, "steps between evals", ui=True)
     eval_batches: int = setting(20, "batches of validation windows per eval")
@@ -62,7 +63,7 @@ class TrainSettings:
     # answers when every document is a chat exchange (built-in corpus, saved chats), else all
     loss_on: str = setting("auto", "which tokens the loss scores: auto | answers | all")
     # AdamW's second-moment decay; small batches (nanoGPT's char recipe) like 0.99
-    beta2: float = setting(0.95, "AdamW's second-moment decay")
+    beta2: float = setting(0.95, "AdamW's second-moment decay", sweep=True)
     # built-in data: stop once every task's dev exact match (questions kept out of training, never
     # the held-out ones the run is scored on) reaches this at an eval; 0 = off
     stop_at_exact_match: float = setting(0.0, "built-in data: stop once every task's dev exact match reaches "
@@ -106,18 +107,19 @@ class Preset:
     description: str = ""
     source: str = ""  # where the architecture and the default settings come from
     hf_id: str = ""  # pretrained only: the hub model id
-    n_layer: int = setting(4, "layers", design="required", label="layers", minimum=1)
-    n_embd: int = setting(128, "width (d_model)", design="required", label="width (d_model)", minimum=1)
-    n_head: int = setting(4, "attention heads", design="required", label="heads", minimum=1)
+    n_layer: int = setting(4, "layers", design="required", label="layers", minimum=1, sweep=True)
+    n_embd: int = setting(128, "width (d_model)", design="required", label="width (d_model)", minimum=1,
+                         sweep=True)
+    n_head: int = setting(4, "attention heads", design="required", label="heads", minimum=1, sweep=True)
     n_inner: int = setting(0, "feed-forward width (d_ff); 0 = 4 x n_embd", design=True,
-                           label="feed-forward width (0 = 4 x width)", minimum=0)
+                           label="feed-forward width (0 = 4 x width)", minimum=0, sweep=True)
     block_size: int = setting(128, "context length", design=True, label="context", minimum=1)
     tokenizer: str = setting("gpt2", "gpt2 | char | bpe", design=True, label="tokenizer", choices=TOKENIZERS)
     # gpt2: fixed; char/bpe: the target size (char: the size before data is seen)
     vocab_size: int = setting(50257, "char/bpe: target vocabulary (gpt2: 50257)", design=True,
                               label="vocabulary (gpt2: 50257; char/bpe: the target size)", minimum=1)
     dropout: float = setting(0.0, "dropout, in [0, 1)", design=True, label="dropout", minimum=0,
-                            maximum=0.99)
+                            maximum=0.99, sweep=True, starts_slow="high")
     train: TrainSettings = field(default_factory=TrainSettings)
     decode: DecodingSettings = field(default_factory=DecodingSettings)
 

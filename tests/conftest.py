@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the test processes share a few busy cores, where spinning OpenMP threads are many times slower;
 # the product sets its policy per process (studio.interactive_threads / training_env)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def wait_for(fn, timeout=120, every=0.5):
+    """`fn()`'s first truthy value, polled every `every` s; an AssertionError after `timeout` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -113,6 +125,20 @@ def page(browser, app_url):
     pg.goto(app_url, wait_until="load")  # never "networkidle": gr.Timer polling keeps the network busy
     yield pg
     pg.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_preset():
+    """A designed 1-layer, 32-wide character preset: a 6-step run takes a fraction of a second. The
+    module's designed presets (this one, a sweep's shape presets) are removed after it."""
+    from studio.presets import Preset, save_preset, user_presets_dir
+
+    made = set(user_presets_dir().glob("*.json"))
+    save_preset(Preset(name="tiny-designed", n_layer=1, n_embd=32, n_head=2, block_size=64, tokenizer="char",
+                       vocab_size=64))
+    yield "tiny-designed"
+    for path in set(user_presets_dir().glob("*.json")) - made:
+        path.unlink()
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,8 @@ def defaults(endpoint: str, params: list[dict], model: str, tested: dict) -> lis
             value = model
         elif kind.startswith("Literal[") and "'built-in corpus'" in kind:  # which data a call uses
             value = source
-        elif name in ("message", "text", "system", "hub_dataset", "hub", "run_name") or label == "LoRA target modules":
+        elif name in ("message", "text", "system", "hub_dataset", "hub", "run_name", "sweep_name", "second_values") \
+                or label == "LoRA target modules":
             value = {"message": "hi", "text": "Human: hi"}.get(name, "")
         elif name == "history":
             value = [{"role": role, "content": [{"type": "text", "text": text}]}
@@ -160,7 +161,7 @@ def test_hostile_values_on_every_string_parameter(which, request, tiny_char_chec
                     outcome = "refused by Gradio (choices)" if gradio_choices else \
                         "refused by Gradio (not an upload)" if gradio_file else "refused naming the field"
                 results.setdefault(f"{endpoint} {p['parameter_name']}", {}).setdefault(outcome, []).append(bad)
-                if endpoint == "/train_start" and outcome == "ok":
+                if endpoint in ("/train_start", "/sweep_start") and outcome == "ok":
                     wait_idle(client)
     # the app still serves
     assert "parameters" in client.predict("v2", api_name="/describe")

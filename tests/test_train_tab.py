@@ -1,13 +1,12 @@
 """The Train tab over HTTP and in a browser: start, watch, stop, load the checkpoint."""
 import html
 import re
-import time
 
 import pytest
 from gradio_client import Client
 from playwright.sync_api import expect
 
-from conftest import ARTIFACTS
+from conftest import ARTIFACTS, wait_for
 from studio import models, runs
 
 pytestmark = pytest.mark.slow
@@ -17,16 +16,6 @@ pytestmark = pytest.mark.slow
 # then the run options: validation split mode, report_to, eval file, LoRA rank (0 = off), alpha, dropout, targets,
 # compile
 SETTINGS = [1e-3, 2, 2000, 4, 1, 10, 10, 0, "documents", "none", None, 0, 16.0, 0.0, "", "off"]
-
-
-def wait_for(fn, timeout=90, every=0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s")
 
 
 @pytest.fixture(scope="module")

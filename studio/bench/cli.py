@@ -163,7 +163,25 @@ def add_compare(bench) -> None:
     p.set_defaults(fn=cmd_bench_compare)
 
 
-COMMANDS = (add_chat, add_train_and_memory, add_peer, add_lesson, add_train_tab, add_lora, add_compare)
+def cmd_bench_sweep(args: argparse.Namespace) -> dict:
+    from studio.bench import sweep as sweep_bench
+
+    values = [v for v in args.values.split(",") if v.strip()] if args.values else None
+    result = sweep_bench.run(values, args.max_steps or None, progress_log(args))
+    if not args.json:
+        print(f"full grid {result['full_s']:.1f} s, pruned {result['pruned_s']:.1f} s: ratio {result['ratio']:.3f} "
+              f"(goal <= 0.5); best {result['best_full']} / {result['best_pruned']} (goal: the same)")
+    return result
+
+
+def add_sweep(bench) -> None:
+    p = bench.add_parser("sweep", help="the lesson's learning rate over 6 values: full grid against the pruned sweep")
+    p.add_argument("--values", default="", help="comma-separated learning rates (default: the benchmark's 6)")
+    p.add_argument("--max-steps", type=int, default=0, help="steps per trial (default: the benchmark's)")
+    p.set_defaults(fn=cmd_bench_sweep)
+
+
+COMMANDS = (add_chat, add_train_and_memory, add_peer, add_lesson, add_train_tab, add_lora, add_compare, add_sweep)
 INTERACTIVE = ("chat", "compare")  # benchmarks of interactive work: passive OpenMP threads, as the app
 
 

@@ -21,7 +21,7 @@ from studio.corpus import HUMAN
 from studio.lora import DEFAULT_TARGETS, LoraSettings
 from studio.presets import TrainSettings
 from studio.run_config import TrainConfig
-from studio.ui import plots
+from studio.ui import plots, sweep as sweep_ui
 from studio.ui.common import DATA_KINDS, HUB_EXAMPLE, Pickers, data_spec, form_input, on, user_errors
 from studio.workspace import Workspace
 
@@ -100,6 +100,7 @@ def plan_markdown(p: jobs.RunPlan) -> str:
     lines.append(f"**Data:** {d['train_tokens']:,} training tokens from {d['docs']:,} documents{skipped}: "
                  f"{d['tokens_per_param']:.2f} tokens per parameter for {p.params / 1e6:.2f}M parameters, "
                  f"{rule} the ~20 rule of thumb ({d['rule_of_thumb_tokens']:,} tokens).")
+    lines += preview_lines(p)
     if p.precision_hint:
         lines.append(f"**Precision:** {p.precision_hint}.")
     if p.plan.compile_why:
@@ -117,6 +118,25 @@ def plan_markdown(p: jobs.RunPlan) -> str:
     else:
         lines.append("**Time:** measured once the run starts (shown beside the progress bar).")
     return "\n\n".join(lines)
+
+
+def marked(example: dict) -> str:
+    """A document as training sees it, HTML-escaped, the spans the loss scores marked."""
+    text, out, at = example["text"], [], 0
+    for begin, end in example["scored"]:
+        out += [html.escape(text[at:begin]), f"<mark>{html.escape(text[begin:end])}</mark>"]
+        at = end
+    out.append(html.escape(text[at:]))
+    return "".join(out).replace("\n", "<br>")
+
+
+def preview_lines(p: jobs.RunPlan) -> list[str]:
+    """The data preview: schema, skipped rows and why, the first documents with the scored part marked."""
+    lines = [f"**Data preview:** {html.escape(p.schema or 'documents')}; highlighted: the part the loss scores."]
+    if p.skip_reasons:
+        lines.append("Skipped: " + "; ".join(html.escape(r) for r in p.skip_reasons))
+    lines += [f"<blockquote>{marked(e)}</blockquote>" for e in p.examples]
+    return lines
 
 
 LESSON_INTRO = (
@@ -302,16 +322,18 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         return {"split_mode": mode or "documents", "report_to": report or "none", "eval_data": path, "lora": lora,
                 "compile": compiled or COMPILE_DEFAULT}
 
-    @user_errors
-    def check(model, data_kind, data_file, saved_chat, hub_dataset, device, precision, *values):
-        cfg = jobs.make_config(ws.model_id(model), data_spec(data_kind, data_file, saved_chat, hub_dataset),
-                               tab_settings(values), "", device, precision, **options_of(values))
-        return plan_markdown(jobs.plan(cfg))
+    def config_of(model, data_kind, data_file, saved_chat, hub_dataset, run_name, device, precision, *values):
+        return jobs.make_config(ws.model_id(model), data_spec(data_kind, data_file, saved_chat, hub_dataset),
+                                tab_settings(values), run_name, device, precision, **options_of(values))
 
     @user_errors
+    def check(model, data_kind, data_file, saved_chat, hub_dataset, device, precision, *values):
+        cfg = config_of(model, data_kind, data_file, saved_chat, hub_dataset, "", device, precision, *values)
+        return plan_markdown(jobs.plan(cfg))
+
+    @user_errors  # named parameters: the API's names for them (and what the errors name)
     def start(model, data_kind, data_file, saved_chat, hub_dataset, run_name, device, precision, *values):
-        cfg = jobs.make_config(ws.model_id(model), data_spec(data_kind, data_file, saved_chat, hub_dataset),
-                               tab_settings(values), run_name, device, precision, **options_of(values))
+        cfg = config_of(model, data_kind, data_file, saved_chat, hub_dataset, run_name, device, precision, *values)
         run_dir = jobs.start(ws.training, cfg)
         gr.Info(f"training started: {run_dir.name}")
         return run_dir.name, None
@@ -436,3 +458,5 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     on([compare.change, metric.change], draw_overlay, [compare, metric], overlay_plot, status=status_line,
        api_visibility="private")
     on(export_btn.click, export, [compare, watched], export_file, status=status_line, api_name="train_export")
+    sweep_ui.build(demo, ws, config_of, [model, *data_inputs, run_name, device, precision, *setting_inputs,
+                                         *option_inputs], watched)
