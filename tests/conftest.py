@@ -141,14 +141,19 @@ def tiny_preset():
         path.unlink()
 
 
-@pytest.fixture(scope="module")
-def chat_file(tmp_path_factory):
-    """200 built-in exchanges as a user/assistant JSONL file (chat data: the loss scores the answers)."""
+def write_chat_file(folder, n: int) -> str:
+    """`n` built-in exchanges as a user/assistant JSONL file in `folder` (chat data: the loss scores the answers)."""
     import json
 
     from studio.data import builtin_examples
 
-    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
-    train_ex, _ = builtin_examples(200, 5)
+    path = folder / "chat.jsonl"
+    train_ex, _ = builtin_examples(n, 5)
     path.write_text("".join(json.dumps({"user": e.question, "assistant": e.answer}) + "\n" for e in train_ex))
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def chat_file(tmp_path_factory):
+    """200 built-in exchanges as a user/assistant JSONL file."""
+    return write_chat_file(tmp_path_factory.mktemp("data"), 200)

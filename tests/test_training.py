@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, write_chat_file
 from studio import checkpoints_dir, devices, models, probe, resume, runs, training
 from studio import run as run_module
 from studio.corpus import builtin_examples
@@ -20,10 +20,7 @@ from studio.training import TrainConfig, lr_at, train
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     """300 built-in exchanges as a JSONL file: fast to tokenize, same schema as real chat data."""
-    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
-    train_ex, _ = builtin_examples(300, 5)
-    path.write_text("".join(json.dumps({"user": e.question, "assistant": e.answer}) + "\n" for e in train_ex))
-    return str(path)
+    return write_chat_file(tmp_path_factory.mktemp("data"), 300)
 
 
 def settings(**kw):
