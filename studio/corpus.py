@@ -5,7 +5,10 @@ character-level model learns in minutes on a laptop CPU (the `lesson` preset), e
 "Human: <question>" then "Assistant: <answer>". Each task teaches one skill besides the
 instruction format: copying, finding a position, counting, comparing, arithmetic. (Writing a
 word in capitals was tried and left out: copying through the a -> A map was still at 0% when
-the other tasks were learned.)
+the other tasks were learned. Single-digit addition held out by ordered pair, learnable only
+through commutativity, was tried and replaced: it stayed at 10-16% for some seeds on an AVX2
+CPU; a digit added to a number below 100 generalizes by composition, the same last-digit sum
+trained with other tens.)
 
 The held-out rule: for every task, no held-out input (the word, the numbers, the digits) appears
 in that task's training examples. The held-out inputs are drawn first from the seed
@@ -71,14 +74,14 @@ def _word(rng: random.Random, lo: int, hi: int) -> str:
 
 
 TASKS = (
-    Task("add", lambda r: (r.randrange(10), r.randrange(10)),
+    Task("add", lambda r: (r.randrange(100), r.randrange(10)),
          lambda x: (f"What is {x[0]} plus {x[1]}?", str(x[0] + x[1])),
-         "single-digit addition, 100 facts; a held-out pair's swapped twin is trained, so order must not matter",
-         weight=2.0),
+         "adding a digit to a number below 100: the last digits' sum, carrying into the tens",
+         weight=3.0),
     Task("repeat", lambda r: _word(r, 3, 3), lambda w: (f"Repeat the word {w}.", w),
          "copying: three letters at a fixed offset from the answer", weight=2.0),
     Task("first", lambda r: _word(r, 3, 8), lambda w: (f"What is the first letter of {w}?", w[0]),
-         "finding a position: the letter right after the instruction"),
+         "finding a position: the letter right after the instruction", weight=2.0),
     Task("length", lambda r: _word(r, 2, 9), lambda w: (f"How many letters are in {w}?", str(len(w))),
          "counting: the distance from the word's start to the question mark"),
     Task("largest", lambda r: tuple(r.sample(range(10), r.randint(3, 5))),
@@ -103,8 +106,6 @@ def heldout_inputs(seed: int = 0, per_task: int = HELDOUT_PER_TASK, dev_per_task
             x = task.draw(rng)
             if (task.name, x) == CHAT_DEMO or x in inputs:
                 continue
-            if task.name == "add" and (x[0] == x[1] or (x[1], x[0]) in inputs):
-                continue  # "add" is held out by ordered pair: the swapped pair stays in training
             inputs.append(x)
         held[task.name] = inputs
     return held
@@ -118,8 +119,9 @@ def _questions(inputs: dict[str, list], part: slice) -> list[Example]:
 
 def builtin_examples(n_train: int = 50_000, n_heldout: int = HELDOUT_PER_TASK * len(TASKS),
                      seed: int = 0) -> tuple[list[Example], list[Example]]:
-    """(train, held-out) exchanges, tasks in shares by their weights (the slow learners, addition and
-    copying, get twice the examples); no held-out or dev input is in its task's training.
+    """(train, held-out) exchanges, tasks in shares by their weights (the slow learners get more:
+    addition three times the examples, copying and the first letter twice); no held-out or dev
+    input is in its task's training.
 
     >>> train, held = builtin_examples(50, 14)
     >>> len(held), {e.question for e in held} & {e.question for e in train}
