@@ -26,30 +26,51 @@ def interactive_threads() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-# A training process on Linux (glibc) also gets its allocator set, which glibc reads only at
-# start-up: every block over 1 MiB is a mapping of its own, returned when freed, in transparent
-# huge pages. By default glibc raises that threshold to 32 MiB as big blocks are freed; a
-# step's activations then come from the heap, whose holes stay resident: GPT-2 small at
-# 4 x 512 peaked ~400 MB higher. The huge pages keep the mappings as fast as the heap (v1,
-# shakespeare-char and GPT-2 small steps measured the same). The user's own settings win.
-TRAINING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
+# A training process on Linux (glibc) also gets its allocator set. Huge pages for the blocks
+# glibc maps on their own: a tunable glibc reads only at start-up, so `train` and `lesson` exec
+# themselves once with it. Which blocks are mapped is the plan's choice, made at run time
+# (`use_allocator`): by default glibc serves a step's activations from its heap, whose holes stay
+# resident (GPT-2 small at 4 x 512 peaked ~400 MB higher), while mapping every block over 1 MiB
+# makes the kernel zero each one anew on every step: the lesson's step took 1.4x as long
+# (11.5k against 16.4k tokens/s, 2 cores, AVX-512), a LoRA step at gpt2-medium's shape 1.3x.
+# So a run maps its big blocks only when its planned peak is tight for the free memory.
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"  # the user's own threshold: then we set none
+LEAN_MMAP_THRESHOLD = 2**20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+
+
+def _glibc() -> bool:
+    return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 
 
 def training_env(env: dict[str, str]) -> dict[str, str]:
     """`env` for a training process: the OpenMP wait policy as the user had it, not ours, and
-    on glibc the allocator settings above."""
+    on glibc the huge pages tunable above."""
     env = dict(env)
     env.pop("OMP_WAIT_POLICY", None)
     if USER_OMP_WAIT_POLICY is not None:
         env["OMP_WAIT_POLICY"] = USER_OMP_WAIT_POLICY
-    if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
-        for key, value in TRAINING_MALLOC.items():
-            env.setdefault(key, value)
+    if _glibc():
         tunables = env.get("GLIBC_TUNABLES", "")
         if "glibc.malloc.hugetlb" not in tunables:
             env["GLIBC_TUNABLES"] = f"{tunables}:{HUGE_PAGES_TUNABLE}" if tunables else HUGE_PAGES_TUNABLE
     return env
+
+
+def use_allocator(lean: bool) -> str:
+    """Map every block over 1 MiB on its own (`lean`: the lower peak) or keep glibc's heap (the
+    faster step); returns what this process's allocator does, for run.json."""
+    if not _glibc():
+        return "the system's default"
+    if MMAP_THRESHOLD_ENV in os.environ:
+        return f"yours: {MMAP_THRESHOLD_ENV}={os.environ[MMAP_THRESHOLD_ENV]}"
+    if not lean:
+        return "heap: glibc's default (the planned peak leaves room)"
+    import ctypes
+
+    ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD)
+    return "lean: blocks over 1 MiB mapped on their own (the planned peak is tight for the free memory)"
 
 
 def restart_for_training(argv: list[str]) -> None:

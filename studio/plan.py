@@ -23,6 +23,9 @@ from studio.presets import TrainSettings
 from studio.tokenizer import Tokenizer
 
 MEMORY_HEADROOM = 0.9  # a run plans within this share of the free memory (allocator slack)
+# a CPU run whose planned peak takes more than this share of its budget trades step time for a
+# lower peak (`studio.use_allocator`); below it the faster heap's extra resident memory fits
+LEAN_SHARE = 0.5
 KEPT_DATA = "data"  # a run's copy of its data file
 
 
@@ -60,6 +63,13 @@ class Plan:
                 f"{self.available_bytes / 2**30:.1f} GB (estimated {f.total_bytes / 2**30:.2f} GB)")
 
     @property
+    def lean_memory(self) -> bool:
+        """Whether the planned peak is tight for the free host memory (`LEAN_SHARE` of the budget)."""
+        peak = self.fit.total_bytes if self.fit else self.estimate.total
+        return self.device.type == "cpu" and bool(self.available_bytes) and peak > LEAN_SHARE * budget(
+            self.available_bytes)
+
+    @property
     def data_report(self) -> dict:
         return self.tokens.report(self.params)
 
@@ -68,7 +78,7 @@ class Plan:
         return {"params": self.params, "device": str(self.device), "block_size": self.block_size,
                 "precision": self.precision.name, "compile": self.compile, "processes": self.processes,
                 "global_batch": self.global_batch, "micro_batch": self.micro_batch, "checkpointing": self.checkpointing,
-                "answers_only": self.answers}
+                "answers_only": self.answers, "lean_memory": self.lean_memory}
 
 
 def make(cfg, device: torch.device, processes: int = 1, progress: models.LoadProgress | None = None) -> Plan:

@@ -21,7 +21,7 @@ import torch
 from accelerate import Accelerator
 
 from studio import (activations, checkpoints_dir, compiling, corpus, data, devices, lora, models, plan, resume, runlock,
-                    runs, tracking)
+                    runs, tracking, use_allocator)
 from studio.arch import BUILD_LOCK
 from studio.atomic import recover, replacing
 from studio.devices import Precision, pick_device
@@ -163,6 +163,7 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None, accelera
         p = plan.make(cfg, device, accelerator.num_processes)
     if p.fit_error:
         raise ValueError(p.fit_error)
+    allocator = use_allocator(p.lean_memory)
     # "fast" is decided by a measurement on the built model; until then, the plan's fp32
     precision, micro_batch, tokenizer = p.precision, p.micro_batch, p.tokenizer
     model, lora_base = _starting_model(cfg, p, folder)
@@ -179,7 +180,8 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None, accelera
             "precision_choice": {"chosen": precision.name, "why": "; ".join(filter(None, (
                 f"precision {cfg.precision!r}" + (f": the {device.type} policy" if cfg.precision == "auto" else ""),
                 devices.precision_hint(device, cfg.precision) if cfg.precision == "bf16" else "")))},
-            "processes": accelerator.num_processes, "data_report": p.data_report, "plan": p.summary()}
+            "processes": accelerator.num_processes, "data_report": p.data_report, "plan": p.summary(),
+            "allocator": allocator}
     kept = activations.default_mode(model.config.n_embd, p.checkpointing)
     activations.apply(model, kept)
     info["activations"] = kept

@@ -159,20 +159,43 @@ def test_train_nice_is_checked():
 
 @pytest.mark.skipif(not studio.training_env({}).get("GLIBC_TUNABLES"), reason="glibc's allocator only")
 def test_training_starts_afresh_with_the_allocator_settings_and_the_users_win(monkeypatch):
-    """glibc reads its allocator settings only at start-up: `python -m studio train` and
-    `lesson` exec themselves once with `training_env`; the user's own values are kept."""
+    """glibc reads its tunables only at start-up: `python -m studio train` and `lesson` exec
+    themselves once with `training_env`; the user's own values are kept."""
     env = studio.training_env({"PATH": "/bin"})
-    assert env["MALLOC_MMAP_THRESHOLD_"] == str(2**20) and env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
-    mine = studio.training_env({"MALLOC_MMAP_THRESHOLD_": "65536", "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"})
-    assert mine["MALLOC_MMAP_THRESHOLD_"] == "65536"
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1" and studio.MMAP_THRESHOLD_ENV not in env
+    mine = studio.training_env({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"})
     assert mine["GLIBC_TUNABLES"] == "glibc.malloc.tcache_count=0:glibc.malloc.hugetlb=1"
     execs = []
     monkeypatch.setattr(os, "execve", lambda exe, argv, env: execs.append((argv, env)))
-    for key in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"):
-        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     studio.restart_for_training(["train", "--preset", "v1"])
     (argv, env), = execs
-    assert argv[1:] == ["-m", "studio", "train", "--preset", "v1"] and env["MALLOC_MMAP_THRESHOLD_"] == str(2**20)
+    assert argv[1:] == ["-m", "studio", "train", "--preset", "v1"] and env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
     monkeypatch.setattr(os, "environ", env)  # the restarted process: settled, no second restart
     studio.restart_for_training(["train", "--preset", "v1"])
     assert len(execs) == 1
+
+
+ALLOCATION = """
+import ctypes, sys
+import studio
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+print(studio.use_allocator(sys.argv[1] == "lean"))
+libc.free(libc.malloc(8 << 20))  # glibc's own threshold rises to a freed mapping's size
+block = libc.malloc(2 << 20)
+lo, hi = next([int(x, 16) for x in line.split()[0].split("-")] for line in open("/proc/self/maps") if "[heap]" in line)
+print("heap" if lo <= block < hi else "mapped")
+"""
+
+
+@pytest.mark.skipif(not studio.training_env({}).get("GLIBC_TUNABLES"), reason="glibc's allocator only")
+@pytest.mark.parametrize("lean, where", [(True, "mapped"), (False, "heap")])
+def test_a_lean_run_maps_its_big_blocks_and_a_roomy_one_keeps_the_heap(lean, where):
+    env = {k: v for k, v in os.environ.items() if k != studio.MMAP_THRESHOLD_ENV}
+    out = subprocess.run([sys.executable, "-c", ALLOCATION, "lean" if lean else "roomy"], env=env, cwd=studio.ROOT,
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0].startswith("lean" if lean else "heap") and out[1] == where
+    mine = subprocess.run([sys.executable, "-c", ALLOCATION, "lean"], env={**env, studio.MMAP_THRESHOLD_ENV: "65536"},
+                          cwd=studio.ROOT, capture_output=True, text=True, check=True).stdout
+    assert mine.startswith("yours: MALLOC_MMAP_THRESHOLD_=65536")  # the user's own setting wins

@@ -3,6 +3,7 @@
 import pytest
 
 from studio import devices, jobs, memory, plan, runs
+from studio import run as run_module
 from studio.devices import DeviceMemory
 from studio.lora import LoraSettings
 from studio.presets import design_preset, save_preset
@@ -31,9 +32,12 @@ def test_check_fit_and_the_run_agree_on_every_decision(case, scratch_preset, tin
     free = int(need / plan.MEMORY_HEADROOM) + 1
     monkeypatch.setattr(devices, "memory", lambda device: DeviceMemory("cpu", free, free))
     shown = jobs.plan(cfg)
+    chosen = []  # the allocator is process-wide: recorded here, not set in the test process
+    monkeypatch.setattr(run_module, "use_allocator", lambda lean: chosen.append(lean) or f"lean={lean}")
     train(cfg)
     run = runs.read_run(runs.run_dir(cfg.name))
     assert shown.plan.micro_batch == 2 and not shown.fits  # the tight budget did shape the plan
+    assert chosen == [True] and run["allocator"] == "lean=True" and shown.plan.lean_memory
     assert run["plan"] == shown.plan.summary()
     assert run["data_report"] == shown.data
     assert (run["device"], run["processes"]) == (shown.device, 1)
