@@ -171,7 +171,9 @@ def build(demo: gr.Blocks, ws: Workspace, config_of: Callable, inputs: list, wat
             optuna_plot = gr.Plot(label="Optuna: loss by setting")
         with gr.Accordion("Sweep status (JSON)", open=False):
             state_json = gr.JSON()
-    timer = gr.Timer(POLL_S)
+    # ticks only while a sweep is shown: an idle tick still costs the page and the server CPU that a
+    # run on the same 2 cores would have had
+    timer = gr.Timer(POLL_S, active=False)
 
     @user_errors
     def start(sweep_name, setting, values, second_setting, second_values, trials, prune,
@@ -225,3 +227,5 @@ def build(demo: gr.Blocks, ws: Workspace, config_of: Callable, inputs: list, wat
     timer.tick(poll, [picked, drawn], [state_json, table, curves_plot, optuna_plot, sweep_status, drawn],
                api_visibility="private", queue=False, show_progress="hidden")
     demo.load(refresh, None, picked, api_visibility="private", queue=False)
+    picked.change(lambda name: gr.Timer(active=isinstance(name, str) and bool(name)), picked, timer, queue=False,
+                  api_visibility="private")
