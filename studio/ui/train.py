@@ -373,13 +373,8 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
             return {"state": "idle"}
         return jobs.status_dict(ws.training, run_dir, runs.read_metrics(run_dir))
 
-    # the timer's tick writes three outputs (each output of an event costs the page work, skipped or
-    # not); the charts, tables and report are drawn by `draw`, only when a tick asks for them
-    drawn = [loss_plot, accuracy_plot, ppl_plot, lr_plot, speed_plot, samples_md, events_df, status_json,
+    drawn = [progress, loss_plot, accuracy_plot, ppl_plot, lr_plot, speed_plot, samples_md, events_df, status_json,
              report_box, report_md, answers_df, tasks_df]
-    # "<what to draw: steps or all> <when asked>": its change runs `draw`. A hidden component, not a
-    # gr.State: a State's change does not fire after an event outside the queue, as the tick is
-    redraw = gr.Textbox(visible=False)
 
     def poll(name: str, last):
         try:
@@ -387,39 +382,29 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         except ValueError:  # the picked run's folder is gone
             run_dir = None
         if run_dir is None:
-            return gr.skip(), last, gr.skip()
+            return [gr.skip()] * len(drawn) + [last]
         drew = Drawn.of(last)
         # what was drawn: the files' signature and the job's state (a process can end without writing)
         state = ws.training.status().state
         signature = runs.signature(run_dir)
         if drew and (signature, state) == (drew.signature, drew.state):
-            return gr.skip(), last, gr.skip()
+            return [gr.skip()] * len(drawn) + [last]
         df = runs.read_metrics(run_dir)
         progress_line = _progress_html(jobs.run_progress(ws.training, run_dir, df))
         marks = int((df["type"] != "step").sum()) if len(df) and "type" in df else 0
         now = time.monotonic()
-        steps_only = drew is not None and drew.marks == marks and drew.state == state
-        # only step rows were added: the progress line now, the step charts at most every REDRAW_S
-        # (on 2 cores the page's own drawing takes time from the run it shows)
-        if steps_only and now - drew.at < REDRAW_S:  # `last` kept: the charts still owe these rows
-            return progress_line, last, gr.skip()
-        return progress_line, Drawn(signature, state, now, marks).to_state(), f"{'steps' if steps_only else 'all'} {now}"
-
-    def draw(name: str, what: str):
-        kind = what.split(" ")[0] if isinstance(what, str) else None  # a forged value draws nothing
-        try:
-            run_dir = jobs.shown_run(ws.training, name)
-        except ValueError:
-            run_dir = None
-        if run_dir is None or kind not in ("steps", "all"):
-            return [gr.skip()] * len(drawn)
-        df = runs.read_metrics(run_dir)
-        if kind == "steps":
+        if drew and drew.marks == marks and drew.state == state:
+            # only step rows were added: the progress line now, the step charts at most every
+            # REDRAW_S (on 2 cores the page's own drawing takes time from the run it shows)
+            if now - drew.at < REDRAW_S:  # `last` kept: the charts still owe these rows
+                return [progress_line] + [gr.skip()] * (len(drawn) - 1) + [last]
             loss, _, _, lr, speed = plots.run_figures(df)
-            return ([loss, gr.skip(), gr.skip(), lr, speed, gr.skip(), gr.skip(),
-                     jobs.status_dict(ws.training, run_dir, df)] + [gr.skip()] * 4)
-        return [*plots.run_figures(df), samples_markdown(df), events_table(df),
-                jobs.status_dict(ws.training, run_dir, df), *report_view(run_dir)]
+            return ([progress_line, loss, gr.skip(), gr.skip(), lr, speed, gr.skip(), gr.skip(),
+                     jobs.status_dict(ws.training, run_dir, df)] + [gr.skip()] * 4
+                    + [Drawn(signature, state, now, marks).to_state()])
+        return [progress_line, *plots.run_figures(df), samples_markdown(df), events_table(df),
+                jobs.status_dict(ws.training, run_dir, df), *report_view(run_dir),
+                Drawn(signature, state, now, marks).to_state()]
 
     def list_all():
         table = runs.list_runs()
@@ -465,9 +450,8 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
     on(stop_btn.click, stop, None, status_line, status=status_line, api_name="train_stop", queue=False)
     on(resume_btn.click, resume, watched, [watched, seen], status=status_line, api_name="train_resume")
     on(merge_btn.click, merge, watched, status_line, status=status_line, api_name="train_merge")
-    timer.tick(poll, [watched, seen], [progress, seen, redraw], api_visibility="private", queue=False,
+    timer.tick(poll, [watched, seen], [*drawn, seen], api_visibility="private", queue=False,
                show_progress="hidden")  # a loading overlay on every drawn component each tick costs the browser CPU
-    redraw.change(draw, [watched, redraw], drawn, api_visibility="private", queue=False, show_progress="hidden")
     gr.Button("Refresh status", size="sm").click(status, watched, status_json, api_name="train_status",
                                                  queue=False)
     demo.load(list_all, None, [runs_df, compare], api_name="train_runs")
