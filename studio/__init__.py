@@ -37,7 +37,9 @@ def interactive_threads() -> None:
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"  # the user's own threshold: then we set none
 LEAN_MMAP_THRESHOLD = 2**20
+HEAP_MMAP_THRESHOLD = 32 * 2**20  # where glibc's own threshold ends up (its maximum on 64-bit)
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+_lean_set = False  # a sweep's worker trains several runs in one process: a later roomy one undoes it
 
 
 def _glibc() -> bool:
@@ -65,11 +67,14 @@ def use_allocator(lean: bool) -> str:
         return "the system's default"
     if MMAP_THRESHOLD_ENV in os.environ:
         return f"yours: {MMAP_THRESHOLD_ENV}={os.environ[MMAP_THRESHOLD_ENV]}"
+    global _lean_set
+    if lean or _lean_set:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD if lean else HEAP_MMAP_THRESHOLD)
+        _lean_set = lean
     if not lean:
         return "heap: glibc's default (the planned peak leaves room)"
-    import ctypes
-
-    ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD)
     return "lean: blocks over 1 MiB mapped on their own (the planned peak is tight for the free memory)"
 
 

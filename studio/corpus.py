@@ -139,7 +139,8 @@ def builtin_examples(n_train: int = 50_000, n_heldout: int = HELDOUT_PER_TASK * 
     heldout = _questions(held, slice(per_task))[:n_heldout]
     kept_out = {task: set(inputs) for task, inputs in held.items()}
     rng = random.Random(f"train-{seed}")
-    train = [next(t for t in TASKS if t.name == CHAT_DEMO[0]).example(CHAT_DEMO[1])] * max(1, round(n_train * CHAT_DEMO_SHARE))
+    demo = next(t for t in TASKS if t.name == CHAT_DEMO[0]).example(CHAT_DEMO[1])
+    train = [demo] * max(1, round(n_train * CHAT_DEMO_SHARE))
     while len(train) < n_train:
         task = rng.choices(TASKS, _WEIGHTS)[0]
         x = task.draw(rng)

@@ -181,7 +181,7 @@ import ctypes, sys
 import studio
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
-print(studio.use_allocator(sys.argv[1] == "lean"))
+print([studio.use_allocator(run == "lean") for run in sys.argv[1].split(",")][-1])  # one run after another
 libc.free(libc.malloc(8 << 20))  # glibc's own threshold rises to a freed mapping's size
 block = libc.malloc(2 << 20)
 lo, hi = next([int(x, 16) for x in line.split()[0].split("-")] for line in open("/proc/self/maps") if "[heap]" in line)
@@ -190,12 +190,12 @@ print("heap" if lo <= block < hi else "mapped")
 
 
 @pytest.mark.skipif(not studio.training_env({}).get("GLIBC_TUNABLES"), reason="glibc's allocator only")
-@pytest.mark.parametrize("lean, where", [(True, "mapped"), (False, "heap")])
-def test_a_lean_run_maps_its_big_blocks_and_a_roomy_one_keeps_the_heap(lean, where):
+@pytest.mark.parametrize("runs, where", [("lean", "mapped"), ("roomy", "heap"), ("lean,roomy", "heap")])
+def test_a_lean_run_maps_its_big_blocks_and_a_roomy_one_keeps_the_heap(runs, where):
     env = {k: v for k, v in os.environ.items() if k != studio.MMAP_THRESHOLD_ENV}
-    out = subprocess.run([sys.executable, "-c", ALLOCATION, "lean" if lean else "roomy"], env=env, cwd=studio.ROOT,
+    out = subprocess.run([sys.executable, "-c", ALLOCATION, runs], env=env, cwd=studio.ROOT,
                          capture_output=True, text=True, check=True).stdout.split("\n")
-    assert out[0].startswith("lean" if lean else "heap") and out[1] == where
+    assert out[0].startswith("lean" if runs == "lean" else "heap") and out[1] == where
     mine = subprocess.run([sys.executable, "-c", ALLOCATION, "lean"], env={**env, studio.MMAP_THRESHOLD_ENV: "65536"},
                           cwd=studio.ROOT, capture_output=True, text=True, check=True).stdout
     assert mine.startswith("yours: MALLOC_MMAP_THRESHOLD_=65536")  # the user's own setting wins
