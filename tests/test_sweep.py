@@ -261,11 +261,11 @@ def test_cli_sweep_json_last_line(tiny_preset, chat_file):
 def test_two_workers_share_a_journal_and_run_each_point_once(tiny_preset, chat_file, tmp_path):
     """Two worker processes on one journal-file study finish a 6-trial grid, each point once."""
     journal = tmp_path / "shared" / "two.journal"
-    spec = make_spec("two", tiny_preset, chat_file, [sweep.Axis.parse("learning_rate=1e-3,2e-3,3e-3", True),
+    spec = make_spec("two-workers", tiny_preset, chat_file, [sweep.Axis.parse("learning_rate=1e-3,2e-3,3e-3", True),
                                                sweep.Axis.parse("beta2=0.9,0.99", True)],
                      storage=f"journal:{journal}", max_steps=20)
     sweep.create(spec)
-    cmd = [sys.executable, "-m", "studio", "sweep", "--join", "two", "--storage", f"journal:{journal}", "--json"]
+    cmd = [sys.executable, "-m", "studio", "sweep", "--join", "two-workers", "--storage", f"journal:{journal}", "--json"]
     workers = [subprocess.Popen(cmd, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [w.communicate(timeout=300) for w in workers]
@@ -273,7 +273,7 @@ def test_two_workers_share_a_journal_and_run_each_point_once(tiny_preset, chat_f
     ran = [line for _, err in outs for line in err.splitlines() if "max_steps at step" in line]
     assert len(ran) == 6, ran  # six trials trained, none twice
     print("trials per worker:", [sum("max_steps at step" in line for line in err.splitlines()) for _, err in outs])
-    rows = sweep.status("two")["trials"]
+    rows = sweep.status("two-workers")["trials"]
     assert len(rows) == 6 and all(r["status"] == "done" for r in rows)
     points = sorted((r["params"]["learning_rate"], r["params"]["beta2"]) for r in rows)
     assert points == sorted((lr, b) for lr in (1e-3, 2e-3, 3e-3) for b in (0.9, 0.99))
