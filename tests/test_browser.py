@@ -33,3 +33,26 @@ def test_models_tab_describes_and_generates(page, tiny_char_checkpoint):
         .to_be_visible()
     expect(out).to_have_value(generated)
     page.screenshot(path=str(ARTIFACTS / "models_tab.png"), full_page=True)
+
+
+FRAME_COUNTER = """window.__frames = 0;
+const frame = window.requestAnimationFrame.bind(window);
+window.requestAnimationFrame = (callback) => { window.__frames++; return frame(callback); };"""
+
+
+def test_an_idle_page_draws_few_frames(browser, app_url):
+    """Gradio's status tracker leaves a frame loop running (~78 frames a second in headless
+    chromium, on every page); the app's page script slows it, so an idle page leaves the CPU to
+    a run. The counter is installed before any page script, so it sees what reaches the browser."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    try:
+        page.add_init_script(FRAME_COUNTER)
+        page.goto(app_url, wait_until="load")
+        expect(page.get_by_text("parameters").first).to_be_visible(timeout=20000)
+        page.wait_for_timeout(2000)  # the page's own entrance transitions end
+        before = page.evaluate("window.__frames")
+        page.wait_for_timeout(4000)
+        per_s = (page.evaluate("window.__frames") - before) / 4
+        assert per_s < 30, f"{per_s:.0f} frames a second on an idle page"
+    finally:
+        page.close()

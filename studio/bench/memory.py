@@ -24,12 +24,14 @@ MEMORY_CASES = [("v1", 8, 128, "fp32", False), ("v1", 8, 128, "bf16", False), ("
                 ("v2", 8, 128, "fp32", True), ("tiny-tale", 4, 256, "fp32", False), ("gpt2", 4, 512, "fp32", False)]
 
 
-def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool, path: str = "studio") -> dict:
+def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool, path: str = "studio",
+            lean: bool = False) -> dict:
     """The probe's {"measured": bytes, "device": ...} for one case, from a fresh process, along
-    `path` (`memory_probe.PATHS`); "before" also keeps the allocator's defaults."""
+    `path` (`memory_probe.PATHS`); "before" also keeps the allocator's defaults, `lean` maps big
+    blocks on their own (a run's allocator when its planned peak is tight)."""
     env = {**(os.environ if path == "before" else training_env(os.environ)), "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-m", "studio.bench.memory_probe", name, str(batch), str(seq), precision,
-                          str(int(checkpointing)), "--path", path], capture_output=True, text=True, env=env,
+                          str(int(checkpointing)), "--path", path, *(["--lean"] if lean else [])], capture_output=True, text=True, env=env,
                          timeout=600)
     if out.returncode:
         raise ValueError(f"memory measurement of {name} failed: {out.stderr.strip().splitlines()[-1:]}")

@@ -1,6 +1,6 @@
 """The measuring side of `bench memory`: train a preset three steps, print the peak as JSON.
 
-    python -m studio.bench.memory_probe PRESET BATCH SEQ PRECISION CHECKPOINTING(0|1) [--path P]
+    python -m studio.bench.memory_probe PRESET BATCH SEQ PRECISION CHECKPOINTING(0|1) [--path P] [--lean]
 
 trains along one of PATHS and prints {"measured": bytes, "device": "cpu" | "cuda"} on its last
 line:
@@ -8,7 +8,8 @@ line:
   for big vocabularies) and what `activations.default_mode` keeps;
 - "plain-head": the same with the whole (batch, seq, vocab) logits;
 - "before": the path before the chunked head: whole logits and every activation kept.
-The caller sets the process's allocator (`studio.training_env` for a training process). It
+The caller sets the process's environment (`studio.training_env` for a training process); `--lean`
+maps big blocks on their own as a run does when its planned peak is tight (`studio.use_allocator`). It
 must run in a fresh process: its peak RSS covers the process's whole life, so anything run
 before it in the same process would count (`peak_rss`).
 """
@@ -23,7 +24,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from studio import activations
+from studio import activations, use_allocator
 from studio.arch import gpt2_config
 from studio.presets import get_preset
 from studio.devices import precision as precision_of
@@ -51,7 +52,10 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool, path: str = "studio") -> dict:
+def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool, path: str = "studio",
+            lean: bool = False) -> dict:
+    if lean:
+        use_allocator(True)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     preset = get_preset(name)
     cfg = gpt2_config(preset)
@@ -93,8 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("precision")
     p.add_argument("checkpointing", type=int, choices=(0, 1))
     p.add_argument("--path", choices=PATHS, default="studio")
+    p.add_argument("--lean", action="store_true", help="the allocator of a run whose planned peak is tight")
     a = p.parse_args(argv)
-    print(json.dumps(measure(a.preset, a.batch, a.seq, a.precision, bool(a.checkpointing), a.path)))
+    print(json.dumps(measure(a.preset, a.batch, a.seq, a.precision, bool(a.checkpointing), a.path, a.lean)))
 
 
 if __name__ == "__main__":

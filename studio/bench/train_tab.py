@@ -94,10 +94,10 @@ def run(model: str = "v1", rounds: int = 2, max_steps: int = 100, log: Callable[
     settings = {**SETTINGS, "max_steps": max_steps}
     folder = Path(tempfile.mkdtemp(prefix="studio-bench-tab-"))
     os.environ["STUDIO_CHECKPOINTS"] = str(folder)  # the app, the job and the CLI all write here
-    from studio.ui import build_app
+    from studio.ui import build_app, serve
 
     demo = build_app()
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    url = serve.launch(demo).local_url  # as app.py serves it
     cli, tab = [], []
     try:
         with sync_playwright() as p:
@@ -143,10 +143,10 @@ def run_lesson(rounds: int = 2, max_steps: int = 0, log: Callable[[str], None] =
     os.environ["STUDIO_CHECKPOINTS"] = str(folder)
     if max_steps:
         os.environ["STUDIO_LESSON_MAX_STEPS"] = str(max_steps)
-    from studio.ui import build_app
+    from studio.ui import build_app, serve
 
     demo = build_app()
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    url = serve.launch(demo).local_url  # as app.py serves it
     sides: dict[str, list[tuple[float, int, float]]] = {"cli": [], "tab": []}
     try:
         with sync_playwright() as p:

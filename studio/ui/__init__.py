@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.ui import chat, models_tab, playground, train
+from studio.ui import chat, idle, models_tab, playground, train
 from studio.ui.common import Pickers
 from studio.workspace import Workspace
 
@@ -39,4 +39,5 @@ def build_app(ws: Workspace | None = None) -> gr.Blocks:
     # api_open=False: no endpoint runs outside the queue (POST /gradio_api/run/<name> is refused),
     # so the model queue's concurrency limit holds for scripts too
     demo.queue(default_concurrency_limit=2, api_open=False)
+    idle.quiet_queue(demo)
     return demo

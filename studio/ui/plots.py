@@ -68,12 +68,18 @@ def y_range(values: pd.Series, y: str) -> list[float]:
 def run_figures(df: pd.DataFrame) -> tuple[go.Figure, go.Figure, go.Figure, go.Figure, go.Figure]:
     """Loss (train and validation), held-out accuracy, validation perplexity, learning rate and
     tokens/s for one run."""
-    steps, evals = _rows(df, "step", "loss"), _rows(df, "eval", "val_loss")
-    return (line_chart("loss", [("train", steps, "loss"), ("validation", evals, "val_loss")]),
+    evals = _rows(df, "eval", "val_loss")
+    return (loss_chart(df),
             accuracy_chart(df),
             line_chart("validation perplexity", [("val ppl", evals, "val_ppl")], y=Y_LOG),
             line_chart("learning rate", [("lr", _rows(df, "step", "lr"), "lr")], tickformat="~e"),
             line_chart("tokens / s", [("tokens/s", _rows(df, "step", "tokens_per_s"), "tokens_per_s")]))
+
+
+def loss_chart(df: pd.DataFrame) -> go.Figure:
+    """Train loss at each logged step and validation loss at each eval."""
+    return line_chart("loss", [("train", _rows(df, "step", "loss"), "loss"),
+                               ("validation", _rows(df, "eval", "val_loss"), "val_loss")])
 
 
 def accuracy_chart(df: pd.DataFrame) -> go.Figure:

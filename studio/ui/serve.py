@@ -13,6 +13,7 @@ app, and sets its login cookie `SameSite=None`. So the app is launched with:
 - `queue(api_open=False)` (in `build_app`): every endpoint runs through the queue, so the model
   queue's concurrency limit holds; uploads capped at `MAX_UPLOAD`; no SSR (a Node proxy in
   front) and no MCP server.
+And the page gets `idle.PAGE_SCRIPT` (`idle.TrackerFrames`: what an idle page costs the run it shows).
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from studio.ui import idle
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 SHARE_HOSTS = ("*.gradio.live",)  # Gradio's share server forwards its link's Host
@@ -92,7 +95,7 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, *,
            share: bool = False, auth: tuple[str, str] | None = None, quiet: bool = True) -> Served:
     """Start `demo` in the background with the guards above; `demo.close()` stops it."""
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(loopback, share)),
-                  Middleware(SameOrigin), Middleware(LaxCookies)]
+                  Middleware(SameOrigin), Middleware(LaxCookies), Middleware(idle.TrackerFrames)]
     _, local_url, share_url = demo.launch(
         server_name=host, server_port=port, share=share, auth=auth, prevent_thread_lock=True, quiet=quiet,
         max_file_size=MAX_UPLOAD, app_kwargs={"middleware": middleware}, ssr_mode=False, mcp_server=False)

@@ -27,7 +27,7 @@ from studio.workspace import Workspace
 
 POLL_S = 2.0  # the progress line moves at least every 2 s, as promised in the tab's spec; each tick
 # costs the page and the server CPU that the run on the same cores would have had
-REDRAW_S = 6.0  # a running run's step charts redraw at most this often; evals and events at once
+REDRAW_S = 6.0  # a running run's loss chart redraws at most this often; every chart at evals and events
 SETTING_FIELDS = tuple(f.name for f in settings_of(TrainSettings, "ui"))  # the tab's settings, in order
 COMPILE_DEFAULT = next(f.default for f in fields(TrainConfig) if f.name == "compile")
 
@@ -394,13 +394,13 @@ def build(demo: gr.Blocks, ws: Workspace, pickers: Pickers) -> None:
         marks = int((df["type"] != "step").sum()) if len(df) and "type" in df else 0
         now = time.monotonic()
         if drew and drew.marks == marks and drew.state == state:
-            # only step rows were added: the progress line now, the step charts at most every
-            # REDRAW_S (on 2 cores the page's own drawing takes time from the run it shows)
+            # only step rows were added: the progress line now, the loss chart at most every
+            # REDRAW_S; the learning rate, tokens/s and status at the next eval or event (on 2
+            # cores the page's own drawing takes time from the run it shows: a Plotly redraw
+            # took ~70 ms of the browser's CPU)
             if now - drew.at < REDRAW_S:  # `last` kept: the charts still owe these rows
                 return [progress_line] + [gr.skip()] * (len(drawn) - 1) + [last]
-            loss, _, _, lr, speed = plots.run_figures(df)
-            return ([progress_line, loss, gr.skip(), gr.skip(), lr, speed, gr.skip(), gr.skip(),
-                     jobs.status_dict(ws.training, run_dir, df)] + [gr.skip()] * 4
+            return ([progress_line, plots.loss_chart(df)] + [gr.skip()] * (len(drawn) - 2)
                     + [Drawn(signature, state, now, marks).to_state()])
         return [progress_line, *plots.run_figures(df), samples_markdown(df), events_table(df),
                 jobs.status_dict(ws.training, run_dir, df), *report_view(run_dir),
