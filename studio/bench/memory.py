@@ -30,9 +30,9 @@ def measure(name: str, batch: int, seq: int, precision: str, checkpointing: bool
     `path` (`memory_probe.PATHS`); "before" also keeps the allocator's defaults, `lean` maps big
     blocks on their own (a run's allocator when its planned peak is tight)."""
     env = {**(os.environ if path == "before" else training_env(os.environ)), "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "studio.bench.memory_probe", name, str(batch), str(seq), precision,
-                          str(int(checkpointing)), "--path", path, *(["--lean"] if lean else [])], capture_output=True, text=True, env=env,
-                         timeout=600)
+    argv = [name, str(batch), str(seq), precision, str(int(checkpointing)), "--path", path, *(["--lean"] * lean)]
+    out = subprocess.run([sys.executable, "-m", "studio.bench.memory_probe", *argv], capture_output=True, text=True,
+                         env=env, timeout=600)
     if out.returncode:
         raise ValueError(f"memory measurement of {name} failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

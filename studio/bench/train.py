@@ -182,12 +182,11 @@ def head_memory(batch: int = 4, seq: int = 512) -> dict:
     memory is roomy (`gpt2_roomy_peak_memory_ratio`: faster steps, a higher peak)."""
     mb = {(path, lean): memory_bench.measure("gpt2", batch, seq, "fp32", False, path, lean)["measured"] / 2**20
           for path, lean in (("studio", True), ("studio", False), ("plain-head", False), ("before", False))}
-    lean, roomy = mb[("studio", True)], mb[("studio", False)]
-    before = mb[("before", False)]
+    lean, roomy, plain, before = mb.values()
     return {"gpt2_batch": batch, "gpt2_seq": seq, "gpt2_studio_mb": lean, "gpt2_studio_roomy_mb": roomy,
-            "gpt2_plain_head_mb": mb[("plain-head", False)], "gpt2_before_mb": before,
+            "gpt2_plain_head_mb": plain, "gpt2_before_mb": before,
             "gpt2_peak_memory_ratio": lean / before, "gpt2_roomy_peak_memory_ratio": roomy / before,
-            "gpt2_head_only_ratio": roomy / mb[("plain-head", False)]}
+            "gpt2_head_only_ratio": roomy / plain}
 
 
 def run(steps: int = 6, archs: tuple[str, ...] | None = None, head: bool = True) -> dict:
