@@ -38,7 +38,8 @@ HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"  # the user's own threshold: then we set none
 LEAN_MMAP_THRESHOLD = 2**20
 HEAP_MMAP_THRESHOLD = 32 * 2**20  # where glibc's own threshold ends up (its maximum on 64-bit)
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+HEAP_TRIM_THRESHOLD = 2 * HEAP_MMAP_THRESHOLD  # glibc moves its trim threshold with it: the heap's top stays
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 _lean_set = False  # a sweep's worker trains several runs in one process: a later roomy one undoes it
 
 
@@ -71,7 +72,10 @@ def use_allocator(lean: bool) -> str:
     if lean or _lean_set:
         import ctypes
 
-        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD if lean else HEAP_MMAP_THRESHOLD)
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD if lean else HEAP_MMAP_THRESHOLD)
+        if not lean:
+            libc.mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD)
         _lean_set = lean
     if not lean:
         return "heap: glibc's default (the planned peak leaves room)"

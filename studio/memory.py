@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+import torch
+
 from studio import activations
 from studio.arch import count_parameters, gpt2_config
 from studio.head import CHUNKED_MIN_VOCAB, default_chunk_rows
-from studio.lora import LoraSettings
+from studio.lora import LoraSettings, frozen_storage
 from studio.presets import Preset
 
 if TYPE_CHECKING:  # pandas takes ~1 s to import: only the tables need it, not a training process
@@ -101,8 +103,9 @@ LOGIT_BYTES = {"fp32": 20, "bf16": 16, "fp16": 16}
 # with `python -m studio bench memory`: v1, v2 at 50,257 and tiny-tale at 8,192 within 11%).
 CHUNK_TEMPS = 3
 HEAD_BYTES_PER_VOCAB = 3072
-# bytes per frozen parameter under LoRA: bf16 keeps the frozen weights in bf16 itself; fp16
-# keeps them fp32 (the scaler's precision) plus autocast's 2-byte copy
+# bytes per frozen parameter under LoRA, by `lora.frozen_storage`: bf16 keeps every frozen weight in
+# bf16; "fp32" storage is fp16's (fp32 masters for the scaler plus autocast's 2-byte copy) or MPS's
+# fp32; "narrow" keeps the adapted layers' weights in 2 bytes and the rest in 4
 FROZEN_BYTES = {"fp32": 4, "bf16": 2, "fp16": 6}
 
 
@@ -136,13 +139,27 @@ def _arch(model) -> dict:
             "dropout": getattr(model, "resid_pdrop", 0.0) or 0.0, "config": model}
 
 
+def _adapted_shapes(a: dict, lora: LoraSettings) -> list[tuple[int, int]]:
+    """(fan-in, fan-out) of every matrix LoRA adapts in one layer of a GPT-2-style model."""
+    n, ff = a["n_embd"], a["d_ff"]
+    shapes = {"c_attn": [(n, 3 * n)], "c_proj": [(n, n), (ff, n)], "c_fc": [(n, ff)]}
+    return [shape for t in lora.target_modules for shape in shapes.get(t, [])]
+
+
 def adapter_parameters(model, lora: LoraSettings) -> int:
     """LoRA's trainable parameters on a GPT-2-style model: r x (fan-in + fan-out) per adapted matrix."""
     a = _arch(model)
-    n, ff = a["n_embd"], a["d_ff"]
-    shapes = {"c_attn": [(n, 3 * n)], "c_proj": [(n, n), (ff, n)], "c_fc": [(n, ff)]}
-    per_layer = sum(lora.r * (i + o) for t in lora.target_modules for i, o in shapes.get(t, []))
-    return a["n_layer"] * per_layer
+    return a["n_layer"] * sum(lora.r * (i + o) for i, o in _adapted_shapes(a, lora))
+
+
+def frozen_bytes(model, lora: LoraSettings, precision: str, device: str) -> int:
+    """Bytes of a LoRA run's frozen weights, stored as `lora.frozen_storage` says."""
+    a = _arch(model)
+    params = count_parameters(a["config"])
+    storage = frozen_storage({"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision), device)
+    if storage == "narrow":
+        return 4 * params - 2 * a["n_layer"] * sum(i * o for i, o in _adapted_shapes(a, lora))
+    return params * (2 if storage == "bf16" else FROZEN_BYTES.get(precision, 4))
 
 
 def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing: bool = False,
@@ -156,7 +173,7 @@ def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing
     the loss's tensors: (batch, seq, vocab) on the plain path, often the largest for GPT-2's 50k
     vocabulary, or one chunk and the head's weight gradient on the chunked path (`chunked`,
     default: as a one-process run decides, by vocabulary size).
-    With LoRA (`lora.r > 0`) the model is frozen, in bf16 under bf16 (else as above), and only
+    With LoRA (`lora.r > 0`) the model is frozen, stored as `lora.frozen_storage` says, and only
     the fp32 adapters have gradients and AdamW states; activations stay as they are, since the
     backward pass still runs through every layer.
     """
@@ -164,7 +181,7 @@ def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing
     params = count_parameters(a["config"])
     if lora is not None and lora.enabled:
         adapters = adapter_parameters(model, lora)
-        frozen = params * FROZEN_BYTES.get(precision, 4)
+        frozen = frozen_bytes(model, lora, precision, device)
         trained = adapters * (4 + (2 if precision != "fp32" else 0))
         return replace(_estimate_full(a, params, batch, seq, precision, checkpointing, device, chunked),
                        weights=frozen + trained, grads=4 * adapters, optimizer=8 * adapters)

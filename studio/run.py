@@ -3,7 +3,7 @@ model, tokenizer, token data, optimizer, accelerator, run folder, resume state),
 plan (`studio.plan`); the loop (`studio.training`) changes only its `state`.
 
 Every check that can fail runs before metrics.jsonl is opened. With `lora.r > 0` the starting
-model is frozen (in bf16 under bf16 precision) and wrapped in peft's adapters; a "fast" run
+model is frozen (stored as `lora.store_frozen` says) and wrapped in peft's adapters; a "fast" run
 measures its precision on the built model (`studio.probe`), and a `compile` run compiles its
 body when it pays (`studio.compiling`).
 """
@@ -135,11 +135,6 @@ class Run:
             self.lock.release()
 
 
-def _frozen_dtype(precision: Precision) -> torch.dtype | None:
-    """A LoRA run's frozen weights: in bf16 under bf16 autocast (half the bytes, no cast each step)."""
-    return torch.bfloat16 if precision.autocast == torch.bfloat16 else None
-
-
 def prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None = None) -> Run:
     """Build the run; every check that can fail runs before metrics.jsonl is opened. The main
     process first takes the run folder's lock (a RunBusy naming the holder when another process
@@ -171,7 +166,8 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None, accelera
     if cfg.lora.enabled:
         if lora_base is None:  # a scratch base cannot be rebuilt from its name alone: the run keeps it
             lora_base = _save_scratch_base(model, tokenizer, p.spec, folder, accelerator)
-        model = lora.wrap(model, cfg.lora, _frozen_dtype(precision))
+        model = lora.wrap(model, cfg.lora)
+        frozen = lora.store_frozen(model, precision.autocast, device.type)
         if cfg.resume:
             lora.load_adapter_weights(model, folder / "last")
     eval_text = readable_text(cfg.eval_data, tokenizer, cfg.model) if cfg.eval_data else ""
@@ -191,8 +187,10 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None, accelera
             precision, choice = choose_precision(model, device, micro_batch, p.block_size,
                                                  data.token_cache_dir().parent / PRECISION_CACHE, kept)
         info.update(precision=precision.name, precision_choice=choice)
-        if cfg.lora.enabled and _frozen_dtype(precision):  # as wrap does when the precision is named
-            lora.cast_frozen(model, _frozen_dtype(precision))
+        if cfg.lora.enabled:  # as it was stored when the precision is named
+            frozen = lora.store_frozen(model, precision.autocast, device.type)
+    if cfg.lora.enabled:
+        info["lora_frozen"] = frozen
     optimizer = make_optimizer(model, cfg.settings, device)
     wrapped = accelerator.prepare(model)
     loaded = models.LoadedModel(models.ModelSpec(folder.name, "checkpoint"), accelerator.unwrap_model(wrapped),

@@ -225,8 +225,9 @@ def test_a_probe_reports_its_own_peak_not_its_parents(tmp_path):
 
 
 def test_lora_bench_alternates_the_order_and_reports_medians(monkeypatch):
-    """Rounds run the four configurations forwards, then backwards; speed is the median of the
-    rounds' paired LoRA / full ratios and each row's peak the largest of its rounds."""
+    """The first round runs the four configurations, the later ones full and LoRA, forwards, then
+    backwards; speed is the median of the rounds' paired LoRA / full ratios and each row's peak the
+    largest of its rounds."""
     calls = []
     speeds = {"full": [100.0, 50.0, 100.0], "lora": [150.0, 60.0, 90.0]}  # round 2 slow, round 3 LoRA slow
 
@@ -239,8 +240,7 @@ def test_lora_bench_alternates_the_order_and_reports_medians(monkeypatch):
 
     monkeypatch.setattr(lora_bench, "measure", fake)
     result = lora_bench.run(steps=1, n_layer=2, precision="fp32", rounds=3, log=lambda m: None)
-    forwards = list(lora_bench.CONFIGS)
-    assert calls == forwards + forwards[::-1] + forwards
+    assert calls == list(lora_bench.CONFIGS) + ["lora", "full"] + ["full", "lora"]
     assert result["full"]["tokens_per_s"] == 100.0 and result["lora"]["tokens_per_s"] == 90.0
     assert result["speed_ratio"] == 1.2  # median of 1.5, 1.2, 0.9
     assert result["full"]["peak_mb"] == 4.0 and result["peak_ratio"] == 0.25

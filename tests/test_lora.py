@@ -205,7 +205,9 @@ def test_the_adapters_training_forward_is_peft_s_sum_in_one_pass(base_folder, mo
 
     def loss_and_grads(ours: bool, dtype: torch.dtype | None) -> tuple[float, dict]:
         torch.manual_seed(0)
-        model = lora.wrap(AutoModelForCausalLM.from_pretrained(base_folder), LORA, dtype)
+        model = lora.wrap(AutoModelForCausalLM.from_pretrained(base_folder), LORA)
+        if dtype is not None:
+            lora.store_frozen(model, dtype, "cpu")
         if not ours:
             for layer in model.modules():
                 layer.__dict__.pop("forward", None)  # peft's own method back
@@ -251,16 +253,62 @@ def test_the_adapters_training_forward_is_peft_s_sum_in_one_pass(base_folder, mo
         assert len(calls) == 2 * 2 * 4
 
 
-@pytest.mark.parametrize("fp32_ms, bf16_ms, frozen", [(60.0, 30.0, torch.bfloat16), (30.0, 60.0, torch.float32)])
+def test_narrow_frozen_weights_train_as_the_base_rounded_to_bf16(base_folder):
+    """fp32 LoRA on the CPU keeps the adapted layers' frozen weights in bf16 and widens them per
+    layer: the loss and the adapters' gradients are those of the fp32 base rounded to bf16 (to fp32
+    rounding), and peft's own paths (adapters disabled, merged) still run on the narrowed layers."""
+    from transformers import AutoModelForCausalLM
+
+    x = torch.randint(0, 500, (2, 16))
+
+    def wrapped(narrow: bool) -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = lora.wrap(AutoModelForCausalLM.from_pretrained(base_folder), LORA)
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.1)
+            elif "base_layer.weight" in name:  # the reference: the same rounding, kept in fp32
+                p.data = p.data.to(torch.bfloat16).float()
+        if narrow:
+            assert lora.store_frozen(model, None, "cpu") == "narrow"
+        return model
+
+    def loss_and_grads(model) -> tuple[float, dict]:
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        return loss.item(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    ref_loss, ref = loss_and_grads(wrapped(False))
+    model = wrapped(True)
+    frozen = {n: p.dtype for n, p in model.named_parameters() if not p.requires_grad}
+    assert {d for n, d in frozen.items() if "base_layer.weight" in n} == {torch.bfloat16}
+    assert {d for n, d in frozen.items() if "base_layer.weight" not in n} == {torch.float32}  # wte, LayerNorms
+    loss, grads = loss_and_grads(model)
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    for name, grad in grads.items():
+        assert grad.norm() > 0 and torch.allclose(grad, ref[name], rtol=1e-4, atol=1e-7), name
+    with torch.no_grad():
+        adapted = model(input_ids=x).logits
+        with model.disable_adapter():
+            assert not torch.allclose(model(input_ids=x).logits, adapted, atol=1e-3)
+        model.merge_adapter()
+        torch.testing.assert_close(model(input_ids=x).logits, adapted, rtol=0.05, atol=0.05)  # bf16 sums
+    assert lora.frozen_storage(torch.bfloat16, "cpu") == "bf16" and lora.frozen_storage(None, "mps") == "fp32"
+
+
+@pytest.mark.parametrize("fp32_ms, bf16_ms, frozen", [(60.0, 30.0, {torch.bfloat16}),
+                                                      (30.0, 60.0, {torch.bfloat16, torch.float32})])
 def test_fast_precision_freezes_the_base_in_the_dtype_it_chose(base_folder, small_data, monkeypatch,
                                                                fp32_ms, bf16_ms, frozen):
-    """"fast" is measured after the model is wrapped: choosing bf16 then halves the frozen weights as
-    naming bf16 does; the adapters stay fp32."""
+    """"fast" is measured after the model is wrapped: choosing bf16 then halves every frozen weight as
+    naming bf16 does, choosing fp32 keeps the adapted layers' narrow and the rest fp32; the
+    adapters stay fp32."""
     monkeypatch.setattr(probe, "step_ms", lambda m, x, p: fp32_ms if p.autocast is None else bf16_ms)
     (checkpoints_dir() / ".cache" / probe.PRECISION_CACHE).unlink(missing_ok=True)
-    with training.prepare(config(base_folder, small_data, f"lora-fast-{frozen}", precision="fast")) as run:
+    with training.prepare(config(base_folder, small_data, f"lora-fast-{len(frozen)}", precision="fast")) as run:
         params = list(run.loaded.model.parameters())
-        assert {p.dtype for p in params if not p.requires_grad} == {frozen}
+        assert {p.dtype for p in params if not p.requires_grad} == frozen
+        assert run.info["lora_frozen"] == ("bf16" if len(frozen) == 1 else "narrow")
         assert {p.dtype for p in params if p.requires_grad} == {torch.float32}
         x, y = training.next_batch(run)
         assert math.isfinite(training.train_step(run, x, y))
@@ -273,6 +321,11 @@ def test_memory_counts_adapters_as_peft_makes_them(base_folder):
     for settings_ in (LoraSettings(r=8), LoraSettings(r=2, targets="c_attn")):
         wrapped = lora.wrap(AutoModelForCausalLM.from_config(cfg), settings_)
         assert memory.adapter_parameters(cfg, settings_) == lora.trainable_parameters(wrapped)
+        for precision, autocast in (("fp32", None), ("bf16", torch.bfloat16)):  # the frozen bytes as stored
+            lora.store_frozen(wrapped, autocast, "cpu")
+            stored = sum(p.numel() * p.element_size() for p in wrapped.parameters() if not p.requires_grad)
+            assert memory.frozen_bytes(cfg, settings_, precision, "cpu") == stored, (settings_, precision)
+    assert memory.frozen_bytes(cfg, LoraSettings(r=8), "fp32", "mps") == 4 * memory.count_parameters(cfg)
     full = memory.estimate(cfg, 4, 64, "bf16")
     low = memory.estimate(cfg, 4, 64, "bf16", lora=LoraSettings(r=8))
     adapters = memory.adapter_parameters(cfg, LoraSettings(r=8))

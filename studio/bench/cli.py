@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def progress_log(args: argparse.Namespace):
-    """Where a benchmark's progress lines go: the terminal, or nowhere under --json."""
-    return (lambda msg: None) if args.json else print
+    """Where a benchmark's progress lines go: stdout, or stderr under --json (stdout is then the
+    JSON alone, and a run of many minutes still shows where it is)."""
+    return (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
 
 
 def cmd_bench_chat(args: argparse.Namespace) -> dict:
@@ -131,9 +133,9 @@ def cmd_bench_lora(args: argparse.Namespace) -> dict:
 
 def add_lora(bench) -> None:
     p = bench.add_parser("lora", help="peak memory and tokens/s of LoRA r=8 against full fine-tuning (gpt2-medium)")
-    p.add_argument("--steps", type=int, default=2, help="timed steps per configuration (after one warm-up)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of the four configurations, order alternated; "
-                   "medians are reported")
+    p.add_argument("--steps", type=int, default=1, help="timed steps per configuration (after one warm-up)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of full and LoRA, order alternated, medians "
+                   "reported (the checkpointing rows run in the first)")
     p.add_argument("--n-layer", type=int, default=24, help="layers (24 = gpt2-medium; fewer for a quick run)")
     p.add_argument("--precision", default="fast", help="fast (bf16 where this device has fast bf16, else fp32) | "
                    "fp32 | bf16 (both configurations alike)")

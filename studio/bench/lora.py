@@ -1,19 +1,23 @@
 """Benchmark: LoRA r=8 against full fine-tuning on gpt2-medium's architecture (random weights).
 
-    python -m studio bench lora [--steps 2] [--rounds 3] [--n-layer 24] [--precision fast] [--json]
+    python -m studio bench lora [--steps 1] [--rounds 3] [--n-layer 24] [--precision fast] [--json]
 
 Four configurations (full, LoRA, each with and without gradient checkpointing) train at batch
-4 x 512 with the training loop's own pieces (`lora.wrap`, `activations`, `make_optimizer`,
-`lm_loss`), each in a fresh process with a training process's allocator (`studio.training_env`)
-so its peak RSS (or CUDA peak) is its own: one warm-up step, then `steps` timed steps. Without
+4 x 512 with the training loop's own pieces (`lora.wrap`, `lora.store_frozen`, `activations`,
+`make_optimizer`, `lm_loss`), each in a fresh process with a training process's environment
+(`studio.training_env`). Each process first takes one step with big blocks mapped on their own
+(what a run tight on memory gets, where a peak matters: `studio.use_allocator`) and AdamW's states
+made beforehand (`prime`), so its peak is that of any later step; then it times `steps` steps,
+after a warm-up step, on glibc's heap (what a run with room to spare keeps: its faster steps). Without
 checkpointing the model keeps what a run of its width keeps (`activations.default_mode`:
-"selective" at 1024 wide). Every round runs the four, in the reverse order on odd rounds, so a
-slow spell of a shared machine falls on both sides. Each row has `peak_mb` (the largest of its
-rounds), `tokens_per_s` (the median) and `estimate_mb` (`memory.estimate`); `peak_ratio` is
-LoRA / full without checkpointing and `speed_ratio` the median of the rounds' LoRA / full
-(goals <= 0.45, >= 1.3). The precision is the device's fast path by default (`devices.precision`
-"fast"): bf16 autocast (frozen LoRA weights in bf16) where `devices.bf16_speed` finds bf16 fast,
-else fp32.
+"selective" at 1024 wide). Full and LoRA run every round, in the reverse order on odd rounds, so a
+slow spell of a shared machine falls on both sides; the checkpointing rows, which no goal reads,
+run in the first round only (a whole bench ends within 20 minutes on a 2-core AVX2 CPU). Each row
+has `peak_mb` (the largest of its rounds), `tokens_per_s` (the median) and `estimate_mb`
+(`memory.estimate`); `peak_ratio` is LoRA / full without checkpointing and `speed_ratio` the median
+of the rounds' LoRA / full (goals <= 0.45, >= 1.3). The precision is the device's fast path by
+default (`devices.precision` "fast"): bf16 autocast where `devices.bf16_speed` finds bf16 fast,
+else fp32, where LoRA keeps the adapted layers' frozen weights narrow (`lora.frozen_storage`).
 
 The measuring side is this module run as a script:
     python -m studio.bench.lora N_LAYER BATCH SEQ PRECISION LORA_R CHECKPOINTING STEPS
@@ -29,7 +33,7 @@ import sys
 import time
 from dataclasses import replace
 
-from studio import ROOT, training_env
+from studio import ROOT, training_env, use_allocator
 from studio.bench.memory_probe import peak_rss, rss
 from studio.lora import LoraSettings
 from studio.memory import estimate
@@ -37,6 +41,7 @@ from studio.presets import get_preset
 
 BATCH, SEQ, RANK = 4, 512, 8
 CONFIGS = {"full": (0, False), "lora": (RANK, False), "full_ckpt": (0, True), "lora_ckpt": (RANK, True)}
+EVERY_ROUND = ("full", "lora")  # what the goals read; the rest run in the first round
 
 
 def _config(n_layer: int):
@@ -62,6 +67,7 @@ def probe(n_layer: int, batch: int, seq: int, precision: str, r: int, checkpoint
 
     dev = _device()
     prec = precision_of(dev, precision)
+    use_allocator(True)
     base = torch.cuda.memory_allocated() if dev.type == "cuda" else rss()
     # transformers after the baseline, as in `bench memory`: estimates include its model code
     from transformers import GPT2LMHeadModel
@@ -70,14 +76,15 @@ def probe(n_layer: int, batch: int, seq: int, precision: str, r: int, checkpoint
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)
     if r:
-        model = lora.wrap(model, LoraSettings(r=r), torch.bfloat16 if prec.autocast == torch.bfloat16 else None)
+        model = lora.wrap(model, LoraSettings(r=r))
+        lora.store_frozen(model, prec.autocast, dev.type)
     activations.apply(model, activations.default_mode(config.n_embd, checkpointing))
     model.to(dev).train()
     opt = make_optimizer(model, get_preset("gpt2-medium").train, dev)
     x = torch.randint(0, config.vocab_size, (batch, seq + 1), device=dev)
     inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
-    times = []
-    for _ in range(1 + steps):
+
+    def step() -> float:
         t0 = time.perf_counter()
         loss = lm_loss(model, inputs, targets, prec.context())
         loss.backward()
@@ -86,13 +93,37 @@ def probe(n_layer: int, batch: int, seq: int, precision: str, r: int, checkpoint
         del loss
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    # the peak first, from a process lean from its start (big blocks freed to a heap would be reused,
+    # peaking as the heap does): one step with AdamW's states already in place, as every step after
+    # the first has them, then the timed steps on glibc's heap after a warm-up step
+    prime(opt)
     if dev.type == "cuda":
+        step()
         peak = torch.cuda.max_memory_allocated() - base
     else:
+        step()
         peak = peak_rss() - base
-    return {"peak": peak, "tokens_per_s": batch * seq * steps / sum(times[1:]), "device": dev.type,
-            "step_s": times[1:]}
+        use_allocator(False)
+    times = [step() for _ in range(1 + steps)][1:]
+    return {"peak": peak, "tokens_per_s": batch * seq * steps / sum(times), "device": dev.type, "step_s": times}
+
+
+def prime(opt) -> None:
+    """AdamW's states made before the first step, which would otherwise make them after its
+    backward: an update with zero gradients at learning rate 0, which leaves the weights as they are."""
+    import torch
+
+    rates = [group["lr"] for group in opt.param_groups]
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    for group, lr in zip(opt.param_groups, rates):
+        group["lr"] = lr
 
 
 def measure(n_layer: int, precision: str, r: int, checkpointing: bool, steps: int) -> dict:
@@ -106,7 +137,7 @@ def measure(n_layer: int, precision: str, r: int, checkpointing: bool, steps: in
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(steps: int = 2, n_layer: int = 24, precision: str = "fast", rounds: int = 3, log=print) -> dict:
+def run(steps: int = 1, n_layer: int = 24, precision: str = "fast", rounds: int = 3, log=print) -> dict:
     """The four configurations, `rounds` times each in fresh processes, with the estimate beside each."""
     from studio.devices import precision as precision_of
 
@@ -115,7 +146,8 @@ def run(steps: int = 2, n_layer: int = 24, precision: str = "fast", rounds: int 
     precision = precision_of(_device(), precision).name
     runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
     for i in range(rounds):
-        for name in (CONFIGS if i % 2 == 0 else reversed(CONFIGS)):
+        names = list(CONFIGS) if i == 0 else list(EVERY_ROUND)
+        for name in (names if i % 2 == 0 else reversed(names)):
             r, ckpt = CONFIGS[name]
             m = measure(n_layer, precision, r, ckpt, steps)
             runs[name].append(m)
