@@ -184,14 +184,14 @@ def _nucleus_tail(cum: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return remove & (p < 1)[:, None]
 
 
-def _top_p_in_top(logits: torch.Tensor, p: torch.Tensor, kmax: int) -> torch.Tensor:
+def _top_p_in_top(logits: torch.Tensor, p: torch.Tensor, kmax: int, exact_ties: bool = True) -> torch.Tensor:
     """top_p when every row it touches already kept at most `kmax` tokens (top-k ran first): the
     same cut, computed on the `kmax` survivors instead of sorting the whole vocabulary."""
     vals, idx = logits.topk(kmax, dim=-1)  # (B, kmax), descending
     ascending = vals.flip(-1)  # as transformers sorts
     remove = _nucleus_tail(ascending.softmax(dim=-1).cumsum(dim=-1), p)
     cut = logits.scatter(1, idx, vals.masked_fill(remove.flip(-1), float("-inf")))
-    return _full_sort_at_ties(cut, logits, p, ascending, remove)
+    return _full_sort_at_ties(cut, logits, p, ascending, remove) if exact_ties else cut
 
 
 def _full_sort_at_ties(cut: torch.Tensor, logits: torch.Tensor, p: torch.Tensor, ascending: torch.Tensor,
@@ -223,7 +223,7 @@ def min_p(logits: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 BOTTOM = 8192  # tokens `_top_p_from_bottom` looks at before it falls back to the full sort
 
 
-def _top_p_from_bottom(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+def _top_p_from_bottom(logits: torch.Tensor, p: torch.Tensor, exact_ties: bool = True) -> torch.Tensor:
     """top_p for rows whose removed tail is small: transformers removes the ascending prefix
     whose cumulative probability is <= 1 - p, so when the `BOTTOM` least likely tokens already
     hold more than 1 - p, that prefix lies among them and only they need ordering (a partial
@@ -235,7 +235,7 @@ def _top_p_from_bottom(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return top_p(logits, p)
     remove = _nucleus_tail(cum, p)  # its last column is kept anyway: the m tokens hold more than 1 - p
     cut = logits.masked_fill(torch.zeros_like(logits, dtype=torch.bool).scatter(1, idx, remove), float("-inf"))
-    return _full_sort_at_ties(cut, logits, p, low, remove)
+    return _full_sort_at_ties(cut, logits, p, low, remove) if exact_ties else cut
 
 
 @dataclass
@@ -265,8 +265,14 @@ class RowParams:
                          self.min_p[rows])
 
 
-def process(input_ids: torch.Tensor, logits: torch.Tensor, params: RowParams) -> torch.Tensor:
-    """All rules in order; a rule whose every row is at identity is skipped."""
+def process(input_ids: torch.Tensor, logits: torch.Tensor, params: RowParams, exact_ties: bool = True) -> torch.Tensor:
+    """All rules in order; a rule whose every row is at identity is skipped.
+
+    `exact_ties=False`: where top-p's cut falls inside a run of equal logits, keep the tied tokens
+    the fast paths put last instead of the ones transformers' full sort does: as many tokens go,
+    the same values, only which of the equal ones differs. For logits that already differ from
+    transformers' (a bf16 output layer's, whose values tie at most cuts), where agreeing on the
+    tie costs a sort of the whole vocabulary for nothing."""
     logits = logits.float()
     if bool((params.penalty != 1).any()):
         logits = repetition_penalty(input_ids, logits, params.penalty)
@@ -285,11 +291,11 @@ def process(input_ids: torch.Tensor, logits: torch.Tensor, params: RowParams) ->
         rows = after_k.nonzero()[:, 0]
         # top-k keeps every token tied with its k-th, so a row may keep more than k: order them all
         kmax = int(torch.isfinite(logits[rows]).sum(dim=-1).max())
-        logits = logits.index_copy(0, rows, _top_p_in_top(logits[rows], p[rows], kmax))
+        logits = logits.index_copy(0, rows, _top_p_in_top(logits[rows], p[rows], kmax, exact_ties))
     whole = uses_p & (k == 0)
     if bool(whole.any()):
         rows = whole.nonzero()[:, 0]
-        logits = logits.index_copy(0, rows, _top_p_from_bottom(logits[rows], p[rows]))
+        logits = logits.index_copy(0, rows, _top_p_from_bottom(logits[rows], p[rows], exact_ties))
     m = torch.where(sampled, params.min_p, torch.zeros_like(params.min_p))
     if bool((m > 0).any()):
         logits = min_p(logits, m)

@@ -104,6 +104,24 @@ def test_keep_sets_equal_transformers_on_rows_full_of_ties(seed):
         assert torch.equal(torch.isfinite(ours[i]), torch.isfinite(ref[0])), s
 
 
+@pytest.mark.parametrize("vocab", [40, sampling.BOTTOM + 808])  # the top-k path; the least-likely-first path
+def test_inexact_ties_cut_as_many_tokens_of_the_same_values(vocab):
+    """`exact_ties=False` (for a bf16 head's logits) may keep other tokens among those equal to
+    top-p's cut, never another number of them nor another value."""
+    g = torch.Generator().manual_seed(vocab)
+    rows = 64
+    logits = torch.randint(-4, 5, (rows, vocab), generator=g).float()
+    history = torch.randint(0, vocab, (rows, 6), generator=g)
+    settings = [DecodingSettings(temperature=[0.7, 1.0][i % 2], top_k=[0, 3, 50][i % 3],
+                                 top_p=[0.5, 0.9, 0.95, 0.99][i % 4], repetition_penalty=[1.0, 1.3][i % 2])
+                for i in range(rows)]
+    ours = sampling.process(history, logits, RowParams.of(settings), exact_ties=False)
+    for i, s in enumerate(settings):
+        ref = hf_processors(s)(history[i:i + 1], logits[i:i + 1].clone())[0]
+        kept, ref_kept = ours[i][torch.isfinite(ours[i])], ref[torch.isfinite(ref)]
+        torch.testing.assert_close(kept.sort().values, ref_kept.sort().values, rtol=1e-6, atol=1e-6)
+
+
 def test_top_p_fast_path_equals_the_full_sort():
     g = torch.Generator().manual_seed(3)
     logits = torch.randn(4, V, generator=g)
