@@ -34,8 +34,9 @@ def test_greedy_equals_generate(tiny, penalty):
 def test_fast_output_layer_is_bf16_only_where_bf16_is_fast(tiny, monkeypatch, bf16_units):
     monkeypatch.setattr(devices, "bf16_speed", lambda d: devices.Bf16Speed(d.type, bf16_units, None))
     weight = decoding._Step(tiny.model, fast=True).weight  # the fast path's bf16 head, where bf16 is fast
-    assert (weight.dtype if weight is not None else None) == (torch.bfloat16 if bf16_units else None)
-    assert decoding._Step(tiny.model, fast=False).weight is None
+    assert weight.dtype == (torch.bfloat16 if bf16_units else torch.float32)
+    step = decoding._Step(tiny.model, fast=False)  # fp32: the model's own weights, no copy
+    assert step.exact and step.weight.data_ptr() == tiny.model.lm_head.weight.data_ptr()
     s = [DecodingSettings(temperature=0, max_new_tokens=10), DecodingSettings(top_k=20, max_new_tokens=10)]
     exact = decoding.generate(tiny, "Once upon", s, stop_at_eos=False)
     fast = decoding.generate(tiny, "Once upon", s, stop_at_eos=False, fast=True)
