@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import CHROMIUM, ROOT
-from studio import models
+from studio import devices, models
 from studio.__main__ import main
 from studio.bench import chat as chat_bench, lora as lora_bench, memory as memory_bench, train as train_bench
 from studio.corpus import TASK_NAMES
@@ -83,9 +83,15 @@ def test_head_bench_times_both_heads_on_v1(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_bench_train_json(monkeypatch, capsys):
+@pytest.mark.parametrize("bf16_units", [True, False])
+def test_cli_bench_train_json(monkeypatch, capsys, bf16_units):
     """`bench train` on a one-layer architecture: every documented field, plausible timings, and
-    the studio loop learning exactly what a bare PyTorch loop learns."""
+    the studio loop learning exactly what a bare PyTorch loop learns; where bf16 is slow, "fast"
+    is fp32 and its runs are not made twice."""
+    monkeypatch.setattr(devices, "bf16_speed", lambda d: devices.Bf16Speed(d.type, bf16_units, None))
+    studio_runs = []
+    loop = train_bench._studio_loop
+    monkeypatch.setattr(train_bench, "_studio_loop", lambda *a: studio_runs.append(a[-1]) or loop(*a))
     monkeypatch.setattr(train_bench, "TRAIN_ARCHS", {"t": (lambda: TINY_ARCH, 2, 32, 1e-3)})
     monkeypatch.setattr(train_bench, "head_speed", lambda steps, work: {"v1_tokens_per_s_ratio": 1.3})
     monkeypatch.setattr(train_bench, "head_memory", lambda: {"gpt2_peak_memory_ratio": 0.7})
@@ -103,6 +109,8 @@ def test_cli_bench_train_json(monkeypatch, capsys):
     # the bare loop (transformers' own GELU) and the studio loop: the same losses, step by step
     assert max(abs(a - b) for a, b in zip(row["loss_hf_default"], row["loss_fp32"])) < 1e-4
     assert max(abs(a - b) for a, b in zip(row["loss_fast"], row["loss_fp32"])) < 0.05  # bf16 rounding
+    assert row["fast_is_fp32"] == (not bf16_units)
+    assert studio_runs == ["fp32", "fp32"] + (["fast", "fast"] if bf16_units else [])
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ machine are noisy, so every figure is a ratio of runs made here, each the best o
 
 The result: `device`, `threads`, `ratio` and `speedup` (the worst over the architectures) and
 `archs`, one row each: `arch`, `params`, `batch`, `seq`, `steps`, `lr`, seconds per step
-(`studio_fp32_s`, `bare_fp32_s`, `studio_fast_s`, `hf_default_fp32_s`), `ratio`, `speedup`, the
+(`studio_fp32_s`, `bare_fp32_s`, `studio_fast_s`, `hf_default_fp32_s`; `fast_is_fp32`: where bf16
+is slow, "fast" is fp32 without a try, so its figures are the fp32 runs'), `ratio`, `speedup`, the
 loss curves (`loss_fp32`, `loss_fast`, `loss_hf_default`, warmup steps included) and their
 largest step-wise differences (`loss_max_abs_diff_fast_vs_fp32`,
 `loss_max_abs_diff_hf_vs_studio_fp32`).
@@ -131,12 +132,16 @@ def _arch_bench(name: str, steps: int, work: Path) -> dict:
     bare_fp32 = [bare(None), bare(None)]
     studio_fp32[1] = studio("fp32", "fp32")
     hf_default = [bare("gelu_new"), None]
-    fast = [studio("fast", "fast"), studio("fast", "fast")]
+    # where bf16 is slow "fast" is fp32 without trying bf16 (`devices.precision`): its runs would be
+    # the fp32 runs again, a quarter of the bench on such a CPU
+    fast_is_fp32 = precision(torch.device("cpu"), "fast").autocast is None
+    fast = studio_fp32 if fast_is_fp32 else [studio("fast", "fast"), studio("fast", "fast")]
     hf_default[1] = bare("gelu_new")
     best = lambda pair: min(t for t, _ in pair)  # noqa: E731
     diffs = [abs(a - b) for a, b in zip(fast[0][1], studio_fp32[0][1])]
     return {"arch": name, "params": count_parameters(gpt2_config(preset)), "batch": batch, "seq": seq,
-            "steps": steps, "lr": lr, "studio_fp32_s": best(studio_fp32), "bare_fp32_s": best(bare_fp32),
+            "steps": steps, "lr": lr, "fast_is_fp32": fast_is_fp32,
+            "studio_fp32_s": best(studio_fp32), "bare_fp32_s": best(bare_fp32),
             "studio_fast_s": best(fast), "hf_default_fp32_s": best(hf_default),
             "ratio": best(bare_fp32) / best(studio_fp32), "speedup": best(hf_default) / best(fast),
             "loss_fp32": studio_fp32[0][1], "loss_fast": fast[0][1], "loss_hf_default": hf_default[0][1],
