@@ -155,10 +155,13 @@ class _Step:
 
     def __init__(self, model: torch.nn.Module, fast: bool) -> None:
         self.model, self.weight, self.exact = model, None, True
-        head = model.get_output_embeddings()
+        # a peft model (a LoRA run's samples) adapts the layers of the model it wraps in place
+        lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        head = lm.get_output_embeddings()
         device = next(model.parameters()).device
-        if model.config.model_type != "gpt2" or head.bias is not None:
-            return
+        if lm.config.model_type != "gpt2" or type(head) is not torch.nn.Linear or head.bias is not None:
+            return  # an adapted head (a peft layer) or another architecture: the model's own forward
+        self.body = lm.base_model  # GPT-2's transformer: the final layer norm's output
         if fast and device.type in ("cpu", "cuda") and devices.bf16_speed(device).fast:
             self.weight, self.exact = head.weight.detach().to(torch.bfloat16), False  # (V, n_embd)
         elif device.type == "cpu" and head.weight.dtype == torch.float32:
@@ -168,7 +171,7 @@ class _Step:
         if self.weight is None:
             out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
             return out.logits[:, -1, :].float(), out.past_key_values
-        out = self.model.base_model(input_ids=ids, past_key_values=cache, use_cache=True)
+        out = self.body(input_ids=ids, past_key_values=cache, use_cache=True)
         hidden = out.last_hidden_state[:, -1, :]  # (b, n_embd)
         if self.exact:
             return torch.mm(self.weight, hidden.t()).t().contiguous(), out.past_key_values

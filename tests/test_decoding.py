@@ -48,6 +48,30 @@ def test_fast_output_layer_is_bf16_only_where_bf16_is_fast(tiny, monkeypatch, bf
         assert fast[0].tokens[0].prob == exact[0].tokens[0].prob
 
 
+@pytest.mark.parametrize("bf16_units", [True, False])
+def test_a_step_of_a_lora_model_is_the_adapted_model(tiny_checkpoint, monkeypatch, bf16_units):
+    """A LoRA run's samples decode its peft model: the step that takes the output layer over runs
+    the adapted blocks (peft's layers inside the wrapped model), fp32 or bf16 head alike."""
+    from studio import lora
+
+    monkeypatch.setattr(devices, "bf16_speed", lambda d: devices.Bf16Speed(d.type, bf16_units, None))
+    torch.manual_seed(0)
+    model = lora.wrap(models.load(tiny_checkpoint, device="cpu").model, lora.LoraSettings(r=4)).eval()
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)
+    ids = torch.tensor([[5, 17, 3, 99]])
+    step = decoding._Step(model, fast=True)
+    assert step.weight is not None and step.exact == (not bf16_units)
+    with torch.inference_mode():
+        ours = step(ids)[0]
+        adapted = model(input_ids=ids).logits[:, -1].float()
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits[:, -1].float()
+    tol = 0.05 if bf16_units else 1e-4
+    assert torch.allclose(ours, adapted, atol=tol) and not torch.allclose(ours, base, atol=tol)
+
+
 def test_greedy_equals_generate_on_a_random_model(tiny_char):
     ids = torch.tensor([tiny_char.tokenizer.encode("Human: hi")])
     ref = tiny_char.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=30,
