@@ -28,7 +28,11 @@ class Scratch:
         """A new empty folder for one download; earlier ones past `KEEP_S` are removed."""
         self.root.mkdir(exist_ok=True)
         for old in self.root.iterdir():
-            if time.time() - old.stat().st_mtime > KEEP_S:
+            try:
+                stale = time.time() - old.stat().st_mtime > KEEP_S
+            except FileNotFoundError:  # another session's sweep, between the listing and here
+                continue
+            if stale:
                 shutil.rmtree(old, ignore_errors=True)
         return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=self.root))
 
