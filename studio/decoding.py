@@ -154,7 +154,7 @@ class _Step:
     """
 
     def __init__(self, model: torch.nn.Module, fast: bool) -> None:
-        self.model, self.weight, self.exact = model, None, True
+        self.model, self.body, self.weight, self.exact = model, None, None, True
         # a peft model (a LoRA run's samples) adapts the layers of the model it wraps in place
         lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         head = lm.get_output_embeddings()

@@ -23,7 +23,7 @@ machine are noisy, so every figure is a ratio of runs made here, each the best o
 The result: `device`, `threads`, `ratio` and `speedup` (the worst over the architectures) and
 `archs`, one row each: `arch`, `params`, `batch`, `seq`, `steps`, `lr`, seconds per step
 (`studio_fp32_s`, `bare_fp32_s`, `studio_fast_s`, `hf_default_fp32_s`; `fast_is_fp32`: where bf16
-is slow, "fast" is fp32 without a try, so its figures are the fp32 runs'), `ratio`, `speedup`, the
+is slow, "fast" is fp32 without a try, so its figures are those of the fp32 runs), `ratio`, `speedup`, the
 loss curves (`loss_fp32`, `loss_fast`, `loss_hf_default`, warmup steps included) and their
 largest step-wise differences (`loss_max_abs_diff_fast_vs_fp32`,
 `loss_max_abs_diff_hf_vs_studio_fp32`).
