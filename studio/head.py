@@ -36,10 +36,27 @@ IGNORE = -100  # a target no loss scores (F.cross_entropy's default; `studio.dat
 CHUNKED_MIN_VOCAB = 4096  # below it the (N, vocab) logits are small and the plain path is as fast
 DEFAULT_CHUNK_BYTES = 25 * 2**20  # one chunk's fp32 logits: ~130 rows at GPT-2's vocabulary;
 # 64-128 rows beat 256 and 1024 on a whole v1 step (x1.2-1.35 vs x0.9-1.1) and in peak memory
+WIDE_HEAD = 512  # GPT-2 small's width and up: where the CPU's fp32 head runs faster weight-first (`_logits_t`)
 
 
-def default_chunk_rows(vocab: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-    return max(16, chunk_bytes // (4 * vocab))
+def default_chunk_rows(vocab: int, width: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Rows a chunk takes: about `chunk_bytes` of fp32 logits, and at least a third of the width:
+    each chunk's products go through the whole (V, d) weight, which MKL does below its rate for
+    few rows (GPT-2 small's 768-wide head, a whole fp32 step at 4 x 512 on the CPU: 256 rows
+    5-12% faster than 130; the README has the figures)."""
+    return max(16, chunk_bytes // (4 * vocab), width // 3)
+
+
+def _logits_t(w: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A chunk's fp32 logits transposed, (V, c), from W (V, d) and the chunk's rows (c, d). In fp32
+    on the CPU, for heads WIDE_HEAD wide and up, as W @ rows.T, which MKL runs faster than
+    rows @ W.T for a few hundred rows (256 rows of GPT-2 medium's head: 165-178 against 254 ms on
+    both CPU kinds). Otherwise rows @ W.T, whose transpose is a view: turned round, v1's 128-wide
+    head made its step 8% slower in fp32 and 15% in bf16 on the AVX-512 kind, and other devices'
+    kernels are unmeasured that way."""
+    if w.device.type == "cpu" and w.dtype == torch.float32 and w.shape[1] >= WIDE_HEAD:
+        return torch.mm(w, rows.t())
+    return torch.mm(rows, w.t()).float().t()
 
 
 class _ChunkedLMLoss(torch.autograd.Function):
@@ -62,16 +79,17 @@ class _ChunkedLMLoss(torch.autograd.Function):
         for i in range(0, len(h), chunk_rows):
             hc = h[i:i + chunk_rows]
             tc = t[i:i + chunk_rows]
-            logits = (hc.to(matmul_dtype) @ w.t()).float()  # (c, V): the only vocab-wide temporary
-            lse = torch.logsumexp(logits, dim=-1)
-            loss += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+            cols = torch.arange(len(tc), device=hc.device)
+            logits = _logits_t(w, hc.to(matmul_dtype))  # (V, c): the only vocab-wide temporary
+            lse = torch.logsumexp(logits, dim=0)
+            loss += (lse - logits[tc, cols]).sum()
             if need_h or need_w:
-                p = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-                p[torch.arange(len(tc), device=p.device), tc] -= 1.0  # d(sum of losses)/d(logits)
+                p = logits.sub_(lse).exp_()  # softmax, in place
+                p[tc, cols] -= 1.0  # d(sum of losses)/d(logits)
                 if need_h:
-                    grad_h[i:i + chunk_rows] = p.to(matmul_dtype) @ w
+                    grad_h[i:i + chunk_rows] = torch.mm(p.to(matmul_dtype).t(), w)
                 if need_w:
-                    grad_w.addmm_(p.t(), hc.float())
+                    grad_w.addmm_(p, hc.float())
         scale = 1.0 / count
         if need_h:
             grad_h.mul_(scale)
@@ -103,8 +121,9 @@ def _chunked_loss_only(hidden, weight, targets, chunk_rows, ignore_index, matmul
     w = weight.to(matmul_dtype)
     loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for i in range(0, len(h), chunk_rows):
-        logits = (h[i:i + chunk_rows].to(matmul_dtype) @ w.t()).float()
-        loss += (torch.logsumexp(logits, -1) - logits.gather(1, t[i:i + chunk_rows, None]).squeeze(1)).sum()
+        tc = t[i:i + chunk_rows]
+        logits = _logits_t(w, h[i:i + chunk_rows].to(matmul_dtype))
+        loss += (torch.logsumexp(logits, 0) - logits[tc, torch.arange(len(tc), device=tc.device)]).sum()
     return loss / len(t)
 
 
@@ -125,7 +144,7 @@ def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         raise ValueError(f"weight must be (vocab, {hidden.shape[-1]}), got {tuple(weight.shape)}")
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
-    rows = chunk_rows or default_chunk_rows(weight.shape[0])
+    rows = chunk_rows or default_chunk_rows(*weight.shape)
     if rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {rows}")
     # the dtypes are `matmul_dtype`'s and fp32 as written, whatever autocast would choose

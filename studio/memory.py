@@ -209,7 +209,7 @@ def _estimate_full(a: dict, params: int, batch: int, seq: int, precision: str, c
     saved += tokens * a["n_embd"] * 4 * 2  # embeddings and final LayerNorm
     extra_cast = 2 * params if precision != "fp32" else 0
     if a["vocab"] >= CHUNKED_MIN_VOCAB if chunked is None else chunked:
-        rows = min(tokens, default_chunk_rows(a["vocab"]))
+        rows = min(tokens, default_chunk_rows(a["vocab"], a["n_embd"]))
         logits = (CHUNK_TEMPS * rows * 4 + a["n_embd"] * 4 + HEAD_BYTES_PER_VOCAB) * a["vocab"]
     else:
         logits = tokens * a["vocab"] * LOGIT_BYTES.get(precision, 20)

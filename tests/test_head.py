@@ -3,7 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from studio.head import chunked_lm_loss
+from studio.head import WIDE_HEAD, chunked_lm_loss
+
+WIDTHS = [16, WIDE_HEAD]  # the CPU's fp32 products run rows-first below WIDE_HEAD, weight-first from it
 
 
 def plain(h, w, y):
@@ -25,9 +27,10 @@ def data(b=3, t=37, d=16, v=1009, seed=0):
             torch.randint(0, v, (b, t), generator=g))
 
 
+@pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("rows", [1, 7, 64, 10_000])
-def test_equals_plain_fp32(rows):
-    h, w, y = data()
+def test_equals_plain_fp32(rows, width):
+    h, w, y = data(d=width)
     l0, gh0, gw0 = grads(plain, h, w, y)
     l1, gh1, gw1 = grads(lambda a, b, c: chunked_lm_loss(a, b, c, chunk_rows=rows), h, w, y)
     torch.testing.assert_close(l1, l0, rtol=1e-6, atol=1e-6)
@@ -35,8 +38,9 @@ def test_equals_plain_fp32(rows):
     torch.testing.assert_close(gw1, gw0, rtol=1e-5, atol=1e-7)
 
 
-def test_ignore_index_and_scaled_loss():
-    h, w, y = data()
+@pytest.mark.parametrize("width", WIDTHS)
+def test_ignore_index_and_scaled_loss(width):
+    h, w, y = data(d=width)
     y[0, :5] = -100
     y[2, -3:] = -100
     l0, gh0, gw0 = grads(lambda a, b, c: 3.0 * plain(a, b, c), h, w, y)
@@ -64,15 +68,17 @@ def test_tied_embedding_gradient_accumulates():
         torch.testing.assert_close(b, a)
 
 
-def test_no_grad_and_eval_paths():
-    h, w, y = data()
+@pytest.mark.parametrize("width", WIDTHS)
+def test_no_grad_and_eval_paths(width):
+    h, w, y = data(d=width)
     with torch.no_grad():
         torch.testing.assert_close(chunked_lm_loss(h, w, y, chunk_rows=9), plain(h, w, y))
     torch.testing.assert_close(chunked_lm_loss(h, w, y), plain(h, w, y))  # no requires_grad
 
 
-def test_only_hidden_needs_grad():
-    h, w, y = data()
+@pytest.mark.parametrize("width", WIDTHS)
+def test_only_hidden_needs_grad(width):
+    h, w, y = data(d=width)
     hh = h.clone().requires_grad_(True)
     chunked_lm_loss(hh, w, y, chunk_rows=11).backward()
     h0 = h.clone().requires_grad_(True)
