@@ -34,8 +34,9 @@ import torch.nn.functional as F
 
 IGNORE = -100  # a target no loss scores (F.cross_entropy's default; `studio.data.IGNORE` is it)
 CHUNKED_MIN_VOCAB = 4096  # below it the (N, vocab) logits are small and the plain path is as fast
-DEFAULT_CHUNK_BYTES = 25 * 2**20  # one chunk's fp32 logits: ~130 rows at GPT-2's vocabulary;
-# 64-128 rows beat 256 and 1024 on a whole v1 step (x1.2-1.35 vs x0.9-1.1) and in peak memory
+DEFAULT_CHUNK_BYTES = 25 * 2**20  # one chunk's fp32 logits: ~130 rows at GPT-2's vocabulary; for a
+# narrow head 64-128 rows beat 256 and 1024 on a whole v1 step (x1.2-1.35 vs x0.9-1.1) and in peak
+# memory, while wide heads want more rows (`default_chunk_rows`)
 WIDE_HEAD = 512  # GPT-2 small's width and up: where the CPU's fp32 head runs faster weight-first (`_logits_t`)
 
 
