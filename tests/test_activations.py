@@ -103,6 +103,23 @@ def test_selective_redoes_loras_rank_wide_matmul_and_keeps_the_layers_own(adapte
     assert keep[lora_b] == 4 * 2 and selective[lora_b] == keep[lora_b] + 4 * 2
 
 
+def test_selective_drops_only_the_mlps_last_output_and_not_where_lora_adapts_it():
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    assert activations.dropped_inner(tiny()) == 128  # the MLP's width, 4 x 32
+    assert activations.dropped_inner(tiny(adapters=True)) == 0  # LoRA's default targets include c_proj
+    attention_only = lora.wrap(tiny(), LoraSettings(r=4, targets=("c_attn",)))
+    assert activations.dropped_inner(attention_only) == 128
+    addmm, bias = torch.ops.aten.addmm.default, torch.zeros(32)
+    def policy(inner: int):
+        return activations._keep_expensive(128, None, addmm, bias, torch.zeros(4, inner), torch.zeros(inner, 32))
+
+    assert policy(128) == CheckpointPolicy.PREFER_RECOMPUTE  # its output only feeds the residual add
+    assert policy(32) == CheckpointPolicy.MUST_SAVE  # the width-deep products are kept
+    # the recompute stops before redoing the dropped product: test_selective_redoes_the_cheap_work_...
+    # counts every product of the backward
+
+
 def test_the_studios_rule_and_bad_modes():
     assert activations.default_mode(128) == "keep" and activations.default_mode(768) == "selective"
     assert activations.default_mode(128, checkpointing=True) == "full"

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from studio import checkpoints_dir, decoding, jobs, lora, memory, models, probe, runs, training
+from studio import checkpoints_dir, decoding, devices, jobs, lora, memory, models, probe, runs, training
 from studio.__main__ import build_parser, main, train_config
 from studio.corpus import builtin_examples
 from studio.devices import DeviceMemory
@@ -304,6 +304,8 @@ def test_fast_precision_freezes_the_base_in_the_dtype_it_chose(base_folder, smal
     naming bf16 does, choosing fp32 keeps the adapted layers' narrow and the rest fp32; the
     adapters stay fp32."""
     monkeypatch.setattr(probe, "step_ms", lambda m, x, p: fp32_ms if p.autocast is None else bf16_ms)
+    # a CPU with bf16 units, where "fast" weighs bf16 at all (without them it is fp32 unmeasured)
+    monkeypatch.setattr(devices, "bf16_speed", lambda d: devices.Bf16Speed(d.type, True, None))
     (checkpoints_dir() / ".cache" / probe.PRECISION_CACHE).unlink(missing_ok=True)
     with training.prepare(config(base_folder, small_data, f"lora-fast-{len(frozen)}", precision="fast")) as run:
         params = list(run.loaded.model.parameters())
