@@ -7,8 +7,7 @@ Three modes, from fastest to leanest:
   output the backward never needs: `dropped_inner`) and of attention;
   LayerNorms, GELU, residual adds and head reshapes are redone block by block in the backward.
   The gradients are bit-for-bit those of "keep" (the same kernels on the same inputs: tested),
-  for ~10 instead of ~17 saved (token x width) tensors per block (11 where LoRA adapts the MLP's
-  last product); GPT-2 small at 4 x 512 keeps
+  for ~10 instead of ~17 saved (token x width) tensors per block; GPT-2 small at 4 x 512 keeps
   ~350 MB less for ~4% more step time (`python -m studio bench train`).
 - "full" (gradient checkpointing): each block keeps only its input and redoes its whole
   forward, matrix multiplies included: least memory, about a third more compute.
@@ -55,14 +54,12 @@ def dropped_inner(model: torch.nn.Module) -> int:
     The MLP's second product ends a block: its output only feeds the residual add, which saves
     nothing, and autograd saves a product's inputs before running it, so the backward's recompute
     stops before redoing it (`torch.utils.checkpoint`'s early stop): keeping its output (8 MB a
-    block at gpt2-medium's 4 x 512 in fp32) bought nothing. It is told apart by its inner
-    dimension, the MLP's width, where that differs from the model's. Not where LoRA adapts it: the
-    adapter saves what its backward needs once the layer's product has run (`lora._LowRank`), so
-    the recompute would redo that product, a third of the block's MLP again."""
+    block at gpt2-medium's 4 x 512 in fp32) bought nothing. A LoRA layer keeps that order
+    (`lora._Down`). It is told apart by its inner dimension, the MLP's width, where that differs
+    from the model's."""
     config = model.config
     width = config.n_inner or 4 * config.n_embd
-    adapted = any(name.endswith("mlp.c_proj") and hasattr(module, "lora_A") for name, module in model.named_modules())
-    return 0 if adapted or width == config.n_embd else width
+    return 0 if width == config.n_embd else width
 
 
 def default_mode(width: int, checkpointing: bool = False) -> Mode:

@@ -151,15 +151,16 @@ class _Widened(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x2d, weight, bias, transposed):
-        ctx.save_for_backward(weight)
-        ctx.transposed = transposed
+        # the frozen weight is a parameter, alive anyway: held by the node rather than saved, so that
+        # nothing is saved after the product (a recompute that needs only what came before stops
+        # short of it: `activations.dropped_inner`)
+        ctx.weight, ctx.transposed = weight, transposed
         w = weight.to(x2d.dtype)
         return torch.addmm(bias, x2d, w if transposed else w.t())
 
     @staticmethod
     def backward(ctx, grad):
-        (weight,) = ctx.saved_tensors
-        w = weight.to(grad.dtype)
+        w = ctx.weight.to(grad.dtype)
         return grad @ (w.t() if ctx.transposed else w), None, None, None
 
 
@@ -176,51 +177,67 @@ def _widening_forward(base, x: torch.Tensor) -> torch.Tensor:
 
 def _forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """peft's `lora.Linear.forward`, with its training case (one plain adapter, not merged) done as
-    one `_LowRank` multiply-add onto `base(x)`: the same sum as peft's `base(x) + B(A(dropout(x))) *
-    scaling` in one pass over the layer's output where peft makes three (B's product, the scaling,
-    the add), each redone in the recompute and met again in the backward. Under autocast the adapter
-    also takes `x` as it comes: peft casts it to the adapters' fp32 and autocast casts it back, two
-    copies for the same numbers. The two were 8% and 5% of a bf16 LoRA step at gpt2-medium's shape
-    on the development CPU. Any other case (merged, disabled, several adapters, DoRA and peft's other
-    variants) is peft's own forward."""
+    `_Down` then the layer then `_Up`: the same sum as peft's `base(x) + B(A(dropout(x))) * scaling`,
+    with one pass over the layer's output (`_Up`). Under autocast the adapter also takes `x` as it
+    comes: peft casts it to the adapters' fp32 and autocast casts it back, two copies for the same
+    numbers. Any other case (merged, disabled, several adapters, DoRA and peft's other variants) is
+    peft's own forward."""
     (name, *others) = layer.active_adapters or (None,)
     autocast = torch.is_autocast_enabled(x.device.type)
     plain = (not args and not kwargs and not others and name in layer.lora_A and name not in layer.lora_variant
              and not layer.disable_adapters and not layer.merged)
     if not plain or not (autocast or x.dtype == layer.lora_A[name].weight.dtype):
         return type(layer).forward(layer, x, *args, **kwargs)
+    # the adapter's down product first: what its backward saves is saved before the layer's own
+    # product runs (`_Down`)
+    down = layer.lora_dropout[name](x if autocast else x.to(layer.lora_A[name].weight.dtype))
+    a = _Down.apply(down.reshape(-1, down.shape[-1]), layer.lora_A[name].weight)
     result = layer.base_layer(x)
-    x = layer.lora_dropout[name](x if autocast else x.to(layer.lora_A[name].weight.dtype))
-    out = _LowRank.apply(result.reshape(-1, result.shape[-1]), x.reshape(-1, x.shape[-1]),
-                         layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name])
+    out = _Up.apply(result.reshape(-1, result.shape[-1]), a, layer.lora_B[name].weight, layer.scaling[name])
     return out.view(result.shape)
 
 
-class _LowRank(torch.autograd.Function):
-    """`out + (x @ A.T) @ B.T * scale`: the adapter's update added onto the layer's output, with the
-    backward's products in the orientations that run fast. Autograd's own made some of A's and B's
-    gradients as (fan, tokens) @ (tokens, rank): 6x the time of the same numbers as (rank, tokens) @
-    (tokens, fan) on the CPU (2,048 tokens, fan 4,096: 21 against 3.5 ms). Profiled at gpt2-medium's
-    shape, 4 layers, fp32: the adapters' products 290 -> 134 ms of a 7.4 s step; whole steps 2%
-    faster in bf16 (AVX-512), within the noise in fp32. Under autocast the forward's products are
-    autocast's; the backward computes in the dtype of the gradient it gets, as autocast's does."""
+class _Down(torch.autograd.Function):
+    """`x @ A.T`, the adapter's first product, (tokens, rank). It saves x and A before the layer's
+    own product runs, and `_Up` saves nothing, so a block's recompute that needs only these stops
+    before redoing the layer's product: the MLP's last product, whose output "selective" does not
+    keep (`activations.dropped_inner`). The backward's products run in the orientations that are
+    fast on the CPU: autograd's own made A's gradient as (fan, tokens) @ (tokens, rank), 6x the
+    time of the same numbers as (rank, tokens) @ (tokens, fan) (2,048 tokens, fan 4,096: 21 against
+    3.5 ms). Under autocast the forward's product is autocast's; the backward computes in the dtype
+    of the gradient it gets, as autocast's does."""
 
     @staticmethod
-    def forward(ctx, out, x, a_weight, b_weight, scale):
-        a = x @ a_weight.t()  # (tokens, rank)
-        ctx.save_for_backward(x, a, a_weight, b_weight)
-        ctx.scale = scale
+    def forward(ctx, x, a_weight):
+        ctx.save_for_backward(x, a_weight)
+        return x @ a_weight.t()
+
+    @staticmethod
+    def backward(ctx, ga):
+        x, a_weight = ctx.saved_tensors
+        dt = ga.dtype
+        grad_x = (ga @ a_weight.to(dt)).to(x.dtype) if ctx.needs_input_grad[0] else None
+        return grad_x, (ga.t() @ x.to(dt)).to(a_weight.dtype)
+
+
+class _Up(torch.autograd.Function):
+    """`out + a @ B.T * scale`: the adapter's update added onto the layer's output in one pass (peft
+    makes three: B's product, the scaling, the add, each met again in the recompute and the backward;
+    with peft's casts they were 8% and 5% of a bf16 LoRA step at gpt2-medium's shape on the
+    development CPU). `a` (tokens x rank, 64 KB at 2,048 tokens and rank 8) and B are held by the
+    node, not saved (see `_Down`)."""
+
+    @staticmethod
+    def forward(ctx, out, a, b_weight, scale):
+        ctx.a, ctx.b_weight, ctx.scale = a.detach(), b_weight, scale
         return torch.addmm(out, a, b_weight.t(), alpha=scale)
 
     @staticmethod
     def backward(ctx, grad):
-        x, a, a_weight, b_weight = ctx.saved_tensors
-        dt, scale = grad.dtype, ctx.scale
+        a, b_weight, scale, dt = ctx.a, ctx.b_weight, ctx.scale, grad.dtype
         ga = grad @ b_weight.to(dt).t().contiguous().t() * scale  # d(loss)/d(a): (tokens, rank)
-        grad_x = (ga @ a_weight.to(dt)).to(x.dtype) if ctx.needs_input_grad[1] else None
-        grad_a = (ga.t() @ x.to(dt)).to(a_weight.dtype)
         grad_b = (a.to(dt).t() @ grad).t().mul(scale).to(b_weight.dtype)
-        return grad, grad_x, grad_a, grad_b, None
+        return grad, ga.to(a.dtype), grad_b, None
 
 
 def load_adapter_weights(model: torch.nn.Module, folder: Path) -> None:

@@ -88,9 +88,9 @@ PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 ACT_PER_LAYER = 17
 ATTN_SCORE_TENSORS = 3
 # "selective" (`studio.activations`) keeps the block's input (1), qkv (3), attention out (1),
-# the attention's projection (1), the MLP's up-projection (4), and the MLP's last product (1)
-# only where LoRA adapts it or the MLP is as wide as the model (`activations.dropped_inner`); of
-# the math kernel's scores only the first matmul's. One block at a time is redone whole in the backward.
+# the attention's projection (1) and the MLP's up-projection (4), and the MLP's last product (1)
+# only where the MLP is as wide as the model (`activations.dropped_inner`); of the math kernel's
+# scores only the first matmul's. One block at a time is redone whole in the backward.
 SELECTIVE_PER_LAYER = 10
 SELECTIVE_SCORE_TENSORS = 1
 # per (token, vocab) element of the loss: logits, log-softmax, their gradients and a softmax
@@ -184,14 +184,13 @@ def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing
         adapters = adapter_parameters(model, lora)
         frozen = frozen_bytes(model, lora, precision, device)
         trained = adapters * (4 + (2 if precision != "fp32" else 0))
-        mlp_out = "c_proj" in lora.target_modules  # `activations.dropped_inner`: the adapted product is kept
-        return replace(_estimate_full(a, params, batch, seq, precision, checkpointing, device, chunked, mlp_out),
+        return replace(_estimate_full(a, params, batch, seq, precision, checkpointing, device, chunked),
                        weights=frozen + trained, grads=4 * adapters, optimizer=8 * adapters)
     return _estimate_full(a, params, batch, seq, precision, checkpointing, device, chunked)
 
 
 def _estimate_full(a: dict, params: int, batch: int, seq: int, precision: str, checkpointing: bool,
-                   device: str, chunked: bool | None, mlp_out_kept: bool = False) -> Estimate:
+                   device: str, chunked: bool | None) -> Estimate:
     act = PRECISION_BYTES.get(precision, 4)
     tokens = batch * seq
     extra_ff = a["d_ff"] - 4 * a["n_embd"]  # a non-default MLP width
@@ -203,7 +202,7 @@ def _estimate_full(a: dict, params: int, batch: int, seq: int, precision: str, c
     if kept == "full":
         saved = a["n_layer"] * tokens * a["n_embd"] * act + per_layer
     elif kept == "selective":
-        kept_outputs = SELECTIVE_PER_LAYER + (mlp_out_kept or a["d_ff"] == a["n_embd"])
+        kept_outputs = SELECTIVE_PER_LAYER + (a["d_ff"] == a["n_embd"])
         lean = tokens * (kept_outputs * a["n_embd"] + extra_ff) * act
         lean += 0 if fused else SELECTIVE_SCORE_TENSORS * scores
         saved = a["n_layer"] * lean + per_layer

@@ -96,20 +96,18 @@ def test_selective_redoes_loras_rank_wide_matmul_and_keeps_the_layers_own(adapte
         return ops["addmm inner=32"] + ops["addmm inner=128"]
 
     lora_b = "addmm inner=4"
-    assert own(keep) == own(selective) == 4 * 2  # 4 per block, kept
-    # B's product added to the layer's output (inner = the rank) is redone in each block: all 4
-    # (`lora._LowRank` keeps what its backward needs when its forward returns, so the recompute
-    # runs the last one too; a few ms a block at gpt2-medium's shape)
-    assert keep[lora_b] == 4 * 2 and selective[lora_b] == keep[lora_b] + 4 * 2
+    assert own(keep) == own(selective) == 4 * 2  # 4 per block, kept or never reached again
+    # B's product added to the layer's output (inner = the rank) is redone in each block but for
+    # the MLP's last, where the recompute stops (`lora._Down` saves before the layer's product)
+    assert keep[lora_b] == 4 * 2 and selective[lora_b] == keep[lora_b] + 3 * 2
 
 
-def test_selective_drops_only_the_mlps_last_output_and_not_where_lora_adapts_it():
+def test_selective_drops_only_the_mlps_last_output():
     from torch.utils.checkpoint import CheckpointPolicy
 
-    assert activations.dropped_inner(tiny()) == 128  # the MLP's width, 4 x 32
-    assert activations.dropped_inner(tiny(adapters=True)) == 0  # LoRA's default targets include c_proj
-    attention_only = lora.wrap(tiny(), LoraSettings(r=4, targets=("c_attn",)))
-    assert activations.dropped_inner(attention_only) == 128
+    assert activations.dropped_inner(tiny()) == activations.dropped_inner(tiny(adapters=True)) == 128  # 4 x 32
+    as_wide = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_inner=32, vocab_size=97))
+    assert activations.dropped_inner(as_wide) == 0  # its products are told apart by width: keep them all
     addmm, bias = torch.ops.aten.addmm.default, torch.zeros(32)
     def policy(inner: int):
         return activations._keep_expensive(128, None, addmm, bias, torch.zeros(4, inner), torch.zeros(inner, 32))
