@@ -57,7 +57,9 @@ def test_train_bench_reports_the_worst_architecture_and_the_head(monkeypatch):
     monkeypatch.setattr(train_bench, "_arch_bench", lambda name, steps, work: rows[name])
     monkeypatch.setattr(train_bench, "head_speed", lambda steps, work: {"v1_tokens_per_s_ratio": 1.3})
     monkeypatch.setattr(train_bench, "head_memory", lambda: {"gpt2_peak_memory_ratio": 0.7})
-    result = train_bench.run(steps=1, archs=("a", "b"))
+    lines: list[str] = []
+    result = train_bench.run(steps=1, archs=("a", "b"), log=lines.append)
+    assert [line.split(":")[0] for line in lines] == ["a loops", "b loops", "v1 head speed", "gpt2 peak memory"]
     assert result["archs"] == [rows["a"], rows["b"]]
     assert (result["ratio"], result["speedup"]) == (0.97, 1.4)
     assert result["head"] == {"v1_tokens_per_s_ratio": 1.3, "gpt2_peak_memory_ratio": 0.7}

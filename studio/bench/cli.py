@@ -44,7 +44,7 @@ def add_chat(bench) -> None:
 def cmd_bench_train(args: argparse.Namespace) -> dict:
     from studio.bench import memory as memory_bench, train as train_bench
 
-    result = train_bench.run(steps=args.steps) if args.bench == "train" else memory_bench.run()
+    result = train_bench.run(steps=args.steps, log=progress_log(args)) if args.bench == "train" else memory_bench.run()
     if not args.json:
         print(json.dumps(result, indent=1))
     return result

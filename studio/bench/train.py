@@ -35,6 +35,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -194,14 +195,24 @@ def head_memory(batch: int = 4, seq: int = 512) -> dict:
             "gpt2_head_only_ratio": roomy / plain}
 
 
-def run(steps: int = 6, archs: tuple[str, ...] | None = None, head: bool = True) -> dict:
+def run(steps: int = 6, archs: tuple[str, ...] | None = None, head: bool = True,
+        log: Callable[[str], None] = lambda line: None) -> dict:
     """Per-architecture figures (every one in TRAIN_ARCHS by default), plus the overall `ratio`
     and `speedup` (their worst case), and `head`: the chunked output layer against the whole
-    logits (v1 tokens/s, gpt2 peak memory), measured in this run."""
+    logits (v1 tokens/s, gpt2 peak memory), measured in this run. `log` gets a line per part
+    with its seconds: where a bench's minutes go on a slow CPU."""
     archs = tuple(TRAIN_ARCHS) if archs is None else archs
+
+    def timed(what: str, part: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        result = part()
+        log(f"{what}: {time.perf_counter() - t0:.0f} s")
+        return result
+
     with tempfile.TemporaryDirectory() as tmp:
-        results = [_arch_bench(name, steps, Path(tmp)) for name in archs]
-        head_row = {**head_speed(steps, Path(tmp)), **head_memory()} if head else None
+        results = [timed(f"{name} loops", lambda name=name: _arch_bench(name, steps, Path(tmp))) for name in archs]
+        head_row = {**timed("v1 head speed", lambda: head_speed(steps, Path(tmp))),
+                    **timed("gpt2 peak memory", head_memory)} if head else None
     out = {"device": "cpu", "threads": torch.get_num_threads(), "archs": results,
            "ratio": min(r["ratio"] for r in results), "speedup": min(r["speedup"] for r in results)}
     return {**out, "head": head_row} if head else out
