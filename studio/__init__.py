@@ -14,16 +14,26 @@ __version__ = "0.1.0"
 # The OpenMP wait policy is chosen per process, before torch loads (OpenMP reads it then):
 # - interactive processes (the app, chat, generate) wait passively: spinning threads take the
 #   cores a training process needs and then wait for each other, and v2's first chat token took
-#   0.15-0.6 s instead of 25 ms on 2 busy cores;
+#   0.15-0.6 s instead of 25 ms on 2 busy cores. Under libgomp (torch's OpenMP on Linux) they
+#   still spin briefly first (`INTERACTIVE_SPIN` pause loops, about 1 ms): a decoding step is
+#   hundreds of small kernels a few microseconds apart, and waking sleeping threads for each
+#   took ~80 us, so v2 decoded at 104-113 tokens/s instead of 191-254 on 2 idle cores (2 busy
+#   ones: 125-133 against 147-182), a Playground batch 1.65x slower (`bench compare`, Xeon
+#   with AMX). Other OpenMP runtimes ignore the variable and just wait passively;
 # - a training process keeps OpenMP's default (spinning): a step is thousands of small kernels,
 #   and waking sleeping threads for each cost 30-50% of the step time on a 128-wide model.
 #   It runs niced instead (`train --nice`, which the app's job uses), so chat gets the cores first.
-USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # the user's own, restored for training
+THREAD_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+USER_THREAD_ENV = {k: os.environ[k] for k in THREAD_ENV if k in os.environ}  # restored for training
+INTERACTIVE_SPIN = "30000"
 
 
 def interactive_threads() -> None:
-    """Passive OpenMP waiting for this process (the user's own setting wins); call before torch loads."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """Passive OpenMP waiting after a short spin, for this process; call before torch loads. A
+    wait policy of the user's own wins (libgomp's spin count would override it, so none is set)."""
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.environ.setdefault("GOMP_SPINCOUNT", INTERACTIVE_SPIN)
 
 
 # A training process on Linux (glibc) also gets its allocator set. Huge pages for the blocks
@@ -51,9 +61,9 @@ def training_env(env: dict[str, str]) -> dict[str, str]:
     """`env` for a training process: the OpenMP wait policy as the user had it, not ours, and
     on glibc the huge pages tunable above."""
     env = dict(env)
-    env.pop("OMP_WAIT_POLICY", None)
-    if USER_OMP_WAIT_POLICY is not None:
-        env["OMP_WAIT_POLICY"] = USER_OMP_WAIT_POLICY
+    for key in THREAD_ENV:
+        env.pop(key, None)
+    env.update(USER_THREAD_ENV)
     if _glibc():
         tunables = env.get("GLIBC_TUNABLES", "")
         if "glibc.malloc.hugetlb" not in tunables:

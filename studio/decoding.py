@@ -144,17 +144,15 @@ class _Step:
       (`devices.bf16_speed`): on CPUs with bf16 units it is several times faster, and the logits
       move by about 1e-2, enough to flip near-ties of greedy decoding; where bf16 is emulated it is
       fp32 as below.
-    - on the CPU in fp32 it multiplies weight-first, (V, n_embd) @ (n_embd, b), the model's own
-      weights in another order: for a few rows MKL runs that orientation 3-4x faster than
-      `linear`'s (4 rows: 1.6 against 6.1 ms at 192 wide, 5.8-8.4 against 23 ms at 768, with and
-      without AVX-512); the logits are the same up to fp32 rounding.
+    - on the CPU it multiplies in the orientation this CPU runs faster for a few rows
+      (`_weight_first`, timed once per shape): the model's weights, the same logits up to rounding.
     `exact`: the logits are the model's own precision, so top-p breaks ties as transformers does;
     the bf16 head's logits tie at most top-p cuts, and redoing those rows with a full sort of the
     vocabulary took a fifth to a third of a batched step there (`sampling.process`'s `exact_ties`).
     """
 
     def __init__(self, model: torch.nn.Module, fast: bool) -> None:
-        self.model, self.body, self.weight, self.exact = model, None, None, True
+        self.model, self.body, self.weight, self.exact, self.weight_first = model, None, None, True, False
         # a peft model (a LoRA run's samples) adapts the layers of the model it wraps in place
         lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         head = lm.get_output_embeddings()
@@ -166,16 +164,44 @@ class _Step:
             self.weight, self.exact = head.weight.detach().to(torch.bfloat16), False  # (V, n_embd)
         elif device.type == "cpu" and head.weight.dtype == torch.float32:
             self.weight = head.weight.detach()
+        self.weight_first = self.weight is not None and device.type == "cpu" and _weight_first(self.weight)
 
     def __call__(self, ids: torch.Tensor, cache=None):
         if self.weight is None:
             out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
             return out.logits[:, -1, :].float(), out.past_key_values
         out = self.body(input_ids=ids, past_key_values=cache, use_cache=True)
-        hidden = out.last_hidden_state[:, -1, :]  # (b, n_embd)
-        if self.exact:
-            return torch.mm(self.weight, hidden.t()).t().contiguous(), out.past_key_values
-        return torch.nn.functional.linear(hidden.to(torch.bfloat16), self.weight).float(), out.past_key_values
+        hidden = out.last_hidden_state[:, -1, :].to(self.weight.dtype)  # (b, n_embd)
+        logits = (torch.mm(self.weight, hidden.t()).t() if self.weight_first
+                  else torch.nn.functional.linear(hidden, self.weight))
+        return logits.contiguous().float(), out.past_key_values
+
+
+_WEIGHT_FIRST: dict[tuple, bool] = {}
+
+
+def _weight_first(weight: torch.Tensor, rows: int = 4) -> bool:
+    """Whether (V, n_embd) @ (n_embd, rows) runs faster than `linear`'s (rows, n_embd) @ (n_embd, V)
+    on this CPU, timed once per process, shape and dtype (medians of 5, alternated). Which wins
+    depends on the CPU's kernels, 4 rows, 50257 x 192 and x 768: in fp32 weight-first was 3-4x
+    faster on an AMD EPYC with AVX-512 (1.6 against 6.1 ms at 192 wide), within 10% either way on a Xeon; in
+    bf16 it was 2-2.4x faster on that Xeon's AMX units (0.53 against 1.05 ms, 2.2 against 5.5)
+    and 1.3-1.9x slower on the same CPU held to AVX-512's bf16 instructions (ONEDNN_MAX_CPU_ISA)."""
+    key = (weight.device.type, tuple(weight.shape), weight.dtype)
+    if key not in _WEIGHT_FIRST:
+        x = torch.randn(rows, weight.shape[1], dtype=weight.dtype, device=weight.device)
+        sides = {True: lambda: torch.mm(weight, x.t()), False: lambda: torch.nn.functional.linear(x, weight)}
+        times: dict[bool, list[float]] = {True: [], False: []}
+        with torch.inference_mode():
+            for side in sides.values():
+                side()  # warm-up: kernels chosen, the weight in cache as it will be
+            for _ in range(5):
+                for first, side in sides.items():
+                    t0 = time.perf_counter()
+                    side()
+                    times[first].append(time.perf_counter() - t0)
+        _WEIGHT_FIRST[key] = sorted(times[True])[2] < sorted(times[False])[2]
+    return _WEIGHT_FIRST[key]
 
 
 @torch.inference_mode()

@@ -136,20 +136,27 @@ def test_every_error_is_one_line_and_a_nonzero_exit(monkeypatch, capsys, error, 
 
 
 def test_interactive_commands_wait_passively_and_training_keeps_openmps_default(monkeypatch):
-    """OpenMP reads its wait policy when torch loads: chat-like commands set PASSIVE first (they
-    share the cores with a run); train leaves OpenMP's spinning default (a step is thousands of
-    small kernels, each waiting on woken threads otherwise)."""
+    """OpenMP reads its wait policy when torch loads: chat-like commands set PASSIVE after a short
+    spin first (they share the cores with a run, yet a decoding step's kernels come microseconds
+    apart); train leaves OpenMP's spinning default (a step is thousands of small kernels, each
+    waiting on woken threads otherwise). A policy of the user's own gets no spin count beside it."""
+    import studio
     from studio import __main__ as cli
     from studio.bench import cli as bench_cli
 
     monkeypatch.setattr(bench_cli, "cmd_bench_chat", lambda args: None)
     monkeypatch.setattr(cli, "cmd_train", lambda args: None)
     monkeypatch.setattr(cli, "stop_on_signals", lambda: None)  # this test process keeps its own handlers
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert cli.main(["train", "--preset", "v1"]) == 0 and "OMP_WAIT_POLICY" not in os.environ
-    assert cli.main(["bench", "chat"]) == 0 and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    for key in studio.THREAD_ENV:
+        monkeypatch.delenv(key, raising=False)
+    assert cli.main(["train", "--preset", "v1"]) == 0
+    assert not any(key in os.environ for key in studio.THREAD_ENV)
+    assert cli.main(["bench", "chat"]) == 0
+    assert (os.environ["OMP_WAIT_POLICY"], os.environ["GOMP_SPINCOUNT"]) == ("PASSIVE", studio.INTERACTIVE_SPIN)
+    monkeypatch.delenv("GOMP_SPINCOUNT")
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's own choice wins
     assert cli.main(["bench", "chat"]) == 0 and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert "GOMP_SPINCOUNT" not in os.environ
 
 
 def test_train_nice_is_checked():

@@ -48,6 +48,38 @@ def test_fast_output_layer_is_bf16_only_where_bf16_is_fast(tiny, monkeypatch, bf
         assert fast[0].tokens[0].prob == exact[0].tokens[0].prob
 
 
+@pytest.mark.parametrize("weight_first", [True, False])
+def test_the_output_layer_in_either_orientation_gives_the_models_logits(tiny, weight_first):
+    step = decoding._Step(tiny.model, fast=False)
+    step.weight_first = weight_first
+    ids = torch.tensor([[5, 17, 3, 99], [7, 7, 1, 2]])
+    with torch.inference_mode():
+        ours = step(ids)[0]
+        own = tiny.model(input_ids=ids).logits[:, -1]
+    assert ours.is_contiguous() and ours.dtype == torch.float32
+    assert torch.allclose(ours, own, atol=1e-5)
+
+
+@pytest.mark.parametrize("slow", ["mm", "linear"])
+def test_the_output_layers_orientation_is_the_one_timed_faster_once_per_shape(monkeypatch, slow):
+    import time
+
+    monkeypatch.setattr(decoding, "_WEIGHT_FIRST", {})
+    calls = []
+    original = getattr(torch.nn.functional, slow) if slow == "linear" else torch.mm
+
+    def slowed(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.003)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional if slow == "linear" else torch, slow, slowed)
+    weight = torch.randn(300, 16)
+    assert decoding._weight_first(weight) == (slow == "linear")
+    timed = len(calls)
+    assert decoding._weight_first(weight) == (slow == "linear") and len(calls) == timed  # cached
+
+
 @pytest.mark.parametrize("bf16_units", [True, False])
 def test_a_step_of_a_lora_model_is_the_adapted_model(tiny_checkpoint, monkeypatch, bf16_units):
     """A LoRA run's samples decode its peft model: the step that takes the output layer over runs

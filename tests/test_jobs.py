@@ -134,9 +134,11 @@ def test_the_job_runs_niced_with_the_users_thread_policy_not_the_apps(monkeypatc
         def poll(self):
             return 0
 
-    monkeypatch.setattr(studio, "USER_OMP_WAIT_POLICY", user_value)
+    monkeypatch.setattr(studio, "USER_THREAD_ENV", {} if user_value is None else {"OMP_WAIT_POLICY": user_value})
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # what the app set for itself
+    monkeypatch.setenv("GOMP_SPINCOUNT", studio.INTERACTIVE_SPIN)
     monkeypatch.setattr(jobs.subprocess, "Popen", FakePopen)
     jobs.TrainingJob().start({"model": "v1"}, checkpoints_dir() / f"niced-{user_value}")
     assert launched["env"].get("OMP_WAIT_POLICY") == user_value
+    assert "GOMP_SPINCOUNT" not in launched["env"]  # the app's short spin would override the user's policy
     assert launched["cmd"][-2:] == ["--nice", str(jobs.TRAIN_NICE)]
