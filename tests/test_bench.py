@@ -69,19 +69,17 @@ def test_head_bench_times_both_heads_on_v1(monkeypatch, tmp_path):
     seen = []
 
     def fake_loop(model, tokens, batch, seq, steps, lr, autocast, loss_fn, mask, turns):
-        seen.append((batch, seq, loss_fn, mask is not None))
-        assert (mask is None) == (turns is None)
-        if loss_fn is train_bench.plain_loss:
-            return 3.0, [0.0]
-        return (1.0 if mask is not None else 2.0), [0.0]  # scoring answers only spares head rows
+        seen.append((batch, seq, loss_fn, mask is not None and turns is not None))
+        return (3.0 if loss_fn is train_bench.plain_loss else 1.0), [0.0]
 
     monkeypatch.setattr(train_bench, "_bare_loop", fake_loop)
     out = train_bench.head_speed(2, tmp_path)
     # v1's defaults train on the built-in corpus with the loss on its answers
-    assert (out["v1_tokens_per_s_ratio"], out["v1_all_tokens_ratio"]) == (3.0, 1.5)
+    assert out["v1_tokens_per_s_ratio"] == 3.0
     assert (out["v1_batch"], out["v1_seq"]) == (32, 128)
-    assert {(f, m) for _, _, f, m in seen} == {(f, m) for f in (train_bench.lm_loss, train_bench.plain_loss)
-                                             for m in (True, False)} and len(seen) == 12
+    # both heads score the answers only, one step each per block, a warm-up block first
+    assert sorted(seen, key=lambda s: s[2].__name__) == sorted(
+        [(32, 128, f, True) for f in (train_bench.lm_loss, train_bench.plain_loss)] * 3, key=lambda s: s[2].__name__)
 
 
 @pytest.mark.slow
