@@ -184,9 +184,11 @@ def _weight_first(weight: torch.Tensor, rows: int = 4) -> bool:
     """Whether (V, n_embd) @ (n_embd, rows) runs faster than `linear`'s (rows, n_embd) @ (n_embd, V)
     on this CPU, timed once per process, shape and dtype (medians of 5, alternated). Which wins
     depends on the CPU's kernels, 4 rows, 50257 x 192 and x 768: in fp32 weight-first was 3-4x
-    faster on an AMD EPYC with AVX-512 (1.6 against 6.1 ms at 192 wide), within 10% either way on a Xeon; in
-    bf16 it was 2-2.4x faster on that Xeon's AMX units (0.53 against 1.05 ms, 2.2 against 5.5)
-    and 1.3-1.9x slower on the same CPU held to AVX-512's bf16 instructions (ONEDNN_MAX_CPU_ISA)."""
+    faster on an AMD EPYC with AVX-512 (1.6 against 6.1 ms at 192 wide), within 10% either way on
+    a Xeon; in bf16 it was 2-2.4x faster on that Xeon's AMX units (0.53 against 1.05 ms, 2.2
+    against 5.5) and 1.3-1.9x slower on the same CPU held to AVX-512's bf16 instructions
+    (ONEDNN_MAX_CPU_ISA). The weight is warm here and read from memory inside a decoding step, so
+    close calls can go either way: held to AVX2, v2's decode ran 6% faster the other way round."""
     key = (weight.device.type, tuple(weight.shape), weight.dtype)
     if key not in _WEIGHT_FIRST:
         x = torch.randn(rows, weight.shape[1], dtype=weight.dtype, device=weight.device)
@@ -194,7 +196,7 @@ def _weight_first(weight: torch.Tensor, rows: int = 4) -> bool:
         times: dict[bool, list[float]] = {True: [], False: []}
         with torch.inference_mode():
             for side in sides.values():
-                side()  # warm-up: kernels chosen, the weight in cache as it will be
+                side()  # warm-up: kernels chosen, pages touched
             for _ in range(5):
                 for first, side in sides.items():
                     t0 = time.perf_counter()
