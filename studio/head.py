@@ -44,20 +44,29 @@ def default_chunk_rows(vocab: int, width: int, chunk_bytes: int = DEFAULT_CHUNK_
     """Rows a chunk takes: about `chunk_bytes` of fp32 logits, and at least a third of the width:
     each chunk's products go through the whole (V, d) weight, which MKL does below its rate for
     few rows (GPT-2 small's 768-wide head, a whole fp32 step at 4 x 512 on the CPU: 256 rows
-    5-12% faster than 130; the README has the figures)."""
-    return max(16, chunk_bytes // (4 * vocab), width // 3)
+    5-12% faster than 130; the README has the figures). Rounded down to a multiple of 32 rows: with an
+    odd count MKL made the weight-first logits 1.5x slower (GPT-2 medium's head, fp32, both CPU kinds:
+    341 rows 1.01-1.02 ms a row, 320 or 352 rows 0.63-0.70; 130 rows 1.05, 128 rows 0.77)."""
+    rows = max(chunk_bytes // (4 * vocab), width // 3)
+    return max(32, rows - rows % 32)
 
 
-def _logits_t(w: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def _logits_t(w: torch.Tensor, rows: torch.Tensor, buffer: torch.Tensor | None = None) -> torch.Tensor:
     """A chunk's fp32 logits transposed, (V, c), from W (V, d) and the chunk's rows (c, d). In fp32
     on the CPU, for heads WIDE_HEAD wide and up, as W @ rows.T, which MKL runs faster than
     rows @ W.T for a few hundred rows (256 rows of GPT-2 medium's head: 165-178 against 254 ms on
     both CPU kinds). Otherwise rows @ W.T, whose transpose is a view: turned round, v1's 128-wide
     head made its step 8% slower in fp32 and 15% in bf16 on the AVX-512 kind, and other devices'
-    kernels are unmeasured that way."""
+    kernels are unmeasured that way. `buffer` (flat fp32, at least V x c) holds the result if given."""
+    v, c = len(w), len(rows)
+    out = None if buffer is None else buffer[:v * c]
     if w.device.type == "cpu" and w.dtype == torch.float32 and w.shape[1] >= WIDE_HEAD:
-        return torch.mm(w, rows.t())
-    return torch.mm(rows, w.t()).float().t()
+        return torch.mm(w, rows.t(), out=None if out is None else out.view(v, c))
+    if out is None:
+        return torch.mm(rows, w.t()).float().t()
+    if w.dtype == torch.float32:
+        return torch.mm(rows, w.t(), out=out.view(c, v)).t()
+    return out.view(c, v).copy_(torch.mm(rows, w.t())).t()
 
 
 class _ChunkedLMLoss(torch.autograd.Function):
@@ -77,15 +86,24 @@ class _ChunkedLMLoss(torch.autograd.Function):
         grad_h = torch.empty((len(h), d), dtype=torch.float32, device=hidden.device) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        # every chunk's logits in one buffer, the only vocab-wide temporary: a chunk's fresh tensor
+        # was made while the last one's was still held, and logsumexp made a third (3 x 68 MB at
+        # gpt2-medium's head, the moment a LoRA step's memory peaks), and touching new pages cost
+        # ~20 ms a chunk
+        buffer = torch.empty(len(weight) * min(chunk_rows, len(h)), dtype=torch.float32, device=hidden.device)
         for i in range(0, len(h), chunk_rows):
             hc = h[i:i + chunk_rows]
             tc = t[i:i + chunk_rows]
             cols = torch.arange(len(tc), device=hc.device)
-            logits = _logits_t(w, hc.to(matmul_dtype))  # (V, c): the only vocab-wide temporary
-            lse = torch.logsumexp(logits, dim=0)
-            loss += (lse - logits[tc, cols]).sum()
+            logits = _logits_t(w, hc.to(matmul_dtype), buffer)
+            # log-sum-exp and softmax in place: one exp pass where logsumexp then the softmax made two
+            target = logits[tc, cols]
+            top = logits.amax(dim=0)
+            p = logits.sub_(top).exp_()
+            total = p.sum(dim=0)
+            loss += (top + total.log() - target).sum()
             if need_h or need_w:
-                p = logits.sub_(lse).exp_()  # softmax, in place
+                p.div_(total)  # softmax
                 p[tc, cols] -= 1.0  # d(sum of losses)/d(logits)
                 if need_h:
                     grad_h[i:i + chunk_rows] = torch.mm(p.to(matmul_dtype).t(), w)

@@ -175,8 +175,8 @@ def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing
     vocabulary, or one chunk and the head's weight gradient on the chunked path (`chunked`,
     default: as a one-process run decides, by vocabulary size).
     With LoRA (`lora.r > 0`) the model is frozen, stored as `lora.frozen_storage` says, and only
-    the fp32 adapters have gradients and AdamW states; activations stay as they are, since the
-    backward pass still runs through every layer.
+    the fp32 adapters have gradients and AdamW states; the backward still runs through every layer,
+    and "selective" keeps one output a layer less (`activations.dropped_square`).
     """
     a = _arch(model)
     params = count_parameters(a["config"])
@@ -184,13 +184,13 @@ def estimate(model, batch: int, seq: int, precision: str = "fp32", checkpointing
         adapters = adapter_parameters(model, lora)
         frozen = frozen_bytes(model, lora, precision, device)
         trained = adapters * (4 + (2 if precision != "fp32" else 0))
-        return replace(_estimate_full(a, params, batch, seq, precision, checkpointing, device, chunked),
+        return replace(_estimate_full(a, params, batch, seq, precision, checkpointing, device, chunked, True),
                        weights=frozen + trained, grads=4 * adapters, optimizer=8 * adapters)
     return _estimate_full(a, params, batch, seq, precision, checkpointing, device, chunked)
 
 
 def _estimate_full(a: dict, params: int, batch: int, seq: int, precision: str, checkpointing: bool,
-                   device: str, chunked: bool | None) -> Estimate:
+                   device: str, chunked: bool | None, frozen: bool = False) -> Estimate:
     act = PRECISION_BYTES.get(precision, 4)
     tokens = batch * seq
     extra_ff = a["d_ff"] - 4 * a["n_embd"]  # a non-default MLP width
@@ -202,7 +202,7 @@ def _estimate_full(a: dict, params: int, batch: int, seq: int, precision: str, c
     if kept == "full":
         saved = a["n_layer"] * tokens * a["n_embd"] * act + per_layer
     elif kept == "selective":
-        kept_outputs = SELECTIVE_PER_LAYER + (a["d_ff"] == a["n_embd"])
+        kept_outputs = SELECTIVE_PER_LAYER + (a["d_ff"] == a["n_embd"]) - frozen  # `activations.dropped_square`
         lean = tokens * (kept_outputs * a["n_embd"] + extra_ff) * act
         lean += 0 if fused else SELECTIVE_SCORE_TENSORS * scores
         saved = a["n_layer"] * lean + per_layer

@@ -179,7 +179,7 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[dict], None] | None, accelera
             "processes": accelerator.num_processes, "data_report": p.data_report, "plan": p.summary(),
             "allocator": allocator}
     kept = activations.default_mode(model.config.n_embd, p.checkpointing)
-    activations.apply(model, kept)
+    activations.apply(model, kept, frozen=cfg.lora.enabled)
     info["activations"] = kept
     model.to(device).train()
     if cfg.precision == "fast":

@@ -36,7 +36,7 @@ def tiny(dropout: float = 0.0, adapters: bool | str = False) -> torch.nn.Module:
 
 def trained(mode: str, dropout: float, adapters: bool | str = False, steps: int = 3) -> dict:
     model = tiny(dropout, adapters)
-    activations.apply(model, mode)
+    activations.apply(model, mode, frozen=bool(adapters))
     opt = make_optimizer(model, TrainSettings(), torch.device("cpu"))
     ctx = precision(torch.device("cpu"), "fp32")
     g = torch.Generator().manual_seed(1)
@@ -74,7 +74,7 @@ class _Count(TorchDispatchMode):
 
 def op_counts(mode: str, adapters: bool | str = False) -> dict[str, int]:
     model = tiny(adapters=adapters)
-    activations.apply(model, mode)
+    activations.apply(model, mode, frozen=bool(adapters))
     x = torch.randint(0, 97, (2, 16))
     with _Count() as seen:
         lm_loss(model, x, x, precision(torch.device("cpu"), "fp32").context()).backward()
@@ -90,30 +90,37 @@ def test_selective_redoes_the_cheap_work_and_none_of_the_matmuls():
 
 
 @pytest.mark.parametrize("adapters", [True, "narrow"])
-def test_selective_redoes_loras_rank_wide_matmul_and_keeps_the_layers_own(adapters):
+def test_selective_under_lora_redoes_the_rank_wide_matmul_and_the_attention_projection(adapters):
     keep, selective = op_counts("keep", adapters), op_counts("selective", adapters)
     def own(ops: dict) -> int:  # the frozen layers': inner = the width, or 4 x for the MLP's c_proj
         return ops["addmm inner=32"] + ops["addmm inner=128"]
 
     lora_b = "addmm inner=4"
-    assert own(keep) == own(selective) == 4 * 2  # 4 per block, kept or never reached again
+    # 4 per block, kept or never reached again but the attention's output projection (32 -> 32),
+    # redone in each block (`activations.dropped_square`)
+    assert own(keep) == 4 * 2 and own(selective) == own(keep) + 2
     # B's product added to the layer's output (inner = the rank) is redone in each block but for
     # the MLP's last, where the recompute stops (`lora._Down` saves before the layer's product)
     assert keep[lora_b] == 4 * 2 and selective[lora_b] == keep[lora_b] + 3 * 2
 
 
-def test_selective_drops_only_the_mlps_last_output():
+def test_selective_drops_the_mlps_last_output_and_under_lora_the_attentions():
     from torch.utils.checkpoint import CheckpointPolicy
 
     assert activations.dropped_inner(tiny()) == activations.dropped_inner(tiny(adapters=True)) == 128  # 4 x 32
     as_wide = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_inner=32, vocab_size=97))
     assert activations.dropped_inner(as_wide) == 0  # its products are told apart by width: keep them all
     addmm, bias = torch.ops.aten.addmm.default, torch.zeros(32)
-    def policy(inner: int):
-        return activations._keep_expensive(128, None, addmm, bias, torch.zeros(4, inner), torch.zeros(inner, 32))
+    def policy(inner: int, out: int = 32, square: int = 0):
+        return activations._keep_expensive(128, square, None, addmm, bias, torch.zeros(4, inner),
+                                           torch.zeros(inner, out))
 
     assert policy(128) == CheckpointPolicy.PREFER_RECOMPUTE  # its output only feeds the residual add
     assert policy(32) == CheckpointPolicy.MUST_SAVE  # the width-deep products are kept
+    # under LoRA (`activations.dropped_square`) the attention's projection, width to width, is redone
+    assert activations.dropped_square(tiny(), frozen=True) == 32 and activations.dropped_square(tiny(), False) == 0
+    assert policy(32, square=32) == CheckpointPolicy.PREFER_RECOMPUTE
+    assert policy(32, out=96, square=32) == policy(32, out=128, square=32) == CheckpointPolicy.MUST_SAVE
     # the recompute stops before redoing the dropped product: test_selective_redoes_the_cheap_work_...
     # counts every product of the backward
 

@@ -296,6 +296,42 @@ def test_narrow_frozen_weights_train_as_the_base_rounded_to_bf16(base_folder):
     assert lora.frozen_storage(torch.bfloat16, "cpu") == "bf16" and lora.frozen_storage(None, "mps") == "fp32"
 
 
+def test_narrow_layers_add_the_adapters_input_gradient_into_their_own(base_folder):
+    """With narrow frozen weights and no dropout, d(x) of an adapted layer is the layer's product with
+    the adapter's rank-wide one added in place: no (tokens x fan) product over the rank of its own,
+    which autograd then summed with the layer's; the gradients are those of the unfused path
+    (`test_narrow_frozen_weights_train_as_the_base_rounded_to_bf16`)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import AutoModelForCausalLM
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm_.default):
+                self.seen.append((func, tuple(args[0].shape), tuple(args[1].shape)))
+            return out
+
+    def backward_ops(dropout: float) -> list:
+        torch.manual_seed(0)
+        model = lora.wrap(AutoModelForCausalLM.from_pretrained(base_folder), LoraSettings(r=4, dropout=dropout))
+        lora.store_frozen(model, None, "cpu")
+        loss = model(input_ids=torch.randint(0, 500, (2, 16)), labels=torch.randint(0, 500, (2, 16))).loss
+        with Ops() as ops:
+            loss.backward()
+        return ops.seen
+
+    fused = backward_ops(0.0)
+    rank_wide = [(s1, s2) for f, s1, s2 in fused if f is torch.ops.aten.mm.default and s1[-1] == 4]
+    added_in = [op for op in fused if op[0] is torch.ops.aten.addmm_.default]
+    assert not rank_wide and len(added_in) == 4 * 2 - 1  # all but the first layer's, whose x needs none
+    unfused = [(s1, s2) for f, s1, s2 in backward_ops(0.1) if f is torch.ops.aten.mm.default and s1[-1] == 4]
+    assert len(unfused) == 4 * 2 - 1  # with dropout, the adapter's d(x) goes through it: its own product
+
+
 @pytest.mark.parametrize("fp32_ms, bf16_ms, frozen", [(60.0, 30.0, {torch.bfloat16}),
                                                       (30.0, 60.0, {torch.bfloat16, torch.float32})])
 def test_fast_precision_freezes_the_base_in_the_dtype_it_chose(base_folder, small_data, monkeypatch,

@@ -78,7 +78,7 @@ def probe(n_layer: int, batch: int, seq: int, precision: str, r: int, checkpoint
     if r:
         model = lora.wrap(model, LoraSettings(r=r))
         lora.store_frozen(model, prec.autocast, dev.type)
-    activations.apply(model, activations.default_mode(config.n_embd, checkpointing))
+    activations.apply(model, activations.default_mode(config.n_embd, checkpointing), frozen=bool(r))
     model.to(dev).train()
     opt = make_optimizer(model, get_preset("gpt2-medium").train, dev)
     x = torch.randint(0, config.vocab_size, (batch, seq + 1), device=dev)
