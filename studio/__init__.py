@@ -53,7 +53,7 @@ LEAN_MMAP_THRESHOLD = 2**20
 # fp32 LoRA steps at that shape took 11.0-12.9 s against 9.3-9.7 s, full fine-tuning's 14.5-15.3
 # against 13.8-14.2 (AVX2 only, 3 runs each, alternated)
 HEAP_MMAP_THRESHOLD = 128 * 2**20
-HEAP_TRIM_THRESHOLD = 2 * HEAP_MMAP_THRESHOLD  # as glibc moves its own with it: the heap's top stays
+GLIBC_MAX_THRESHOLD = 32 * 2**20  # glibc before 2.35 refuses more (HEAP_MAX_SIZE / 2 on 64-bit)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
@@ -85,10 +85,15 @@ def use_allocator(lean: bool) -> str:
     import ctypes
 
     libc = ctypes.CDLL(None)
-    libc.mallopt(_M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD if lean else HEAP_MMAP_THRESHOLD)
-    if not lean:
-        libc.mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD)
-        return "heap: blocks up to 128 MiB (the planned peak leaves room)"
+    if lean:
+        libc.mallopt(_M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD)
+    else:
+        threshold = HEAP_MMAP_THRESHOLD
+        if not libc.mallopt(_M_MMAP_THRESHOLD, threshold):  # an older glibc (GLIBC_MAX_THRESHOLD)
+            threshold = GLIBC_MAX_THRESHOLD
+            libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * threshold)  # as glibc moves its own with it: the heap's top stays
+        return f"heap: blocks up to {threshold >> 20} MiB (the planned peak leaves room)"
     return "lean: blocks over 1 MiB mapped on their own (the planned peak is tight for the free memory)"
 
 

@@ -4,7 +4,8 @@ Three modes, from fastest to leanest:
 - "keep": everything autograd saves stays until the backward. Small models: their steps are
   thousands of tiny kernels, and wrapping each block in a checkpoint costs more than it saves.
 - "selective": each block keeps only the outputs of its matrix multiplies (but the last, whose
-  output the backward never needs: `dropped_inner`) and of attention;
+  output the backward never needs: `dropped_inner`, and under LoRA the attention's projection:
+  `dropped_square`) and of attention;
   LayerNorms, GELU, residual adds and head reshapes are redone block by block in the backward.
   The gradients are bit-for-bit those of "keep" (the same kernels on the same inputs: tested),
   for ~10 instead of ~17 saved (token x width) tensors per block; GPT-2 small at 4 x 512 keeps
@@ -75,7 +76,7 @@ def dropped_square(model: torch.nn.Module, frozen: bool) -> int:
     most of a step's peak (fp32, gpt2-medium's shape at 4 x 512: 1.9 of 3.0 GB, against 6.4 GB for
     full fine-tuning's), and this product is a block's smallest: redoing it cost a 24-layer LoRA
     step about 0.7 s of 22-26 (2 cores, AVX2, fp32) for 8 MB a block less."""
-    return model.config.n_embd if frozen else 0
+    return model.config.n_embd if frozen and dropped_inner(model) else 0  # an MLP as wide would match too
 
 
 def apply(model: torch.nn.Module, mode: Mode, frozen: bool = False) -> None:

@@ -34,14 +34,14 @@ import torch.nn.functional as F
 
 IGNORE = -100  # a target no loss scores (F.cross_entropy's default; `studio.data.IGNORE` is it)
 CHUNKED_MIN_VOCAB = 4096  # below it the (N, vocab) logits are small and the plain path is as fast
-DEFAULT_CHUNK_BYTES = 25 * 2**20  # one chunk's fp32 logits: ~130 rows at GPT-2's vocabulary; for a
+DEFAULT_CHUNK_BYTES = 25 * 2**20  # one chunk's fp32 logits: 128 rows at GPT-2's vocabulary; for a
 # narrow head 64-128 rows beat 256 and 1024 on a whole v1 step (x1.2-1.35 vs x0.9-1.1) and in peak
 # memory, while wide heads want more rows (`default_chunk_rows`)
 WIDE_HEAD = 512  # GPT-2 small's width and up: where the CPU's fp32 head runs faster weight-first (`_logits_t`)
 
 
 def default_chunk_rows(vocab: int, width: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-    """Rows a chunk takes: about `chunk_bytes` of fp32 logits, and at least a third of the width:
+    """Rows a chunk takes: about `chunk_bytes` of fp32 logits, or about a third of the width if more:
     each chunk's products go through the whole (V, d) weight, which MKL does below its rate for
     few rows (GPT-2 small's 768-wide head, a whole fp32 step at 4 x 512 on the CPU: 256 rows
     5-12% faster than 130; the README has the figures). Rounded down to a multiple of 32 rows: with an

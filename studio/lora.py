@@ -213,7 +213,9 @@ def _forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     # product runs (`_Down`)
     dropout, a_weight, base = layer.lora_dropout[name], layer.lora_A[name].weight, layer.get_base_layer()
     down = dropout(x if autocast else x.to(a_weight.dtype))
-    link = _Link(a_weight) if isinstance(dropout, torch.nn.Identity) and _narrowed(base, x) else None
+    # not when compiling: dynamo traces a backward without side effects, and the link is one
+    link = (_Link(a_weight) if isinstance(dropout, torch.nn.Identity) and _narrowed(base, x)
+            and not torch.compiler.is_compiling() else None)
     a = _Down.apply(down.reshape(-1, down.shape[-1]), a_weight, link)
     result = layer.base_layer(x) if link is None else _widened(base, x, link)
     out = _Up.apply(result.reshape(-1, result.shape[-1]), a, layer.lora_B[name].weight, layer.scaling[name], link)

@@ -88,7 +88,7 @@ PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 ACT_PER_LAYER = 17
 ATTN_SCORE_TENSORS = 3
 # "selective" (`studio.activations`) keeps the block's input (1), qkv (3), attention out (1),
-# the attention's projection (1) and the MLP's up-projection (4), and the MLP's last product (1)
+# the attention's projection (1, not under LoRA) and the MLP's up-projection (4), and the MLP's last product (1)
 # only where the MLP is as wide as the model (`activations.dropped_inner`); of the math kernel's
 # scores only the first matmul's. One block at a time is redone whole in the backward.
 SELECTIVE_PER_LAYER = 10
@@ -98,7 +98,8 @@ SELECTIVE_SCORE_TENSORS = 1
 # Calibrated against measured peaks with `python -m studio bench memory`.
 LOGIT_BYTES = {"fp32": 20, "bf16": 16, "fp16": 16}
 # The chunked head (`studio.head`, vocabularies >= CHUNKED_MIN_VOCAB in one process) keeps one
-# chunk's fp32 logits and its softmax temporaries (CHUNK_TEMPS x rows x vocab x 4 bytes) and the
+# chunk's fp32 logits and its softmax temporaries (CHUNK_TEMPS x rows x vocab x 4 bytes: fitted when
+# a chunk made three; since one buffer holds them, in place, it overcounts, on the safe side) and the
 # head's fp32 weight gradient (vocab x n_embd x 4), computed in the forward, until the backward;
 # the allocator holds about HEAD_BYTES_PER_VOCAB more per vocabulary entry at the peak (fitted
 # with `python -m studio bench memory`: v1, v2 at 50,257 and tiny-tale at 8,192 within 11%).
