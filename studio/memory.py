@@ -203,7 +203,8 @@ def _estimate_full(a: dict, params: int, batch: int, seq: int, precision: str, c
     if kept == "full":
         saved = a["n_layer"] * tokens * a["n_embd"] * act + per_layer
     elif kept == "selective":
-        kept_outputs = SELECTIVE_PER_LAYER + (a["d_ff"] == a["n_embd"]) - frozen  # `activations.dropped_square`
+        as_wide = a["d_ff"] == a["n_embd"]
+        kept_outputs = SELECTIVE_PER_LAYER + as_wide - (frozen and not as_wide)  # `activations.dropped_square`
         lean = tokens * (kept_outputs * a["n_embd"] + extra_ff) * act
         lean += 0 if fused else SELECTIVE_SCORE_TENSORS * scores
         saved = a["n_layer"] * lean + per_layer
